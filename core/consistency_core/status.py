@@ -1,0 +1,121 @@
+"""Typed model of `ConsistencyTraining.status`: everything the state machine needs lives here, so an
+operator restart (or a local re-run) recomputes the same next action from the stored status alone."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field
+
+from consistency_core.model import WireModel
+from consistency_core.spec import StageName
+
+
+class CampaignPhase(StrEnum):
+    """Lifecycle of the whole campaign (printer column `Status`)."""
+
+    pending = "Pending"
+    running = "Running"
+    succeeded = "Succeeded"
+    failed = "Failed"
+
+
+class TrainingPhase(StrEnum):
+    quick_fix = "1B.1"
+    expansion = "1B.2"
+
+
+class StageOutcome(StrEnum):
+    running = "Running"
+    succeeded = "Succeeded"
+    failed = "Failed"
+
+
+class Condition(WireModel):
+    """Standard metav1.Condition shape."""
+
+    type: str = Field(description="Condition type, e.g. Ready, GatePassed, Failed.")
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(description="CamelCase machine-readable reason.")
+    message: str = Field("", description="Human-readable detail.")
+    last_transition_time: str = Field(description="RFC 3339 time of the last status change.")
+    observed_generation: int | None = Field(None, description="metadata.generation this was computed from.")
+
+
+class StageRecord(WireModel):
+    """One Job (one attempt of one stage of one iteration)."""
+
+    key: str = Field(description="Stable id of the stage within the campaign, e.g. 1b1-i2-train.")
+    stage: StageName
+    phase: TrainingPhase
+    iteration: int = Field(ge=1)
+    attempt: int = Field(1, ge=1)
+    job_name: str = Field(description="Name of the batch/v1 Job that runs it.")
+    gpus: int = Field(0, ge=0, description="GPUs per pod times pods (for cost).")
+    start_time: str | None = None
+    end_time: str | None = None
+    outcome: StageOutcome = StageOutcome.running
+    message: str = ""
+    forecast_usd: float = Field(0.0, ge=0)
+    gpu_hours: float = Field(0.0, ge=0)
+    result: dict[str, Any] = Field(default_factory=dict, description="Compact result (termination message).")
+    artifacts: dict[str, str] = Field(default_factory=dict, description="Output URIs by name.")
+
+
+class EvaluationRecord(WireModel):
+    phase: TrainingPhase | Literal["baseline"]
+    iteration: int = Field(ge=0)
+    consistency: float | None = None
+    mean_agreement: float | None = None
+    accuracy: dict[str, float] = Field(default_factory=dict)
+    problems: int = 0
+    gate_passed: bool | None = None
+    report: str | None = Field(None, description="URI of the full evaluation report.")
+
+
+class Cost(WireModel):
+    gpu_hours: float = 0.0
+    usd: float = 0.0
+    forecast_usd: float = Field(0.0, description="Forecast of the stage now running.")
+
+
+class CampaignStatus(WireModel):
+    """`status` of a ConsistencyTraining."""
+
+    # Extra keys (e.g. kopf's own bookkeeping) are tolerated, never interpreted.
+    model_config = ConfigDict(**{**WireModel.model_config, "extra": "ignore"})
+
+    phase: CampaignPhase = Field(CampaignPhase.pending, description="Pending, Running, Succeeded or Failed.")
+    training_phase: TrainingPhase | None = Field(None, description="1B.1 or 1B.2.")
+    iteration: int = Field(0, ge=0, description="1B.1 iteration (1-based); 1B.2 runs once.")
+    stage: str | None = Field(None, description="Stage now running.")
+    message: str = ""
+    consistency: float | None = Field(None, description="Latest evaluated consistency rate.")
+    math_accuracy: float | None = Field(None, description="Latest evaluated math accuracy.")
+    conditions: list[Condition] = Field(default_factory=list)
+    stages: list[StageRecord] = Field(default_factory=list)
+    evaluations: list[EvaluationRecord] = Field(default_factory=list)
+    cost: Cost = Field(default_factory=Cost)
+    adapter: str | None = Field(None, description="URI of the best adapter so far.")
+    observed_generation: int | None = None
+
+    def current(self) -> StageRecord | None:
+        running = [s for s in self.stages if s.outcome == StageOutcome.running]
+        return running[-1] if running else None
+
+    def condition(self, type_: str) -> Condition | None:
+        return next((c for c in self.conditions if c.type == type_), None)
+
+    def last_success(self, key: str) -> StageRecord | None:
+        for record in reversed(self.stages):
+            if record.key == key and record.outcome == StageOutcome.succeeded:
+                return record
+        return None
+
+    def attempts(self, key: str) -> list[StageRecord]:
+        return [s for s in self.stages if s.key == key]
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in (CampaignPhase.succeeded, CampaignPhase.failed)

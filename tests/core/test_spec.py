@@ -1,0 +1,59 @@
+import pytest
+from consistency_core.spec import SpecError, parse_spec
+
+from .helpers import minimal_spec
+
+
+def test_defaults_reproduce_phase_1b_plan():
+    spec = minimal_spec()
+    assert [(s.dataset, s.count) for s in spec.quick_fix.selection] == [("gsm8k-train", 500), ("mbpp-train", 164)]
+    assert spec.quick_fix.samples == 5 and spec.quick_fix.epochs == 2
+    assert spec.expansion.failure.max_agreement == 0.30 and spec.expansion.failure.include_wrong
+    assert spec.expansion.max_examples == 2500 and spec.expansion.epochs == 2
+    assert spec.thresholds.consistency == 0.60 and spec.thresholds.accuracy == {"math": 0.55}
+    assert all(0.0 <= t <= 0.2 for t in spec.retry.temperature_schedule)
+    assert spec.evaluation.datasets == ["gsm8k-test", "humaneval"]
+
+
+def test_wire_format_is_camel_case_and_round_trips():
+    spec = minimal_spec(quickFix={"minAgreement": 0.8})
+    wire = spec.to_wire()
+    assert wire["quickFix"]["minAgreement"] == 0.8
+    assert parse_spec(wire) == spec
+
+
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        ({"quickFix": {"samples": 0}}, "spec.quickFix.samples"),
+        ({"thresholds": {"consistency": 1.5}}, "spec.thresholds.consistency"),
+        ({"quickFix": {"selection": [{"dataset": "nope", "count": 3}]}}, "spec.quickFix.selection[0].dataset"),
+        ({"evaluation": {"datasets": ["gsm8k-train"]}}, "spec.evaluation.datasets[0]"),
+        ({"modle": {"uri": "x"}}, "spec.modle"),
+        ({"thresholds": {"accuracy": {"poetry": 0.5}}}, "spec.thresholds.accuracy"),
+        ({"budget": {"gpuHourUsd": -1}}, "spec.budget.gpuHourUsd"),
+    ],
+)
+def test_validation_errors_name_the_field(patch, field):
+    with pytest.raises(SpecError) as err:
+        minimal_spec(**patch)
+    assert field in str(err.value)
+
+
+def test_missing_required_fields_are_named():
+    with pytest.raises(SpecError) as err:
+        parse_spec({})
+    assert "spec.model" in str(err.value) and "spec.store" in str(err.value)
+
+
+def test_jsonl_dataset_needs_field_mapping_and_eval_cannot_train():
+    with pytest.raises(SpecError, match="fields"):
+        minimal_spec(datasets=[{"name": "mine", "uri": "/x.jsonl", "format": "jsonl", "roles": ["train"]}])
+    with pytest.raises(SpecError, match="leakage"):
+        minimal_spec(datasets=[{"name": "t", "uri": "/x", "format": "gsm8k", "roles": ["eval", "train"]}])
+
+
+def test_duplicate_dataset_names_rejected():
+    ds = {"name": "a", "uri": "/x", "format": "gsm8k", "roles": ["train"]}
+    with pytest.raises(SpecError, match=r"spec.datasets\[1\].name"):
+        minimal_spec(datasets=[ds, ds])
