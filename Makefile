@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 REGISTRY ?= ghcr.io/consistency-dev
 TAG ?= $(shell $(PYTHON) -c "import tomllib;print(tomllib.load(open('pyproject.toml','rb'))['project']['version'])")
 
-.PHONY: venv test lint pytest demo crds bench images push clean
+.PHONY: venv test lint pytest demo crds docs bench images push clean
 
 venv: $(STAMP)
 
@@ -36,6 +36,9 @@ test: lint pytest
 crds: venv
 	$(PY) -m consistency_core.crd --write crds/consistencytraining.yaml
 	cp crds/consistencytraining.yaml charts/consistency-operator/crds/consistencytraining.yaml
+
+docs: venv
+	$(PY) -m consistency_core.reference README.md
 
 demo: venv
 	$(PY) -m consistency_local.demo

@@ -49,3 +49,9 @@ def test_schema_is_structural_and_documented():
     assert doc["spec"]["names"]["shortNames"] == ["ct"]
     conditions = schema["properties"]["status"]["properties"]["conditions"]["items"]
     assert set(conditions["required"]) >= {"type", "status", "reason", "lastTransitionTime"}
+
+
+def test_readme_configuration_reference_is_fresh():
+    from consistency_core import reference
+
+    assert reference.main([str(ROOT / "README.md"), "--check"]) == 0, "run `make docs`"
