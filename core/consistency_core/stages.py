@@ -83,6 +83,7 @@ class TrainParams(WireModel):
     quantization: Literal["auto", "nf4", "none"] = Field(
         "auto", description="auto: QLoRA NF4 when CUDA is present, plain LoRA otherwise."
     )
+    checkpoint_steps: int = Field(50, ge=1, description="Checkpoint to the store every N optimizer steps.")
 
 
 class EvaluateParams(WireModel):

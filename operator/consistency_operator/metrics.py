@@ -1,0 +1,124 @@
+"""Prometheus metrics of the control plane.
+
+The family names below are a contract: the Helm chart's Grafana dashboard and alert rules query
+them, and the packaging tests enumerate ``FAMILY_NAMES`` / ``build_metrics()`` to check that.
+
+Gauges that describe a campaign (evaluation ratios, cost, budget, running stage) are recomputed from
+the CR status on every reconcile, so they are right again right after an operator restart.  Counters
+count transitions the operator records (once each, guarded by the status), so they start from zero
+after a restart like any Prometheus counter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+CAMPAIGN = ("namespace", "campaign")
+EVAL = ("namespace", "campaign", "phase", "iteration")
+
+# Exposed sample names (counters get their `_total` suffix from the client library).
+FAMILY_NAMES: tuple[str, ...] = (
+    "consistency_campaigns",
+    "consistency_stage_duration_seconds",
+    "consistency_job_outcomes_total",
+    "consistency_reconcile_errors_total",
+    "consistency_evaluation_consistency_ratio",
+    "consistency_evaluation_mean_agreement_ratio",
+    "consistency_evaluation_accuracy_ratio",
+    "consistency_examples_produced_total",
+    "consistency_campaign_gpu_hours",
+    "consistency_campaign_cost_usd",
+    "consistency_campaign_budget_usd",
+    "consistency_stage_start_timestamp_seconds",
+    "consistency_stage_deadline_seconds",
+)
+
+# Stages run from minutes to a day; the buckets span that range.
+DURATION_BUCKETS = (30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 57600, 86400)
+
+JOB_OUTCOMES = ("succeeded", "failed", "retried")
+CAMPAIGN_PHASES = ("Pending", "Running", "Succeeded", "Failed")
+
+
+@dataclass(frozen=True)
+class Metrics:
+    registry: CollectorRegistry
+    campaigns: Gauge
+    stage_duration: Histogram
+    job_outcomes: Counter
+    reconcile_errors: Counter
+    consistency: Gauge
+    mean_agreement: Gauge
+    accuracy: Gauge
+    examples: Counter
+    gpu_hours: Gauge
+    cost_usd: Gauge
+    budget_usd: Gauge
+    stage_start: Gauge
+    stage_deadline: Gauge
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
+    """Create every family on a registry (a fresh one by default, so tests and tools can enumerate)."""
+    r = registry if registry is not None else CollectorRegistry()
+    return Metrics(
+        registry=r,
+        campaigns=Gauge("consistency_campaigns", "Campaigns by phase.", ["phase"], registry=r),
+        stage_duration=Histogram("consistency_stage_duration_seconds", "Wall time of finished stage Jobs.",
+                                 ["stage", "phase"], buckets=DURATION_BUCKETS, registry=r),
+        job_outcomes=Counter("consistency_job_outcomes_total",
+                             "Finished stage Jobs by outcome (succeeded, failed, retried).",
+                             ["stage", "outcome"], registry=r),
+        reconcile_errors=Counter("consistency_reconcile_errors_total",
+                                 "Reconcile errors by kind (api, invalid_spec, result, internal).",
+                                 ["kind"], registry=r),
+        consistency=Gauge("consistency_evaluation_consistency_ratio",
+                          "Share of evaluation problems whose samples all agree.", list(EVAL), registry=r),
+        mean_agreement=Gauge("consistency_evaluation_mean_agreement_ratio",
+                             "Mean share of samples on the modal answer.", list(EVAL), registry=r),
+        accuracy=Gauge("consistency_evaluation_accuracy_ratio", "Greedy accuracy per domain.",
+                       [*EVAL, "domain"], registry=r),
+        examples=Counter("consistency_examples_produced_total", "Training examples produced by distill.",
+                         [*CAMPAIGN, "phase"], registry=r),
+        gpu_hours=Gauge("consistency_campaign_gpu_hours", "GPU-hours spent by a campaign.", list(CAMPAIGN),
+                        registry=r),
+        cost_usd=Gauge("consistency_campaign_cost_usd", "USD spent by a campaign.", list(CAMPAIGN), registry=r),
+        budget_usd=Gauge("consistency_campaign_budget_usd", "Budget of a campaign (spec.budget.maxUsd).",
+                         list(CAMPAIGN), registry=r),
+        stage_start=Gauge("consistency_stage_start_timestamp_seconds",
+                          "Start time of the running stage (unix seconds).", [*CAMPAIGN, "stage"], registry=r),
+        stage_deadline=Gauge("consistency_stage_deadline_seconds",
+                             "activeDeadlineSeconds of the running stage.", [*CAMPAIGN, "stage"], registry=r),
+    )
+
+
+def exposed_names(metrics: Metrics) -> set[str]:
+    """Family names as scraped (counters with `_total`), to check against FAMILY_NAMES."""
+    names: set[str] = set()
+    for family in metrics.registry.collect():
+        names.add(f"{family.name}_total" if family.type == "counter" else family.name)
+    return names
+
+
+def remove_labelled(gauge: Gauge | Counter, match: dict[str, str], label_names: Iterable[str]) -> None:
+    """Drop every series of ``gauge`` whose labels include ``match`` (e.g. a deleted campaign)."""
+    names = list(label_names)
+    for values in list(_series(gauge)):
+        labels = dict(zip(names, values, strict=True))
+        if all(labels.get(k) == v for k, v in match.items()):
+            gauge.remove(*values)
+
+
+def _series(metric: Gauge | Counter) -> Iterable[tuple[str, ...]]:
+    # prometheus_client keeps children in a private dict; reading keys is the only way to enumerate.
+    with metric._lock:
+        return list(metric._metrics.keys())
+
+
+METRICS = build_metrics()

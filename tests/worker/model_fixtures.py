@@ -1,0 +1,104 @@
+"""Shared pieces of the model-side tests: a tiny real Llama checkpoint, a few problems of every domain,
+and stage configs for the generate / train / evaluate stages."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from consistency_core.stages import StageConfig
+from consistency_worker.problems import Problem
+from consistency_worker.prompts import build_messages
+from consistency_worker.stages import run_stage
+from consistency_worker.stages.context import StageContext
+from consistency_worker.store import open_store
+
+# One problem per domain, with targets short enough that a tiny model can learn them in seconds.
+PROBLEMS = [
+    Problem(id="m1", domain="math", prompt="What is 2 + 3?", answer="5", stratum="easy"),
+    Problem(id="m2", domain="math", prompt="Tom has 4 apples and buys 3 more. How many now?", answer="7",
+            stratum="medium"),
+    Problem(id="c1", domain="code", prompt="Write a function add(a, b) returning the sum.",
+            tests="assert add(1, 2) == 3\nassert add(-1, 1) == 0", entry_point="add",
+            examples=("assert add(1, 2) == 3",), stratum="all"),
+    Problem(id="r1", domain="reasoning", prompt="Which is a mammal?", choices=("Shark", "Dog", "Trout", "Crab"),
+            answer="B", stratum="all"),
+]
+TARGETS = {
+    "m1": "2 + 3 = 5\n#### 5",
+    "m2": "4 + 3 = 7\n#### 7",
+    "c1": "```python\ndef add(a, b):\n    return a + b\n```",
+    "r1": "A dog is a mammal.\nAnswer: B",
+}
+
+
+def write_problems(path: Path, problems: list[Problem] = PROBLEMS) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(p.to_jsonl() + "\n" for p in problems))
+    return path
+
+
+def write_train_data(path: Path, problems: list[Problem] = PROBLEMS, copies: int = 1) -> Path:
+    """Chat-format training rows (the distill stage's format) teaching TARGETS."""
+    rows = []
+    for _ in range(copies):
+        for p in problems:
+            messages = [*build_messages(p), {"role": "assistant", "content": TARGETS[p.id]}]
+            rows.append({"messages": messages, "problemId": p.id, "source": "sample"})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def stage_config(stage: str, store_uri: str, model_uri: str, params: dict[str, Any], *, key: str | None = None,
+                 seed: int = 11, backend: str = "hf", output: str | None = None) -> StageConfig:
+    key = key or f"t-{stage}"
+    return StageConfig.model_validate({
+        "campaign": "test",
+        "key": key,
+        "stage": stage,
+        "phase": "1B.1",
+        "iteration": 1,
+        "seed": seed,
+        "store": {"uri": store_uri},
+        "outputUri": output or f"{store_uri.rstrip('/')}/{key}",
+        "model": {"uri": model_uri},
+        "backend": backend,
+        "params": {"kind": stage, **params},
+    })
+
+
+def run(config: StageConfig, tmp: Path, shard: str | None = None):  # -> StageResult
+    ctx = StageContext.create(config, store=open_store(config.store), shard=shard, scratch_dir=tmp)
+    return run_stage(ctx)
+
+
+_TINY: dict[str, Path] = {}
+
+
+def tiny_model_dir() -> Path:
+    """A tiny Llama checkpoint, built once per test session (about a second)."""
+    import tempfile
+
+    from consistency_worker.tinymodel import build_tiny_model
+
+    if "dir" not in _TINY:
+        _TINY["dir"] = build_tiny_model(Path(tempfile.mkdtemp(prefix="tiny-llama-")) / "model", seed=0)
+    return _TINY["dir"]
+
+
+@contextlib.contextmanager
+def single_torch_thread() -> Iterator[None]:
+    """Run torch on one thread: on a small shared CI machine, torch's default pool (one thread per core)
+    spins against the other test processes and makes tiny-model steps tens of times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

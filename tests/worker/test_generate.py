@@ -1,0 +1,218 @@
+"""The generate stage on a tiny real model: records, grading, determinism, shards, resume, real S3."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from consistency_core.stages import RESULT
+from consistency_worker.generations import (
+    Completion,
+    GenerationRecord,
+    GenerationsError,
+    chunk_file_name,
+    parts_dir,
+    read_generations,
+    shard_file_name,
+)
+from consistency_worker.problems import Problem
+from consistency_worker.stages import PermanentStageError
+from consistency_worker.stages.generate import SamplingSettings, answer_problems, shard_slice
+from consistency_worker.store import open_store
+
+from tests.worker.model_fixtures import (
+    PROBLEMS,
+    run,
+    single_torch_thread,
+    stage_config,
+    tiny_model_dir,
+    write_problems,
+)
+
+pytest.importorskip("torch")
+
+PARAMS = {"samples": 3, "temperature": 0.9, "maxNewTokens": 12}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    with single_torch_thread():
+        yield
+
+
+def gen_config(store: str, problems_uri: str, key: str = "gen", **params: object):
+    return stage_config("generate", store, str(tiny_model_dir()), {"problemsUri": problems_uri, **PARAMS, **params},
+                        key=key)
+
+
+def texts(records: list[GenerationRecord]) -> dict[str, list[str]]:
+    return {r.problem_id: [r.greedy.text] + [s.text for s in r.samples] for r in records}
+
+
+def test_generate_writes_graded_records(tmp_path: Path) -> None:
+    store = str(tmp_path / "store")
+    problems = write_problems(tmp_path / "problems.jsonl")
+    result = run(gen_config(store, str(problems)), tmp_path / "scratch")
+    assert result.ok and result.metrics["problems"] == len(PROBLEMS)
+    assert result.metrics["completions"] == len(PROBLEMS) * (1 + 3)
+    assert result.metrics["backend"] == "hf"
+    records = read_generations(open_store(store), f"{store}/gen")
+    assert [r.problem_id for r in records] == [p.id for p in PROBLEMS]
+    for record, problem in zip(records, PROBLEMS, strict=True):
+        assert record.domain == problem.domain and record.stratum == problem.stratum
+        assert len(record.samples) == 3
+        # Every problem here has gold, so every completion is graded; a random model answers wrongly.
+        assert all(c.correct is False for c in [record.greedy, *record.samples])
+        if problem.domain == "code":
+            assert {c.answer for c in record.samples} == {"fail"}  # test outcome = the code "answer"
+    on_disk = json.loads((tmp_path / "store" / "gen" / shard_file_name(0, 1)).read_text().splitlines()[0])
+    assert set(on_disk) == {"problemId", "domain", "stratum", "greedy", "samples"}
+    assert set(on_disk["greedy"]) == {"text", "answer", "correct"}
+    manifest = json.loads((tmp_path / "store" / "gen" / "manifest.json").read_text())
+    assert manifest["inputs"]["problems"]["sha256"]
+    assert set(manifest["outputs"]["generations"]["files"]) == {shard_file_name(0, 1)}
+
+
+def test_generate_is_deterministic_and_shards_merge_to_the_same(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    store = str(tmp_path / "store")
+    problems = str(write_problems(tmp_path / "problems.jsonl"))
+    run(gen_config(store, problems, key="one"), tmp_path / "s1")
+    run(gen_config(store, problems, key="again"), tmp_path / "s2")
+    # Shard 0 as `--shard 0/2`, shard 1 as pod 1 of an Indexed Job (JOB_COMPLETION_INDEX).
+    first = run(gen_config(store, problems, key="sharded", shards=2), tmp_path / "sh0", shard="0/2")
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "1")
+    second = run(gen_config(store, problems, key="sharded", shards=2), tmp_path / "sh1")
+    assert [first.metrics["shard"], second.metrics["shard"]] == [0, 1]
+    assert first.metrics["problems"] == second.metrics["problems"] == 2
+    st = open_store(store)
+    single = texts(read_generations(st, f"{store}/one"))
+    assert single == texts(read_generations(st, f"{store}/again"))
+    merged = read_generations(st, f"{store}/sharded")
+    # Per-problem seeds: the shard a problem lands in does not change its samples.
+    assert texts(merged) == single
+    assert sorted(r.problem_id for r in merged) == sorted(p.id for p in PROBLEMS)
+    assert (tmp_path / "store" / "sharded" / "result-00001-of-00002.json").is_file()
+
+    (tmp_path / "store" / "sharded" / shard_file_name(1, 2)).unlink()
+    with pytest.raises(GenerationsError, match=r"1 of 2 shard\(s\) missing: generations-00001-of-00002\.jsonl"):
+        read_generations(st, f"{store}/sharded")
+
+
+def test_generate_resumes_from_finished_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONSISTENCY_GENERATE_CHUNK", "1")
+    store = str(tmp_path / "store")
+    problems = str(write_problems(tmp_path / "problems.jsonl"))
+    run(gen_config(store, problems, key="full"), tmp_path / "s1")
+    full_parts = Path(parts_dir(f"{store}/full", 0, 1))
+    assert len(list(full_parts.glob("chunk-*.jsonl"))) == len(PROBLEMS)
+
+    # A pod preempted after two chunks: their files exist, the shard file and result do not. Mark one
+    # finished answer so the test can see it was reused rather than recomputed.
+    resumed_parts = Path(parts_dir(f"{store}/resumed", 0, 1))
+    resumed_parts.mkdir(parents=True)
+    for n in range(2):
+        record = GenerationRecord.from_json_line((full_parts / chunk_file_name(n)).read_text())
+        if n == 0:
+            record.greedy.text = "answered before the preemption"
+        (resumed_parts / chunk_file_name(n)).write_text(record.to_json_line() + "\n")
+    result = run(gen_config(store, problems, key="resumed"), tmp_path / "s2")
+    assert result.ok
+    records = texts(read_generations(open_store(store), f"{store}/resumed"))
+    full = texts(read_generations(open_store(store), f"{store}/full"))
+    assert records[PROBLEMS[0].id][0] == "answered before the preemption"
+    assert {k: v for k, v in records.items() if k != PROBLEMS[0].id} == {
+        k: v for k, v in full.items() if k != PROBLEMS[0].id
+    }
+    assert len(list(resumed_parts.glob("chunk-*.jsonl"))) == len(PROBLEMS)
+
+
+def test_finished_generate_is_not_rerun(tmp_path: Path) -> None:
+    store = str(tmp_path / "store")
+    problems = str(write_problems(tmp_path / "problems.jsonl"))
+    first = run(gen_config(store, problems), tmp_path / "s1")
+    shard = tmp_path / "store" / "gen" / shard_file_name(0, 1)
+    shard.write_text("")  # if the stage ran again it would rewrite this file
+    second = run(gen_config(store, problems), tmp_path / "s2")
+    assert second.metrics == first.metrics and shard.read_text() == ""
+    assert (tmp_path / "store" / "gen" / RESULT).is_file()
+
+
+def test_generate_on_s3_store(s3_bucket: str, tmp_path: Path) -> None:
+    store = open_store(s3_bucket)
+    problems_uri = f"{s3_bucket}/inputs/problems.jsonl"
+    store.write_text(problems_uri, "".join(p.to_jsonl() + "\n" for p in PROBLEMS[:2]))
+    result = run(gen_config(s3_bucket, problems_uri, samples=2), tmp_path / "s")
+    assert result.ok and result.metrics["problems"] == 2
+    records = read_generations(store, f"{s3_bucket}/gen")
+    assert [len(r.samples) for r in records] == [2, 2]
+    assert store.is_file(f"{s3_bucket}/gen/{RESULT}")
+
+
+def test_bad_problem_row_names_the_line(tmp_path: Path) -> None:
+    path = write_problems(tmp_path / "problems.jsonl")
+    path.write_text(path.read_text() + '{"id": "x", "domain": "math", "prompt": "no answer"}\n')
+    with pytest.raises(PermanentStageError, match=r"problems\.jsonl:5: not a problem record"):
+        run(gen_config(str(tmp_path / "store"), str(path)), tmp_path / "s")
+
+
+def test_temperature_zero_samples_reuse_the_greedy_answer(tmp_path: Path) -> None:
+    store = str(tmp_path / "store")
+    problems = str(write_problems(tmp_path / "problems.jsonl", PROBLEMS[:2]))
+    run(gen_config(store, problems, temperature=0.0), tmp_path / "s")
+    for record in read_generations(open_store(store), f"{store}/gen"):
+        assert all(s.text == record.greedy.text for s in record.samples)
+
+
+class ScriptedBackend:
+    """Stands in for a model whose answers the test chooses, to check grading of right answers."""
+
+    name = "scripted"
+
+    def __init__(self, tokenizer: object, answers: dict[str, list[str]]):
+        self.tokenizer = tokenizer
+        self.answers = answers
+
+    def generate(self, prompts, *, n, temperature, max_new_tokens, seeds):  # type: ignore[no-untyped-def]
+        out = []
+        for prompt in prompts:
+            key = next(k for k in self.answers if k in prompt)
+            texts = self.answers[key]
+            out.append([texts[0]] * n if temperature == 0 else texts[1 : 1 + n])
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+def test_answers_are_graded_by_domain_including_sandboxed_code() -> None:
+    from consistency_worker.tinymodel import build_tokenizer
+
+    problems = [p for p in PROBLEMS if p.id in ("m1", "c1", "r1")]
+    backend = ScriptedBackend(build_tokenizer(), {
+        "2 + 3": ["2 + 3 = 5\n#### 5", "#### 5", "#### 6"],
+        "add(a, b)": ["```python\ndef add(a, b):\n    return a + b\n```",
+                      "```python\ndef add(a, b):\n    return a - b\n```",
+                      "```python\ndef add(a, b):\n    while True: pass\n```"],
+        "mammal": ["Answer: B", "Answer: B", "Answer: C"],
+    })
+    records = answer_problems(backend, problems, SamplingSettings(samples=2, temperature=0.7, max_new_tokens=8,
+                                                                   seed=1, code_timeout_s=2.0))
+    by_id = {r.problem_id: r for r in records}
+    assert by_id["m1"].greedy == Completion(text="2 + 3 = 5\n#### 5", answer="5", correct=True)
+    assert [(s.answer, s.correct) for s in by_id["m1"].samples] == [("5", True), ("6", False)]
+    assert (by_id["c1"].greedy.answer, by_id["c1"].greedy.correct) == ("pass", True)
+    # A wrong program and one that never ends (killed by the sandbox timeout) both fail.
+    assert [(s.answer, s.correct) for s in by_id["c1"].samples] == [("fail", False), ("fail", False)]
+    assert (by_id["r1"].greedy.answer, by_id["r1"].greedy.correct) == ("B", True)
+    assert [s.correct for s in by_id["r1"].samples] == [True, False]
+
+
+def test_shard_slice_partitions_deterministically() -> None:
+    problems = [Problem(id=f"p{i}", domain="math", prompt="q", answer="1") for i in range(10)]
+    slices = [shard_slice(problems, i, 3) for i in range(3)]
+    assert sorted(p.id for s in slices for p in s) == sorted(p.id for p in problems)
+    assert [len(s) for s in slices] == [4, 3, 3]
+    assert slices[1] == shard_slice(problems, 1, 3)

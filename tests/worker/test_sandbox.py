@@ -1,0 +1,432 @@
+"""The code sandbox with real processes: outcomes, limits, and adversarial programs that must not harm
+the worker. Tests that need a layer this machine lacks (root, namespaces, cgroups) skip and say so."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from consistency_worker.sandbox import (
+    Sandbox,
+    SandboxConfig,
+    SandboxError,
+    SandboxLimits,
+    join_program,
+    probe_isolation,
+    run_many,
+    run_program,
+)
+
+pytestmark = pytest.mark.skipif(not os.path.isdir("/proc"), reason="the sandbox needs Linux /proc")
+
+ISO = probe_isolation()
+needs_uid = pytest.mark.skipif(not ISO.fresh_uid, reason="a fresh uid per run needs a root worker")
+needs_ns = pytest.mark.skipif(not ISO.namespaces, reason="unshare (pid/net/mount namespaces) not permitted")
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Sandbox:
+    with Sandbox() as sb:
+        yield sb
+
+
+@pytest.fixture(scope="module")
+def bare() -> Sandbox:
+    """No namespaces, no cgroup, the worker's own uid: what a non-root pod or a laptop gets."""
+    with Sandbox(SandboxConfig(namespaces=False, cgroups=False, fresh_uid=False)) as sb:
+        yield sb
+
+
+def _processes_with(token: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if token.encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
+                    found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+# --------------------------------------------------------------------------------------------- outcomes
+
+
+def test_outcomes_are_classified(sandbox: Sandbox) -> None:
+    ok = sandbox.run("def f(x):\n    return x * 2\nassert f(2) == 4\nprint('hi')")
+    assert (ok.passed, ok.status, ok.stdout) == (True, "passed", "hi\n")
+    failed = sandbox.run("assert 1 == 2, 'one is not two'")
+    assert failed.status == "failed" and "one is not two" in failed.reason and "line 1" in failed.reason
+    syntax = sandbox.run("def f(:\n  pass")
+    assert syntax.status == "error" and syntax.reason.startswith("SyntaxError")
+    name = sandbox.run("undefined_name + 1")
+    assert name.status == "error" and "NameError" in name.reason
+
+
+def test_exiting_early_is_not_passing(sandbox: Sandbox) -> None:
+    # A program that exits 0 before the tests run must not count as passing them.
+    for source in ("import os\nos._exit(0)\nassert False", "import sys\nsys.exit(0)\nassert False",
+                   "exit()\nassert False"):
+        result = sandbox.run(source)
+        assert not result.passed and result.status == "error", (source, result)
+
+
+def test_main_guard_does_not_run(sandbox: Sandbox) -> None:
+    result = sandbox.run("if __name__ == '__main__':\n    input()\nassert True")
+    assert result.passed
+
+
+def test_stdlib_imports_work(sandbox: Sandbox) -> None:
+    result = sandbox.run("import math, re, json, fractions, decimal, random, hashlib\nassert math.gcd(12, 18) == 6")
+    assert result.passed, result
+
+
+def test_output_is_capped(sandbox: Sandbox) -> None:
+    limits = SandboxLimits(output_bytes=1000)
+    result = sandbox.run("print('x' * 100000)", limits=limits)
+    assert result.passed
+    assert len(result.stdout) < 1100 and result.stdout.endswith("[output truncated]")
+
+
+def test_run_many_keeps_order_and_runs_in_parallel(sandbox: Sandbox) -> None:
+    sources = [f"import time\ntime.sleep(0.3)\nassert {i} % 2 == 0" for i in range(8)]
+    start = time.monotonic()
+    results = sandbox.run_many(sources, workers=4)
+    elapsed = time.monotonic() - start
+    assert [r.passed for r in results] == [i % 2 == 0 for i in range(8)]
+    assert elapsed < 8 * 0.3 * 0.75, f"no parallelism: {elapsed:.2f}s"
+
+
+def test_module_level_helpers() -> None:
+    assert run_program("assert 2 + 2 == 4").passed
+    results = run_many([("def f():\n    return 1", "assert f() == 1"), "assert False"], workers=2)
+    assert [r.status for r in results] == ["passed", "failed"]
+    assert join_program("x = 1\n", "assert x == 1").startswith("x = 1\n")
+
+
+# ----------------------------------------------------------------------------------------------- limits
+
+
+def test_infinite_loop_times_out(sandbox: Sandbox) -> None:
+    start = time.monotonic()
+    result = sandbox.run("while True:\n    pass", timeout_s=1.0)
+    assert result.status == "timeout"
+    assert time.monotonic() - start < 5
+
+
+def test_sleeping_program_hits_the_wall_clock(sandbox: Sandbox) -> None:
+    result = sandbox.run("import time\ntime.sleep(30)", timeout_s=0.5)
+    assert result.status == "timeout" and "wall-clock" in result.reason
+
+
+def test_cpu_limit_applies_to_busy_children(sandbox: Sandbox) -> None:
+    result = sandbox.run("while True:\n    pass", limits=SandboxLimits(timeout_s=10, cpu_s=1))
+    assert result.status == "timeout" and result.wall_s < 5, result
+
+
+def test_memory_bomb_is_contained(sandbox: Sandbox) -> None:
+    result = sandbox.run("x = bytearray(8 * 1024 ** 3)", limits=SandboxLimits(memory_bytes=256 << 20))
+    assert result.status == "error" and "MemoryError" in result.reason
+    grow = sandbox.run("chunks = []\nwhile True:\n    chunks.append(bytearray(16 << 20))",
+                       limits=SandboxLimits(memory_bytes=256 << 20, timeout_s=20))
+    assert grow.status == "error", grow
+
+
+def test_file_size_limit(sandbox: Sandbox) -> None:
+    source = "with open('big', 'wb') as fh:\n    fh.write(b'x' * (8 << 20))"
+    result = sandbox.run(source, limits=SandboxLimits(file_bytes=1 << 20))
+    assert result.status == "error" and "file size" in result.reason, result
+
+
+def test_fork_bomb_is_contained(sandbox: Sandbox) -> None:
+    bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
+    start = time.monotonic()
+    result = sandbox.run(bomb, limits=SandboxLimits(timeout_s=2, nproc=16))
+    assert result.status in ("timeout", "error")
+    assert time.monotonic() - start < 30
+    # The worker can still start processes and the sandbox still works.
+    assert sandbox.run("assert True").passed
+
+
+def test_disk_fill_is_contained(sandbox: Sandbox, tmp_path: Path) -> None:
+    before = _free_bytes("/tmp")
+    source = (
+        "import os\n"
+        "for d in ('.', '/tmp', '/var/tmp', '/dev/shm'):\n"
+        "    for i in range(400):\n"
+        "        try:\n"
+        "            with open(os.path.join(d, f'f{i}'), 'wb') as fh:\n"
+        "                fh.write(b'x' * (1 << 20))\n"
+        "        except OSError:\n"
+        "            break\n"
+    )
+    result = sandbox.run(source, limits=SandboxLimits(file_bytes=2 << 20, disk_bytes=16 << 20, timeout_s=20))
+    assert result.status in ("passed", "error")
+    # Nothing it wrote survives the run, and where a mount namespace caps it, it never used the disk.
+    assert not list(Path("/tmp").glob("cw-sbx-*/f0"))
+    if ISO.namespaces:
+        assert abs(_free_bytes("/tmp") - before) < 64 << 20
+
+
+def _free_bytes(path: str) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+# ------------------------------------------------------------------------------------ escape and harm
+
+
+def _double_fork_source(token: str) -> str:
+    return (
+        "import os\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        f"        os.execv('/bin/sleep', ['sleep', '{token}'])\n"
+        "    os._exit(0)\n"
+        "import time\n"
+        "time.sleep(0.3)\n"
+    )
+
+
+@pytest.mark.parametrize("which", ["isolated", "bare"])
+def test_setsid_double_fork_is_killed(which: str, sandbox: Sandbox, bare: Sandbox) -> None:
+    sb = sandbox if which == "isolated" else bare
+    token = f"{secrets.randbelow(10**6) + 1000}.{secrets.randbelow(10**6)}"
+    result = sb.run(_double_fork_source(token))
+    assert result.passed, result
+    deadline = time.monotonic() + 2
+    while _processes_with(token) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _processes_with(token) == [], f"{which}: an escaped descendant survived the run"
+
+
+def test_background_process_is_killed_after_timeout(sandbox: Sandbox) -> None:
+    token = f"{secrets.randbelow(10**6) + 1000}.5"
+    source = _double_fork_source(token) + "while True:\n    pass\n"
+    assert sandbox.run(source, timeout_s=1).status == "timeout"
+    time.sleep(0.2)
+    assert _processes_with(token) == []
+
+
+@needs_uid
+def test_signals_to_parent_and_its_group_do_not_reach_the_worker(sandbox: Sandbox) -> None:
+    attacks = [
+        "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)",
+        "import os, signal\nos.killpg(os.getpgid(os.getppid()), signal.SIGKILL)",
+        "import os, signal\nos.killpg(0, signal.SIGKILL)",
+        "import os, signal\nos.kill(-1, signal.SIGKILL)",
+        f"import os, signal\nos.kill({os.getpid()}, signal.SIGKILL)",
+        f"import os, signal\nos.killpg({os.getpgid(0)}, signal.SIGKILL)",
+    ]
+    for source in attacks:
+        sandbox.run(source + "\nimport time\ntime.sleep(0.2)")
+    # Still alive (this test is running in the worker) and the sandbox still answers.
+    assert sandbox.run("assert 1 + 1 == 2").passed
+
+
+def test_environment_is_empty(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = "sandbox-canary-" + secrets.token_hex(8)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    with Sandbox() as fresh:  # hosts started after the credential is in the worker's environment
+        source = (
+            "import os\n"
+            f"secret = {secret!r}\n"
+            "assert set(os.environ) <= {'PATH', 'LANG', 'HOME'}, sorted(os.environ)\n"
+            "leaks = []\n"
+            "for pid in os.listdir('/proc'):\n"
+            "    try:\n"
+            "        with open(f'/proc/{pid}/environ', 'rb') as fh:\n"
+            "            if secret.encode() in fh.read():\n"
+            "                leaks.append(pid)\n"
+            "    except OSError:\n"
+            "        pass\n"
+            "assert not leaks, leaks\n"
+        )
+        result = fresh.run(source)
+    assert result.passed, result
+
+
+def test_working_directory_is_private_and_thrown_away(sandbox: Sandbox) -> None:
+    first = sandbox.run("import os\nopen('marker', 'w').write('x')\nprint(os.getcwd())")
+    second = sandbox.run("import os\nassert not os.path.exists('marker')\nassert os.listdir('.') == []")
+    assert first.passed and second.passed, (first, second)
+    assert not os.path.exists(first.stdout.strip())
+
+
+@needs_uid
+def test_cannot_write_outside_or_read_root_files(sandbox: Sandbox) -> None:
+    # Not under /tmp: with a mount namespace the program gets its own empty /tmp.
+    with tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parents[2], prefix=".sandbox-test-") as tmp:
+        tmp_path = Path(tmp)
+        tmp_path.chmod(0o755)
+        secret_file = tmp_path / "secret"
+        secret_file.write_text("top secret")
+        secret_file.chmod(0o600)
+        source = (
+            f"import os\nassert os.path.exists({str(secret_file)!r})\n"
+            f"try:\n    open({str(secret_file)!r}).read()\n    raise SystemExit('read a 0600 root file')\n"
+            "except PermissionError:\n    pass\n"
+            f"try:\n    open({str(tmp_path / 'written')!r}, 'w')\n    raise SystemExit('wrote outside')\n"
+            "except PermissionError:\n    pass\n"
+        )
+        result = sandbox.run(source)
+        assert result.passed, result
+        assert not (tmp_path / "written").exists()
+
+
+@needs_ns
+def test_no_network(sandbox: Sandbox) -> None:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+    source = (
+        "import socket\n"
+        "for addr in [('127.0.0.1', PORT), ('1.1.1.1', 53)]:\n"
+        "    s = socket.socket()\n"
+        "    s.settimeout(1)\n"
+        "    try:\n"
+        "        s.connect(addr)\n"
+        "        raise SystemExit(f'connected to {addr}')\n"
+        "    except OSError:\n"
+        "        pass\n"
+    ).replace("PORT", str(port))
+    result = sandbox.run(source)
+    # A completed handshake would sit in the backlog even though nobody called accept().
+    server.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        server.accept()
+    server.close()
+    assert result.passed, result
+
+
+@needs_ns
+def test_programs_cannot_see_worker_processes(sandbox: Sandbox) -> None:
+    result = sandbox.run(f"import os\nassert not os.path.exists('/proc/{os.getpid()}/cmdline') or {os.getpid()} < 50")
+    assert result.passed, result
+
+
+def test_host_survives_and_isolation_is_reported(sandbox: Sandbox) -> None:
+    assert "uid" in sandbox.isolation.describe()
+    assert all(r.passed for r in sandbox.run_many(["assert True"] * 6, workers=3))
+
+
+def test_required_layer_missing_is_an_error() -> None:
+    if not ISO.root:
+        with pytest.raises(SandboxError):
+            Sandbox(SandboxConfig(fresh_uid=True))
+    else:
+        assert Sandbox(SandboxConfig(fresh_uid=True)).isolation.fresh_uid
+
+
+# ------------------------------------------------------------------------------------- non-root worker
+
+_NON_ROOT_SCRIPT = r"""
+import json, os, secrets, sys, time
+sys.path.insert(0, sys.argv[1])
+from consistency_worker.sandbox import Sandbox, SandboxConfig
+
+def survivors(token):
+    found = []
+    for e in os.listdir("/proc"):
+        if e.isdigit():
+            try:
+                if token.encode() in open(f"/proc/{e}/cmdline", "rb").read():
+                    found.append(e)
+            except OSError:
+                pass
+    return found
+
+os.environ["AWS_SECRET_ACCESS_KEY"] = "canary-" + secrets.token_hex(4)
+env_check = ("import os\nassert set(os.environ) <= {'PATH', 'LANG', 'HOME'}\nfor p in os.listdir('/proc'):\n"
+             "    try:\n        assert os.environ.get('X', 'canary-') not in open(f'/proc/{p}/environ').read()\n"
+             "    except OSError:\n        pass\n")
+out = {}
+for name, cfg in (("userns", SandboxConfig()), ("bare", SandboxConfig(namespaces=False))):
+    with Sandbox(cfg) as sb:
+        token = f"{secrets.randbelow(10**6) + 1000}.75"
+        double = ("import os\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+                  f"        os.execv('/bin/sleep', ['sleep', '{token}'])\n"
+                  "    os._exit(0)\nimport time\ntime.sleep(0.3)\n")
+        sb.run(double)
+        time.sleep(0.2)
+        row = {"namespaces": sb.isolation.namespaces, "passed": sb.run("assert 1 + 1 == 2").passed,
+               "timeout": sb.run("while True: pass", timeout_s=0.5).status, "escaped": survivors(token),
+               "env": sb.run(env_check).status}
+        if sb.isolation.namespaces:
+            for attack in ("import os, signal\nos.kill(-1, signal.SIGKILL)",
+                           f"import os, signal\nos.kill({os.getpid()}, signal.SIGKILL)"):
+                sb.run(attack)
+            row["after_attacks"] = sb.run("assert True").status
+            row["net"] = sb.run("import socket\ns = socket.socket()\ns.settimeout(1)\n"
+                                "try:\n    s.connect(('1.1.1.1', 53))\n    print('connected')\n"
+                                "except OSError:\n    print('blocked')").stdout.strip()
+        out[name] = row
+print(json.dumps(out))
+"""
+
+
+def _python_readable_by_others() -> str | None:
+    import shutil
+
+    from consistency_worker.sandbox import _hidden_ancestor, _interpreter_paths
+
+    for candidate in (sys.executable, "/usr/bin/python3", "/usr/local/bin/python3", shutil.which("python3")):
+        if candidate and os.path.exists(candidate) and _hidden_ancestor(candidate) is None \
+                and _hidden_ancestor(_interpreter_paths(candidate)[1]) is None:
+            return candidate
+    return None
+
+
+@pytest.mark.slow
+def test_non_root_worker() -> None:
+    """What holds for a non-root worker (a pod's default user, a laptop): run as uid 65534."""
+    import json
+    import shutil
+    import subprocess
+
+    python = _python_readable_by_others()
+    if not ISO.root or shutil.which("setpriv") is None or python is None:
+        pytest.skip("needs a root test runner, setpriv and a python other uids can run")
+    worker_dir = str(Path(__file__).resolve().parents[2] / "worker")
+    if _hidden_ancestor_of(worker_dir):
+        pytest.skip("the worker sources are not readable by other uids")
+    done = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+         python, "-I", "-c", _NON_ROOT_SCRIPT, worker_dir],
+        capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"}, cwd="/",
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    bare = result["bare"]
+    # Without namespaces: limits, timeouts, an empty environment and killing escaped descendants hold.
+    assert (bare["passed"], bare["timeout"], bare["escaped"], bare["env"]) == (True, "timeout", [], "passed")
+    userns = result["userns"]
+    if userns["namespaces"]:
+        # With unprivileged user namespaces the worker is also out of the program's reach, and offline.
+        assert (userns["passed"], userns["escaped"], userns["env"]) == (True, [], "passed")
+        assert userns["after_attacks"] == "passed" and userns["net"] == "blocked"
+
+
+def _hidden_ancestor_of(path: str) -> bool:
+    from consistency_worker.sandbox import _hidden_ancestor
+
+    return _hidden_ancestor(path) is not None
+
+
+def test_fresh_uids_stay_inside_the_mapped_range(monkeypatch: pytest.MonkeyPatch) -> None:
+    from consistency_worker import sandbox as sandbox_mod
+
+    monkeypatch.setattr(sandbox_mod, "_mapped_uid_ceiling", lambda: 2**31 - 2)
+    assert sandbox_mod._usable_uid_range((200_000, 260_000)) == (200_000, 260_000)
+    monkeypatch.setattr(sandbox_mod, "_mapped_uid_ceiling", lambda: 65_535)  # a pod with hostUsers: false
+    assert sandbox_mod._usable_uid_range((200_000, 260_000)) == (60_535, 65_536)
+    monkeypatch.setattr(sandbox_mod, "_mapped_uid_ceiling", lambda: 0)  # only root mapped
+    assert sandbox_mod._usable_uid_range((200_000, 260_000)) is None

@@ -1,0 +1,234 @@
+"""The train stage on a tiny real model: LoRA on every linear layer, prompt masking, loss curve,
+checkpoints that survive an interruption, continuing from an earlier adapter."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from consistency_worker.prompts import build_messages
+from consistency_worker.stages import PermanentStageError
+from consistency_worker.training import IGNORE_INDEX, encode_example
+
+from tests.worker.model_fixtures import (
+    PROBLEMS,
+    TARGETS,
+    run,
+    single_torch_thread,
+    stage_config,
+    tiny_model_dir,
+    write_train_data,
+)
+
+torch = pytest.importorskip("torch")
+safetensors = pytest.importorskip("safetensors.torch")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    with single_torch_thread():
+        yield
+
+
+def train_config(store: str, data: str, key: str = "train", **params: object):
+    base = {
+        "dataUri": data, "epochs": 2, "learningRate": 5e-3, "batchSize": 2, "gradientAccumulation": 1,
+        "maxSeqLen": 512, "lora": {"r": 8, "alpha": 16, "dropout": 0.1}, "checkpointSteps": 3,
+    }
+    return stage_config("train", store, str(tiny_model_dir()), {**base, **params}, key=key)
+
+
+def adapter_weights(store: Path, key: str) -> dict[str, torch.Tensor]:
+    return safetensors.load_file(str(store / key / "adapter" / "adapter_model.safetensors"))
+
+
+class Preempted(Exception):
+    pass
+
+
+def test_masks_the_prompt_and_trains_the_assistant_turn() -> None:
+    from consistency_worker.tinymodel import build_tokenizer
+
+    tok = build_tokenizer()
+    messages = [*build_messages(PROBLEMS[0]), {"role": "assistant", "content": TARGETS["m1"]}]
+    example = encode_example(tok, messages, max_seq_len=2048)
+    assert example is not None
+    target = [t for t in example.labels if t != IGNORE_INDEX]
+    assert tok.decode(target) == TARGETS["m1"] + "<|im_end|>\n"
+    n_prompt = example.labels.index(target[0])
+    assert all(t == IGNORE_INDEX for t in example.labels[:n_prompt])
+    assert tok.decode(example.input_ids[:n_prompt]).endswith("<|im_start|>assistant\n")
+    # Truncation keeps the prompt's start; a prompt that fills the window leaves nothing to learn.
+    assert encode_example(tok, messages, max_seq_len=n_prompt) is None
+    assert len(encode_example(tok, messages, max_seq_len=n_prompt + 3).input_ids) == n_prompt + 3  # type: ignore[union-attr]
+
+    # A base model without a chat template: the plain layout generation uses, answer after "Answer:".
+    tok.chat_template = None
+    plain = encode_example(tok, messages, max_seq_len=2048)
+    assert plain is not None
+    target = [t for t in plain.labels if t != IGNORE_INDEX]
+    assert tok.decode(target) == " " + TARGETS["m1"] + "<|im_end|>"
+    assert tok.decode(plain.input_ids[: plain.labels.index(target[0])]).endswith("Answer:")
+
+
+def test_trains_lora_on_all_linear_layers_and_writes_adapter_and_loss(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    data = write_train_data(tmp_path / "train.jsonl", copies=2)  # 8 examples -> 4 steps/epoch
+    result = run(train_config(str(store), str(data), epochs=3, learningRate=1e-2), tmp_path / "s")
+    assert result.ok
+    assert result.metrics["steps"] == 12 and result.metrics["quantization"] == "none"
+    assert result.metrics["examples"] == 8 and result.metrics["dropped"] == 0
+    losses = json.loads((store / "train" / "loss.json").read_text())["steps"]
+    assert [row["step"] for row in losses] == list(range(1, 13))
+    assert losses[-1]["loss"] < losses[0]["loss"]
+    assert result.metrics["finalLoss"] == losses[-1]["loss"]
+
+    config = json.loads((store / "train" / "adapter" / "adapter_config.json").read_text())
+    assert (config["r"], config["lora_alpha"]) == (8, 16)
+    adapted = {name.split(".")[-3] for name in adapter_weights(store, "train") if "lora_A" in name}
+    assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    manifest = json.loads((store / "train" / "manifest.json").read_text())
+    assert manifest["extra"]["method"].startswith("LoRA") and manifest["extra"]["quantization"] == "none"
+    assert "adapter" in manifest["outputs"] and manifest["outputs"]["adapter"]["files"]
+
+
+def test_interrupted_training_resumes_from_its_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from consistency_worker.stages import train as train_stage
+
+    store = tmp_path / "store"
+    data = str(write_train_data(tmp_path / "train.jsonl", copies=2))  # 4 steps/epoch, 8 in all
+    whole = run(train_config(str(store), data, key="whole"), tmp_path / "s1")
+    assert whole.metrics["steps"] == 8 and "resumedFromStep" not in whole.metrics
+
+    def preempt(step: int) -> None:
+        if step == 7:  # checkpoints so far: 3, 4 (end of epoch 1), 6
+            raise Preempted(f"node drained after step {step}")
+
+    monkeypatch.setattr(train_stage, "on_step_hook", preempt)
+    with pytest.raises(Preempted):
+        run(train_config(str(store), data, key="cut"), tmp_path / "s2")
+    latest = json.loads((store / "cut" / "checkpoints" / "latest.json").read_text())
+    assert latest["step"] == 6
+    assert not (store / "cut" / "result.json").exists()
+    # Older checkpoints are pruned: at most two are kept.
+    assert sorted(p.name for p in (store / "cut" / "checkpoints").glob("step-*")) == ["step-000004", "step-000006"]
+
+    monkeypatch.setattr(train_stage, "on_step_hook", None)
+    resumed = run(train_config(str(store), data, key="cut"), tmp_path / "s3")
+    assert resumed.metrics["steps"] == 8 and resumed.metrics["resumedFromStep"] == 6
+    # Same data order, optimizer, schedule and dropout RNG: the same adapter as the uninterrupted run.
+    first, second = adapter_weights(store, "whole"), adapter_weights(store, "cut")
+    assert first.keys() == second.keys()
+    for name in first:
+        torch.testing.assert_close(first[name], second[name], rtol=1e-5, atol=1e-6)
+    curve = json.loads((store / "cut" / "loss.json").read_text())["steps"]
+    assert [row["step"] for row in curve] == list(range(1, 9))
+
+
+def test_checkpoint_of_a_different_configuration_is_not_resumed(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from consistency_worker.stages import train as train_stage
+
+    store = tmp_path / "store"
+    data = str(write_train_data(tmp_path / "train.jsonl", copies=2))
+
+    def preempt(step: int) -> None:
+        if step == 5:
+            raise Preempted("after step 5")
+
+    monkeypatch.setattr(train_stage, "on_step_hook", preempt)
+    with pytest.raises(Preempted):
+        run(train_config(str(store), data, key="changed"), tmp_path / "s1")
+    monkeypatch.setattr(train_stage, "on_step_hook", None)
+    # Same output directory, but the schedule changed (3 epochs instead of 2): starting over is the only
+    # way to get what the new configuration describes.
+    result = run(train_config(str(store), data, key="changed", epochs=3), tmp_path / "s2")
+    assert result.metrics["steps"] == 12 and "resumedFromStep" not in result.metrics
+
+
+def test_continues_from_an_earlier_adapter(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    data = str(write_train_data(tmp_path / "train.jsonl", copies=2))
+    first = run(train_config(str(store), data, key="first", epochs=4, learningRate=1e-2), tmp_path / "s1")
+    fresh = run(train_config(str(store), data, key="fresh", epochs=1), tmp_path / "s2")
+    cont = run(train_config(str(store), data, key="cont", epochs=1, initAdapterUri=f"{store}/first/adapter"),
+               tmp_path / "s3")
+    assert first.ok and fresh.ok and cont.ok
+
+    def first_loss(key: str) -> float:
+        return json.loads((store / key / "loss.json").read_text())["steps"][0]["loss"]
+
+    # The continued run starts where the first one ended, far below a fresh adapter's first loss.
+    assert first_loss("cont") < first_loss("fresh")
+    assert first_loss("cont") < first_loss("first")
+    manifest = json.loads((store / "cont" / "manifest.json").read_text())
+    assert manifest["inputs"]["initAdapter"]["uri"] == f"{store}/first/adapter"
+
+
+def test_bad_training_rows_are_permanent_errors_naming_the_row(tmp_path: Path) -> None:
+    data = write_train_data(tmp_path / "train.jsonl")
+    rows = data.read_text().splitlines()
+    bad = json.loads(rows[1])
+    bad["messages"] = bad["messages"][:-1]  # no assistant turn to learn
+    data.write_text("\n".join([rows[0], json.dumps(bad), *rows[2:]]) + "\n")
+    with pytest.raises(PermanentStageError, match=r"train\.jsonl:2: the last message must be the assistant"):
+        run(train_config(str(tmp_path / "store"), str(data)), tmp_path / "s")
+    data.write_text("not json\n")
+    with pytest.raises(PermanentStageError, match=r"train\.jsonl:1: not valid JSON"):
+        run(train_config(str(tmp_path / "store"), str(data)), tmp_path / "s2")
+
+
+def test_nf4_without_cuda_is_a_config_error(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU refusal")
+    data = write_train_data(tmp_path / "train.jsonl")
+    with pytest.raises(PermanentStageError, match="nf4 needs a CUDA device"):
+        run(train_config(str(tmp_path / "store"), str(data), quantization="nf4"), tmp_path / "s")
+
+
+@pytest.mark.slow
+def test_sigterm_mid_training_exits_retryable_and_the_rerun_resumes(tmp_path: Path) -> None:
+    """The real preemption path: `consistency-worker train` as a process, SIGTERM after a checkpoint
+    landed, exit code 75 (retryable), then a new process finishes from that checkpoint."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from consistency_core.stages import EXIT_OK, EXIT_RETRYABLE
+
+    store = tmp_path / "store"
+    data = str(write_train_data(tmp_path / "train.jsonl", copies=2))  # 4 steps/epoch
+    config = train_config(str(store), data, key="proc", epochs=15, checkpointSteps=5)  # 60 steps
+    config_file = tmp_path / "config.json"
+    config_file.write_text(config.to_json())
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [sys.executable, "-m", "consistency_worker.cli", "train", "--config", str(config_file),
+               "--result-file", str(tmp_path / "result.txt")]
+    latest = store / "proc" / "checkpoints" / "latest.json"
+
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while not (latest.is_file() and json.loads(latest.read_text())["step"] >= 5):
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=60)[0].decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == EXIT_RETRYABLE, output[-3000:]
+    stopped_at = json.loads(latest.read_text())["step"]
+    assert 5 <= stopped_at < 60
+    assert json.loads((tmp_path / "result.txt").read_text())["retryable"] is True
+
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert rerun.returncode == EXIT_OK, rerun.stderr[-3000:]
+    result = json.loads((tmp_path / "result.txt").read_text())
+    assert result["metrics"]["steps"] == 60
+    assert result["metrics"]["resumedFromStep"] == stopped_at

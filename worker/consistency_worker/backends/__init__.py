@@ -1,0 +1,97 @@
+"""Generation backends behind one interface: `vllm` (GPU, offline batch engine) and `hf` (transformers,
+CPU or GPU). `auto` picks vLLM when CUDA and the vllm package are both available, else hf.
+
+Prompts go in as rendered chat text and are tokenised here, once, with `encode_prompt`, so both engines
+see exactly the same token ids (vLLM gets token ids, never text it would tokenise its own way).
+Every prompt carries its own seed: a problem's samples depend only on (campaign seed, problem), not on
+which shard, batch or resumed run it lands in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from consistency_core.spec import Backend
+
+from consistency_worker.models import ModelError, ResolvedModel, cuda_available
+
+
+class GenerationBackend(Protocol):
+    name: str
+    tokenizer: Any
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        n: int,
+        temperature: float,
+        max_new_tokens: int,
+        seeds: Sequence[int],
+    ) -> list[list[str]]:
+        """`n` completions per prompt (temperature 0: greedy), decoded without special tokens."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def derive_seed(*parts: object) -> int:
+    """A stable 31-bit seed from any parts (Python's hash() is salted per process, so not usable)."""
+    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def encode_prompt(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of a rendered chat prompt. Chat templates that write the BOS token into the text must not
+    get a second one; templates that do not (ChatML) get the tokenizer's usual special tokens."""
+    bos = getattr(tokenizer, "bos_token", None)
+    add_special = not (bos and text.startswith(bos))
+    ids = tokenizer(text, add_special_tokens=add_special)["input_ids"]
+    eos_id = getattr(tokenizer, "eos_token_id", None)
+    # Some tokenizers append EOS as a "special token"; a prompt ending in EOS would stop generation at once.
+    if add_special and eos_id is not None and len(ids) > 1 and ids[-1] == eos_id and not text.endswith(
+        tokenizer.eos_token
+    ):
+        ids = ids[:-1]
+    return list(ids)
+
+
+def vllm_importable() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def select_backend(requested: Backend | str) -> str:
+    """The concrete backend for a requested one; an explicit vllm without CUDA/vllm is a config error."""
+    kind = Backend(requested)
+    if kind == Backend.auto:
+        return "vllm" if cuda_available() and vllm_importable() else "hf"
+    if kind == Backend.vllm:
+        if not vllm_importable():
+            raise ModelError("backend vllm requested but the vllm package is not installed (GPU image only)")
+        if not cuda_available():
+            raise ModelError("backend vllm requested but no CUDA device is visible")
+    return kind.value
+
+
+def open_backend(
+    kind: Backend | str,
+    model: ResolvedModel,
+    *,
+    adapter_dir: Path | None = None,
+    tensor_parallel_size: int = 1,
+    seed: int = 0,
+    max_batch_rows: int | None = None,
+) -> GenerationBackend:
+    """Load the model (and adapter) into the selected engine."""
+    name = select_backend(kind)
+    if name == "vllm":
+        from consistency_worker.backends.vllm import VLLMBackend
+
+        return VLLMBackend(model, adapter_dir=adapter_dir, tensor_parallel_size=tensor_parallel_size, seed=seed)
+    from consistency_worker.backends.hf import HFBackend
+
+    return HFBackend(model, adapter_dir=adapter_dir, max_batch_rows=max_batch_rows)

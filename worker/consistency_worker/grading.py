@@ -1,0 +1,265 @@
+"""Grading model answers: math numbers, multiple-choice letters, code by running its tests.
+
+Public API used by the generate and evaluate stages and by external checks:
+``math_answers_match``, ``extract_math_answer``, ``extract_choice``, ``extract_code``, ``run_tests``,
+``build_program``, ``grade`` / ``grade_many``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+
+from .problems import Problem
+from .sandbox import SandboxLimits, TestResult, join_program, run_many, run_program
+
+__all__ = [
+    "Grade",
+    "TestResult",
+    "build_program",
+    "canonical_number",
+    "extract_choice",
+    "extract_code",
+    "extract_math_answer",
+    "grade",
+    "grade_many",
+    "math_answers_match",
+    "run_tests",
+]
+
+# ---------------------------------------------------------------------------------------------------
+# numbers
+
+_MINUS = "-\u2212\u2013"  # ASCII hyphen, unicode minus, en dash (models and LaTeX emit all three)
+_NUMBER = re.compile(
+    # A dash right after a word or number is a range or subtraction ("pages 10-20"), not a sign.
+    rf"(?:(?<![\w.)\]])(?P<sign>[{_MINUS}]))?\s*(?:[$€£¥]|\\\$|USD\s*|Rs\.?\s*)?\s*"
+    r"(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
+    r"(?:\s*/\s*(?P<den>\d+)(?![\d.]))?"
+)
+_FRAC = re.compile(r"\\[dt]?frac\s*\{\s*(-?[\d.,]+)\s*\}\s*\{\s*(-?[\d.,]+)\s*\}")
+
+
+def canonical_number(text: str) -> str | None:
+    """The first number in ``text`` as a canonical decimal string ("1,234.50" -> "1234.5"), or None."""
+    value = _first_number(text)
+    return None if value is None else _format(value)
+
+
+def _format(value: Decimal) -> str:
+    if value == 0:
+        return "0"
+    text = format(value.normalize(), "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text
+
+
+def _to_decimal(match: re.Match[str]) -> Decimal | None:
+    try:
+        value = Decimal(match.group("num").replace(",", ""))
+        if match.group("den"):
+            den = Decimal(match.group("den"))
+            if den == 0:
+                return None
+            value = value / den
+    except InvalidOperation:
+        return None
+    return -value if match.group("sign") else value
+
+
+def _first_number(text: str) -> Decimal | None:
+    frac = _FRAC.search(text)
+    match = _NUMBER.search(text)
+    if frac and (match is None or frac.start() <= match.start()):
+        try:
+            num, den = (Decimal(x.replace(",", "")) for x in frac.groups())
+            return None if den == 0 else num / den
+        except InvalidOperation:
+            return None
+    return _to_decimal(match) if match else None
+
+
+def _last_number(text: str) -> Decimal | None:
+    matches = list(_NUMBER.finditer(text))
+    return _to_decimal(matches[-1]) if matches else None
+
+
+# Explicit final-answer markers. The earliest one that carries a number wins: a model that rambles on
+# into a made-up next question repeats the markers with other numbers after its real answer.
+_MARKERS = [
+    re.compile(r"####\s*(?P<span>[^\n]*)"),
+    re.compile(r"\\boxed\s*\{(?P<span>(?:[^{}]|\{[^{}]*\})*)\}"),
+    # Not "answer =": worked solutions say "2 points/answer = 48" mid-way.
+    re.compile(r"(?i)\b(?:final\s+answer|the\s+answer|answer)\s*(?:is\b|:)\s*:?\s*(?P<span>[^\n]*)"),
+]
+_BOLD = re.compile(r"\*\*(?P<span>[^*\n]+?)\*\*")
+
+
+def _span_number(span: str) -> Decimal | None:
+    # "Answer: 3 + 4 = 7" means 7: take what follows the last "=" on the marker's line.
+    if "=" in span:
+        span = span.rsplit("=", 1)[1]
+    return _first_number(span)
+
+
+def extract_math_answer(completion: str) -> str | None:
+    """The completion's final numeric answer as a canonical number string, or None."""
+    if not completion:
+        return None
+    candidates: list[tuple[int, Decimal]] = []
+    for pattern in _MARKERS:
+        for match in pattern.finditer(completion):
+            value = _span_number(match.group("span"))
+            if value is not None:
+                candidates.append((match.start(), value))
+                break
+    if candidates:
+        return _format(min(candidates, key=lambda c: c[0])[1])
+    for match in reversed(list(_BOLD.finditer(completion))):
+        value = _span_number(match.group("span"))
+        if value is not None:
+            return _format(value)
+    value = _last_number(completion)
+    return None if value is None else _format(value)
+
+
+def math_answers_match(completion: str, gold: str) -> bool:
+    """Whether the completion's final answer equals ``gold`` numerically."""
+    got = extract_math_answer(completion)
+    want = canonical_number(gold.split("####")[-1]) if gold else None
+    if got is None or want is None:
+        return False
+    return abs(Decimal(got) - Decimal(want)) <= Decimal("1e-9")
+
+
+# ---------------------------------------------------------------------------------------------------
+# multiple choice
+
+_LETTER = r"(?:\*\*|__)?\s*[(\[]?\s*(?P<letter>[A-Da-d])\s*[)\].:]?(?:\*\*|__)?(?![A-Za-z0-9])"
+_CHOICE_MARKER = re.compile(
+    r"(?i)\b(?:answer|option|choice)(?:\s+(?:is|would\s+be|should\s+be))?\s*(?:is\s*)?[:=\-]?\s*" + _LETTER
+)
+_CHOICE_BOLD = re.compile(r"\*\*\s*\(?(?P<letter>[A-D])\)?[.:]?\s*\*\*")
+_CHOICE_LEADING = re.compile(r"^\s*\(?(?P<letter>[A-D])(?:[).:]|\s*$|\s+[-\u2013]\s)")
+_CHOICE_PAREN = re.compile(r"\((?P<letter>[A-D])\)")
+
+
+def _letter_ok(match: re.Match[str]) -> str | None:
+    letter = match.group("letter")
+    # A lower-case letter is only an answer when bracketed: "answer is a bit" is prose.
+    if letter.islower() and not re.search(r"[(\[]\s*" + letter + r"\s*[)\]]", match.group(0)):
+        return None
+    return letter.upper()
+
+
+def extract_choice(completion: str) -> str | None:
+    """The chosen letter A-D, or None when the completion does not commit to one."""
+    if not completion:
+        return None
+    for match in _CHOICE_MARKER.finditer(completion):
+        letter = _letter_ok(match)
+        if letter:
+            return letter
+    bold = _CHOICE_BOLD.findall(completion)
+    if bold:
+        return bold[-1]
+    leading = _CHOICE_LEADING.match(completion)
+    if leading:
+        return leading.group("letter")
+    parens = set(_CHOICE_PAREN.findall(completion))
+    if len(parens) == 1:
+        return parens.pop()
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# code
+
+_FENCE = re.compile(r"```[ \t]*(?P<lang>[\w+-]*)[^\n]*\n(?P<body>.*?)(?:```|\Z)", re.S)
+
+
+def extract_code(completion: str, entry_point: str | None = None) -> str:
+    """The program in a completion: a fenced block (python-tagged first; the one defining
+    ``entry_point`` or any function when there are several; an unclosed final fence counts), else the
+    completion itself."""
+    blocks = [(m.group("lang").lower(), m.group("body")) for m in _FENCE.finditer(completion)]
+    if not blocks:
+        return completion.strip("\n")
+    python = [b for lang, b in blocks if lang in ("python", "py", "python3", "")] or [b for _, b in blocks]
+    if entry_point:
+        defining = [b for b in python if re.search(rf"\bdef\s+{re.escape(entry_point)}\s*\(", b)]
+        if defining:
+            return defining[0].strip("\n")
+    with_defs = [b for b in python if re.search(r"^\s*(?:def|class)\s", b, re.M)]
+    return (with_defs or python)[0].strip("\n")
+
+
+def build_program(problem: Problem, completion: str) -> str:
+    """The program to test for a code problem. HumanEval-style problems (the prompt is the function's
+    signature and docstring) get the prompt prepended: it carries imports and helpers, and a
+    completion that only continues the body needs its header."""
+    code = extract_code(completion, problem.entry_point)
+    if problem.entry_point and f"def {problem.entry_point}(" in problem.prompt:
+        if re.search(rf"\bdef\s+{re.escape(problem.entry_point)}\s*\(", code):
+            return f"{problem.prompt.rstrip()}\n\n\n{code}\n"
+        return problem.prompt + completion if "```" not in completion else problem.prompt + code
+    return code
+
+
+def run_tests(program: str, tests: str, timeout_s: float = 10.0, *,
+              limits: SandboxLimits | None = None) -> TestResult:
+    """Run ``tests`` against ``program`` (a raw completion is reduced to its code) in the sandbox."""
+    code = extract_code(program) if "```" in program else program
+    return run_program(join_program(code, tests), timeout_s=timeout_s, limits=limits)
+
+
+# ---------------------------------------------------------------------------------------------------
+# one entry point per problem
+
+
+@dataclass(frozen=True)
+class Grade:
+    """``answer``: the normalised answer used for voting (number, letter, or "pass"/"fail" for code)."""
+
+    correct: bool
+    answer: str | None
+    detail: str = ""
+
+
+def _grade_text(problem: Problem, completion: str) -> Grade:
+    if problem.domain == "math":
+        answer = extract_math_answer(completion)
+        return Grade(correct=answer is not None and math_answers_match(completion, problem.answer or ""),
+                     answer=answer)
+    letter = extract_choice(completion)
+    return Grade(correct=letter is not None and letter == (problem.answer or "").upper(), answer=letter)
+
+
+def _code_grade(result: TestResult) -> Grade:
+    return Grade(correct=result.passed, answer="pass" if result.passed else "fail",
+                 detail=f"{result.status}: {result.reason}".rstrip(": "))
+
+
+def grade(problem: Problem, completion: str, *, timeout_s: float = 10.0) -> Grade:
+    """Grade one completion for one problem."""
+    if problem.domain != "code":
+        return _grade_text(problem, completion)
+    program = build_program(problem, completion)
+    return _code_grade(run_program(join_program(program, problem.tests or ""), timeout_s=timeout_s))
+
+
+def grade_many(pairs: Sequence[tuple[Problem, str]], *, timeout_s: float = 10.0,
+               workers: int | None = None) -> list[Grade]:
+    """Grade many (problem, completion) pairs; code runs in parallel sandboxes. Input order kept."""
+    grades: list[Grade | None] = [None] * len(pairs)
+    code_idx = [i for i, (p, _) in enumerate(pairs) if p.domain == "code"]
+    for i, (p, c) in enumerate(pairs):
+        if p.domain != "code":
+            grades[i] = _grade_text(p, c)
+    sources = [join_program(build_program(pairs[i][0], pairs[i][1]), pairs[i][0].tests or "") for i in code_idx]
+    for i, result in zip(code_idx, run_many(sources, workers=workers, timeout_s=timeout_s), strict=True):
+        grades[i] = _code_grade(result)
+    return [g for g in grades if g is not None]

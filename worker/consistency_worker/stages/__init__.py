@@ -1,0 +1,80 @@
+"""Stage programs and the runner every stage goes through.
+
+Each stage module `consistency_worker.stages.<stage>` exposes `run(config, ctx) -> StageResult`. The
+runner makes stages idempotent: a stage whose result file exists in its output directory returns
+that result without doing any work; otherwise it runs, writes `manifest.json`, then writes the result
+file last, so the result file is the commit marker of a finished stage. Stage modules are imported
+only when run, so `consistency-worker --help` (and the operator) never load torch."""
+
+from __future__ import annotations
+
+import importlib
+import time
+from types import ModuleType
+
+from consistency_core.stages import StageResult
+
+from consistency_worker.stages.context import StageContext
+
+STAGES = ("prepare", "generate", "distill", "train", "evaluate")
+
+
+class StageFailure(Exception):
+    """A stage could not finish; `retryable` picks the exit code."""
+
+    retryable = False
+
+
+class PermanentStageError(StageFailure):
+    """Bad config or data (missing dataset, leakage, ...): retrying cannot help."""
+
+
+class RetryableStageError(StageFailure):
+    """A transient condition (preemption, OOM, unreachable service): a new attempt may succeed."""
+
+    retryable = True
+
+
+def load_stage(stage: str) -> ModuleType:
+    if stage not in STAGES:
+        raise PermanentStageError(f"unknown stage {stage!r}; known: {', '.join(STAGES)}")
+    module = importlib.import_module(f"consistency_worker.stages.{stage}")
+    if not callable(getattr(module, "run", None)):
+        raise PermanentStageError(f"stage module {module.__name__} has no run(config, ctx)")
+    return module
+
+
+def finished_result(ctx: StageContext) -> StageResult | None:
+    """The stored result of an earlier successful run of this stage (and shard), if any."""
+    if not ctx.store.is_file(ctx.result_uri):
+        return None
+    result = StageResult.model_validate(ctx.store.read_json(ctx.result_uri))
+    if result.key != ctx.config.key:
+        raise PermanentStageError(
+            f"{ctx.result_uri} holds the result of stage {result.key!r}, not {ctx.config.key!r}; "
+            "two stages share an output directory"
+        )
+    return result if result.ok else None
+
+
+def run_stage(ctx: StageContext) -> StageResult:
+    """Run the configured stage once: reuse a finished result, else run, write manifest + result."""
+    config = ctx.config
+    done = finished_result(ctx)
+    if done is not None:
+        ctx.logger.info("%s already finished (%s); nothing to do", config.key, ctx.result_uri)
+        return done
+    module = load_stage(config.stage.value)
+    start = time.monotonic()
+    ctx.logger.info("%s: starting %s (shard %d/%d) -> %s", config.key, config.stage.value,
+                    ctx.shard_index, ctx.shard_count, config.output_uri)
+    result = module.run(config, ctx)
+    if not isinstance(result, StageResult):
+        raise TypeError(f"{module.__name__}.run returned {type(result).__name__}, not StageResult")
+    result = result.model_copy(update={"seconds": round(time.monotonic() - start, 3)})
+    if not result.ok:
+        return result
+    ctx.manifest.write(ctx.store, ctx.manifest_uri, result)
+    ctx.store.write_json(ctx.result_uri, result.to_wire())
+    ctx.logger.info("%s: finished in %.1f s: %s", config.key, result.seconds, result.metrics)
+    return result

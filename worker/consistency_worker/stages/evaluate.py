@@ -1,0 +1,174 @@
+"""evaluate stage: answer the evaluation sets (greedy + k samples, through the generate stage's code) with
+the trained adapter (or none: baseline) and report accuracy, consistency and before/after changes.
+
+- accuracy per domain: the greedy answer (math: exact numeric match; code: pass@1 by running the tests;
+  reasoning: letter match);
+- consistency rate: share of problems whose k samples all give the same answer; mean agreement: mean
+  share of samples on the modal answer (voting module);
+- per problem against a baseline report: a problem is a *failure* by the 1B.2 criteria (greedy answer
+  wrong, or agreement below 0.30), else a success; failure -> success and success -> failure counts.
+
+Outputs: report.json (summary), per_problem.jsonl (one line per problem), the generations shard file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from consistency_core.stages import EVALUATE_REPORT, EvaluateParams, StageConfig, StageResult, join_uri
+
+from consistency_worker.generations import GenerationRecord
+from consistency_worker.stages import PermanentStageError
+from consistency_worker.stages.context import StageContext
+from consistency_worker.stages.generate import SamplingSettings, generate_records, load_backend, read_problems
+from consistency_worker.store import Store
+from consistency_worker.voting import Outcome, aggregate, failure, majority_vote
+
+PER_PROBLEM = "per_problem.jsonl"
+FAILURE_AGREEMENT = 0.30  # the 1B.2 default: below this share on the modal answer a problem "fails"
+
+
+def outcome_of(record: GenerationRecord) -> Outcome:
+    answers = [s.answer for s in record.samples]
+    vote = majority_vote(answers, prefer=record.greedy.answer)
+    graded = [s.correct for s in record.samples if s.answer == vote.answer and s.correct is not None]
+    majority_correct: bool | None
+    if vote.answer is None:
+        majority_correct = False if record.greedy.correct is not None else None
+    else:
+        majority_correct = any(graded) if graded else None
+    return Outcome(problem_id=record.problem_id, domain=record.domain, stratum=record.stratum, vote=vote,
+                   greedy_correct=record.greedy.correct, majority_correct=majority_correct)
+
+
+def per_problem_row(outcome: Outcome, record: GenerationRecord) -> dict[str, Any]:
+    verdict = failure(outcome.greedy_correct, outcome.vote, min_agreement=FAILURE_AGREEMENT)
+    return {
+        "problemId": outcome.problem_id,
+        "domain": outcome.domain,
+        "stratum": outcome.stratum,
+        "greedyAnswer": record.greedy.answer,
+        "greedyCorrect": outcome.greedy_correct,
+        "majorityAnswer": outcome.vote.answer,
+        "majorityCorrect": outcome.majority_correct,
+        "agreement": round(outcome.vote.agreement, 4),
+        "consistent": outcome.vote.consistent,
+        "success": not verdict.failed,
+        "failureReasons": list(verdict.reasons),
+    }
+
+
+def _round(value: Any) -> Any:
+    return round(value, 4) if isinstance(value, float) else value
+
+
+def summarise(outcomes: Sequence[Outcome]) -> dict[str, Any]:
+    """Headline metrics + per-domain and per-stratum tables."""
+    by_domain = aggregate(outcomes, key="domain")
+    overall = by_domain.get("all", {})
+    accuracy = {d: _round(row["accuracy"]) for d, row in by_domain.items()
+                if d != "all" and row["accuracy"] is not None}
+    table = {name: {k: _round(v) for k, v in row.items()} for name, row in by_domain.items()}
+    strata = {name: {k: _round(v) for k, v in row.items()}
+              for name, row in aggregate(outcomes, key="domain/stratum").items()}
+    return {
+        "problems": len(outcomes),
+        "consistency": _round(overall.get("consistency") or 0.0),
+        "meanAgreement": _round(overall.get("mean_agreement") or 0.0),
+        "accuracy": accuracy,
+        "majorityAccuracy": {d: _round(row["majority_accuracy"]) for d, row in by_domain.items()
+                             if d != "all" and row["majority_accuracy"] is not None},
+        "byDomain": table,
+        "byStratum": strata,
+    }
+
+
+def compare(rows: Sequence[dict[str, Any]], baseline_rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per-problem transitions between a baseline evaluation and this one (problems in both only)."""
+    before = {r["problemId"]: r for r in baseline_rows}
+    counts = {"matched": 0, "failureToSuccess": 0, "successToFailure": 0, "stillFailure": 0, "stillSuccess": 0}
+    by_domain: dict[str, dict[str, int]] = {}
+    for row in rows:
+        old = before.get(row["problemId"])
+        if old is None:
+            continue
+        key = {
+            (False, True): "failureToSuccess", (True, False): "successToFailure",
+            (False, False): "stillFailure", (True, True): "stillSuccess",
+        }[(bool(old["success"]), bool(row["success"]))]
+        counts["matched"] += 1
+        counts[key] += 1
+        domain = by_domain.setdefault(row["domain"], {"matched": 0, "failureToSuccess": 0, "successToFailure": 0})
+        domain["matched"] += 1
+        if key in domain:
+            domain[key] += 1
+    return {**counts, "byDomain": by_domain}
+
+
+def read_baseline(store: Store, uri: str) -> tuple[str, list[dict[str, Any]]]:
+    """Per-problem rows of an earlier evaluation, given its report.json or its output directory."""
+    report_uri = uri if uri.endswith(".json") else join_uri(uri, EVALUATE_REPORT)
+    if not store.is_file(report_uri):
+        raise PermanentStageError(f"params.baselineReportUri: no report at {report_uri}")
+    report = store.read_json(report_uri)
+    rows_uri = report.get("perProblemUri") or join_uri(report_uri.rsplit("/", 1)[0], PER_PROBLEM)
+    return report_uri, store.read_jsonl(rows_uri)
+
+
+def run(config: StageConfig, ctx: StageContext) -> StageResult:
+    params = config.params
+    if not isinstance(params, EvaluateParams):
+        raise PermanentStageError(f"evaluate stage got params of kind {params.kind!r}")
+    ctx.manifest.add_input("problems", params.problems_uri, data=ctx.store.read_bytes(params.problems_uri))
+    problems = read_problems(ctx.store, params.problems_uri)
+    baseline = read_baseline(ctx.store, params.baseline_report_uri) if params.baseline_report_uri else None
+    if params.adapter_uri:
+        ctx.manifest.add_input("adapter", params.adapter_uri)
+    settings = SamplingSettings(params.samples, params.temperature, params.max_new_tokens, config.seed)
+    with ctx.manifest.timed("load"):
+        backend = load_backend(config, ctx, params.adapter_uri)
+    try:
+        with ctx.manifest.timed("generate"):
+            records, generations_uri = generate_records(ctx, backend, problems, settings, desc="evaluate")
+    finally:
+        backend.close()
+
+    outcomes = [outcome_of(r) for r in records]
+    rows = [per_problem_row(o, r) for o, r in zip(outcomes, records, strict=True)]
+    summary = summarise(outcomes)
+    per_problem_uri = ctx.output(PER_PROBLEM)
+    ctx.manifest.add_output("perProblem", per_problem_uri, data=ctx.store.write_jsonl(per_problem_uri, rows))
+    metrics: dict[str, Any] = {k: summary[k] for k in ("problems", "consistency", "meanAgreement", "accuracy")}
+    report: dict[str, Any] = {
+        **summary,
+        "adapterUri": params.adapter_uri,
+        "model": config.model.uri,
+        "backend": backend.name,
+        "samples": params.samples,
+        "temperature": params.temperature,
+        "maxNewTokens": params.max_new_tokens,
+        "seed": config.seed,
+        "phase": config.phase,
+        "iteration": config.iteration,
+        "perProblemUri": per_problem_uri,
+        "generationsUri": generations_uri,
+    }
+    if baseline is not None:
+        comparison = compare(rows, baseline[1])
+        report["comparison"] = {"baselineReportUri": baseline[0], **comparison}
+        metrics.update(failureToSuccess=comparison["failureToSuccess"],
+                       successToFailure=comparison["successToFailure"], compared=comparison["matched"])
+    report_uri = ctx.output(EVALUATE_REPORT)
+    ctx.store.write_json(report_uri, report)
+    ctx.manifest.add_output("report", report_uri)
+    ctx.manifest.extra.update(backend=backend.name)
+    accuracy = ", ".join(f"{d} {v:.3f}" for d, v in summary["accuracy"].items()) or "no graded domain"
+    return StageResult(
+        key=config.key,
+        ok=True,
+        message=f"{len(records)} problems: consistency {summary['consistency']:.3f}, "
+        f"mean agreement {summary['meanAgreement']:.3f}, accuracy {accuracy}",
+        metrics=metrics,
+        outputs={"report": report_uri, "perProblem": per_problem_uri, "generations": generations_uri},
+    )

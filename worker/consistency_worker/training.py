@@ -1,0 +1,413 @@
+"""LoRA / QLoRA fine-tuning: a plain torch loop, resumable from checkpoints in the artifact store.
+
+- Examples are chat transcripts; the loss covers only the final assistant turn (prompt tokens get label
+  -100), tokenised exactly as generation tokenises prompts (`encode_prompt`), so training and inference
+  agree on the prompt/answer boundary.
+- QLoRA on CUDA: the base model in 4-bit NF4 with double quantisation and bf16 compute,
+  `prepare_model_for_kbit_training`, paged AdamW (32-bit: LoRA's few parameters make 8-bit states a
+  negligible saving for a precision cost). Without CUDA: plain LoRA on full-precision weights.
+- A checkpoint (adapter + optimizer + scheduler + RNG + step) goes to the store every `checkpoint_steps`
+  optimizer steps and at the end of each epoch; a rerun restores the latest one and continues with the
+  same data order, so an interrupted run ends at the same step count (and, on CPU, the same weights).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from consistency_core.spec import LoraConfig
+from consistency_core.stages import join_uri
+
+from consistency_worker.backends import derive_seed, encode_prompt
+from consistency_worker.prompts import plain_prompt
+from consistency_worker.store import Store
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+CHECKPOINTS = "checkpoints"
+LATEST = "latest.json"
+STATE_FILE = "trainer_state.pt"
+ROLES = ("system", "user", "assistant")
+
+
+class TrainingDataError(ValueError):
+    """A training row is malformed (permanent: the same data fails the same way)."""
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]
+
+
+@dataclass
+class TrainSettings:
+    epochs: int
+    learning_rate: float
+    batch_size: int
+    gradient_accumulation: int
+    max_seq_len: int
+    lora: LoraConfig
+    seed: int
+    checkpoint_steps: int = 50
+    warmup_ratio: float = 0.03
+
+
+@dataclass
+class TrainOutcome:
+    steps: int
+    losses: list[dict[str, float]]
+    resumed_from_step: int | None
+    quantization: str
+    examples: int
+    tokens: int
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def final_loss(self) -> float | None:
+        return self.losses[-1]["loss"] if self.losses else None
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+def _validate_messages(row: dict[str, Any], where: str) -> list[dict[str, str]]:
+    messages = row.get("messages")
+    if not isinstance(messages, list) or len(messages) < 2:
+        raise TrainingDataError(f"{where}: `messages` must be a list of at least two turns")
+    for j, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            raise TrainingDataError(f"{where}: messages[{j}].role must be one of {ROLES}")
+        if not isinstance(message.get("content"), str):
+            raise TrainingDataError(f"{where}: messages[{j}].content must be a string")
+    if messages[-1]["role"] != "assistant":
+        raise TrainingDataError(f"{where}: the last message must be the assistant's (the training target)")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def encode_example(tokenizer: Any, messages: list[dict[str, str]], max_seq_len: int) -> Example | None:
+    """Prompt ids (masked) + assistant-turn ids (trained); None when truncation leaves no target token."""
+    if getattr(tokenizer, "chat_template", None):
+        prompt_text = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+        full_text = tokenizer.apply_chat_template(messages, tokenize=False)
+    else:
+        # A base model: the same plain layout generation prompts it with (prompts.render_prompt).
+        prompt_text = plain_prompt(messages[:-1])
+        full_text = prompt_text + " " + messages[-1]["content"] + (tokenizer.eos_token or "")
+    if full_text.startswith(prompt_text):
+        # The template's own end-of-turn marker is part of the target: the model must learn to stop.
+        completion = full_text[len(prompt_text) :]
+    else:
+        completion = messages[-1]["content"] + (tokenizer.eos_token or "")
+    prompt_ids = encode_prompt(tokenizer, prompt_text)
+    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    ids = (prompt_ids + completion_ids)[:max_seq_len]
+    labels = ([IGNORE_INDEX] * len(prompt_ids) + completion_ids)[:max_seq_len]
+    if all(label == IGNORE_INDEX for label in labels):
+        return None
+    return Example(ids, labels)
+
+
+def build_examples(
+    tokenizer: Any, rows: Sequence[dict[str, Any]], max_seq_len: int, source: str = "train.jsonl"
+) -> tuple[list[Example], int]:
+    """Encode chat rows; returns (examples, rows dropped because the prompt alone fills max_seq_len)."""
+    examples, dropped = [], 0
+    for i, row in enumerate(rows, start=1):
+        example = encode_example(tokenizer, _validate_messages(row, f"{source}:{i}"), max_seq_len)
+        if example is None:
+            dropped += 1
+        else:
+            examples.append(example)
+    return examples, dropped
+
+
+def read_chat_rows(store: Store, uri: str) -> list[dict[str, Any]]:
+    rows = []
+    for lineno, line in enumerate(store.read_text(uri).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise TrainingDataError(f"{uri}:{lineno}: not valid JSON: {exc}") from None
+        if not isinstance(row, dict):
+            raise TrainingDataError(f"{uri}:{lineno}: expected a JSON object")
+        rows.append(row)
+    return rows
+
+
+def _collate(batch: list[Example], pad_id: int) -> dict[str, Any]:
+    import torch
+
+    width = max(len(e.input_ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, e in enumerate(batch):
+        n = len(e.input_ids)
+        ids[row, :n] = torch.tensor(e.input_ids)
+        labels[row, :n] = torch.tensor(e.labels)
+        mask[row, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def epoch_batches(n_examples: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Shuffled batches of one epoch; a pure function of (seed, epoch) so a resumed run sees the same."""
+    import torch
+
+    generator = torch.Generator().manual_seed(derive_seed("epoch", seed, epoch))
+    order = torch.randperm(n_examples, generator=generator).tolist()
+    return [order[i : i + batch_size] for i in range(0, n_examples, batch_size)]
+
+
+# ----------------------------------------------------------------------------------------- model
+
+
+def peft_target_modules(lora: LoraConfig) -> str | list[str]:
+    return "all-linear" if lora.target_modules == ["all-linear"] else list(lora.target_modules)
+
+
+def wrap_lora(model: Any, lora: LoraConfig, *, init_adapter_dir: Path | None) -> Any:
+    """Attach a trainable LoRA adapter: a fresh one, or the given earlier adapter (1B.2 continues 1B.1)."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import PeftModel, get_peft_model
+
+    if init_adapter_dir is not None:
+        wrapped = PeftModel.from_pretrained(model, str(init_adapter_dir), is_trainable=True)
+        loaded = wrapped.peft_config["default"]
+        if loaded.r != lora.r or loaded.lora_alpha != lora.alpha:
+            log.warning("continuing adapter has r=%s alpha=%s; the configured r=%s alpha=%s are ignored",
+                        loaded.r, loaded.lora_alpha, lora.r, lora.alpha)
+        return wrapped
+    config = PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=peft_target_modules(lora),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def make_optimizer(params: list[Any], lr: float, quantized: bool) -> Any:
+    import torch
+
+    if quantized:
+        import bitsandbytes as bnb
+
+        # Paged optimizer states move to CPU under memory pressure instead of failing with OOM.
+        return bnb.optim.PagedAdamW32bit(params, lr=lr, weight_decay=0.0)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+
+
+def make_scheduler(optimizer: Any, steps: int, warmup_ratio: float) -> Any:
+    """Linear warmup then linear decay to zero."""
+    import torch
+
+    warmup = max(1, int(steps * warmup_ratio)) if steps > 1 else 0
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, _LinearSchedule(warmup, steps))
+
+
+class _LinearSchedule:
+    """A class (not a lambda) so the scheduler's state can be saved with the checkpoint."""
+
+    def __init__(self, warmup: int, total: int):
+        self.warmup, self.total = warmup, total
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / (self.warmup + 1)
+        remaining = self.total - step
+        return max(0.0, remaining / max(1, self.total - self.warmup))
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+
+
+def _rng_state() -> dict[str, Any]:
+    import torch
+
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(state: dict[str, Any]) -> None:
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class CheckpointStore:
+    """Checkpoints under `<output>/checkpoints/step-NNNNNN/`, with `latest.json` written last as the
+    commit marker: a checkpoint is used only once it is complete."""
+
+    store: Store
+    root: str
+    scratch: Path
+    keep: int = 2
+
+    def latest(self) -> dict[str, Any] | None:
+        uri = join_uri(self.root, LATEST)
+        return self.store.read_json(uri) if self.store.is_file(uri) else None
+
+    def save(self, model: Any, state: dict[str, Any], fingerprint: dict[str, Any]) -> str:
+        import torch
+
+        step = state["step"]
+        local = self.scratch / f"ckpt-{step:06d}"
+        shutil.rmtree(local, ignore_errors=True)
+        model.save_pretrained(str(local))
+        torch.save(state, local / STATE_FILE)
+        uri = join_uri(self.root, f"step-{step:06d}")
+        self.store.upload_dir(local, uri)
+        self.store.write_json(join_uri(self.root, LATEST), {"step": step, "uri": uri, "fingerprint": fingerprint})
+        shutil.rmtree(local, ignore_errors=True)
+        self._prune(keep_uri=uri)
+        return uri
+
+    def _prune(self, keep_uri: str) -> None:
+        dirs = sorted({c[len(self.root.rstrip("/")) + 1 :].split("/", 1)[0] for c in self.store.list(self.root)})
+        steps = [d for d in dirs if d.startswith("step-")]
+        for old in steps[: max(0, len(steps) - self.keep)]:
+            uri = join_uri(self.root, old)
+            if uri != keep_uri:
+                self.store.delete(uri, recursive=True)
+
+    def load(self, model: Any, pointer: dict[str, Any]) -> dict[str, Any]:
+        import torch
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        local = self.scratch / f"resume-{pointer['step']:06d}"
+        self.store.download_dir(pointer["uri"], local)
+        weights = load_file(str(local / "adapter_model.safetensors"))
+        result = set_peft_model_state_dict(model, weights)
+        unexpected = getattr(result, "unexpected_keys", None)
+        if unexpected:
+            raise RuntimeError(f"checkpoint {pointer['uri']} does not match the model: {unexpected[:3]}")
+        return torch.load(local / STATE_FILE, weights_only=False, map_location="cpu")
+
+
+# ------------------------------------------------------------------------------------------ loop
+
+
+def total_steps(n_examples: int, settings: TrainSettings) -> int:
+    """Optimizer steps of a whole run: a partial last batch and a partial accumulation group still count."""
+    batches_per_epoch = math.ceil(n_examples / settings.batch_size)
+    return math.ceil(batches_per_epoch / settings.gradient_accumulation) * settings.epochs
+
+
+def train_lora(
+    model: Any,
+    examples: list[Example],
+    settings: TrainSettings,
+    *,
+    pad_id: int,
+    checkpoints: CheckpointStore | None,
+    quantized: bool,
+    on_step: Callable[[int], None] | None = None,
+    progress: Any = None,
+) -> TrainOutcome:
+    """Train the (already LoRA-wrapped) model in place; resumes from `checkpoints` when one exists.
+
+    `on_step(step)` runs after each optimizer step (and its checkpoint): a seam for tests to simulate a
+    preemption at a known step."""
+    import torch
+
+    if not examples:
+        raise TrainingDataError("no training examples (all rows empty or truncated away)")
+    device = next(p for p in model.parameters()).device
+    all_steps = total_steps(len(examples), settings)
+    steps_per_epoch = all_steps // settings.epochs
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(trainable, settings.learning_rate, quantized)
+    scheduler = make_scheduler(optimizer, all_steps, settings.warmup_ratio)
+
+    # What a checkpoint must match to be resumed: the same data size and schedule-defining knobs.
+    fingerprint = {
+        "examples": len(examples), "epochs": settings.epochs, "batchSize": settings.batch_size,
+        "gradientAccumulation": settings.gradient_accumulation, "learningRate": settings.learning_rate,
+        "seed": settings.seed, "r": settings.lora.r,
+    }
+    step, losses, resumed_from = 0, [], None
+    pointer = checkpoints.latest() if checkpoints else None
+    if pointer is not None and pointer.get("fingerprint") != fingerprint:
+        log.warning("ignoring checkpoint %s: made for %s, this run is %s", pointer.get("uri"),
+                    pointer.get("fingerprint"), fingerprint)
+        pointer = None
+    if pointer is not None and checkpoints is not None:
+        state = checkpoints.load(model, pointer)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _restore_rng(state["rng"])
+        step, losses, resumed_from = state["step"], state["losses"], state["step"]
+        log.info("resumed from checkpoint %s at step %d of %d", pointer["uri"], step, all_steps)
+    else:
+        torch.manual_seed(settings.seed)
+
+    def checkpoint() -> None:
+        if checkpoints is not None:
+            checkpoints.save(model, {
+                "step": step, "losses": losses, "rng": _rng_state(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            }, fingerprint)
+
+    model.train()
+    tokens, started = 0, time.monotonic()
+    if progress is not None:
+        progress.update(step)
+    for epoch in range(step // steps_per_epoch, settings.epochs):
+        batches = epoch_batches(len(examples), settings.batch_size, settings.seed, epoch)
+        first_step = step - epoch * steps_per_epoch  # > 0 only in the epoch a resume lands in
+        for step_in_epoch in range(first_step, steps_per_epoch):
+            group = batches[step_in_epoch * settings.gradient_accumulation :][: settings.gradient_accumulation]
+            # Weight micro-batches by their target tokens so the step's loss is a per-token mean.
+            counts = [sum(lab != IGNORE_INDEX for i in b for lab in examples[i].labels) for b in group]
+            total_targets = sum(counts)
+            step_loss = 0.0
+            for batch, count in zip(group, counts, strict=True):
+                inputs = {k: v.to(device) for k, v in _collate([examples[i] for i in batch], pad_id).items()}
+                loss = model(**inputs).loss
+                (loss * (count / total_targets)).backward()
+                step_loss += loss.item() * count / total_targets
+                tokens += int(inputs["attention_mask"].sum())
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            losses.append({"step": step, "epoch": epoch + 1, "loss": round(step_loss, 6), "lr": lr})
+            if progress is not None:
+                progress.update(1)
+            end_of_epoch = step_in_epoch == steps_per_epoch - 1
+            if end_of_epoch or step % settings.checkpoint_steps == 0:
+                checkpoint()
+            if on_step is not None:
+                on_step(step)
+    return TrainOutcome(
+        steps=step,
+        losses=losses,
+        resumed_from_step=resumed_from,
+        quantization="nf4" if quantized else "none",
+        examples=len(examples),
+        tokens=tokens,
+        seconds=round(time.monotonic() - started, 3),
+        extra={"totalSteps": all_steps, "stepsPerEpoch": steps_per_epoch},
+    )
