@@ -70,10 +70,7 @@ def rows(model: type[BaseModel], prefix: str = "spec") -> list[tuple[str, str, s
     for name, info in model.model_fields.items():
         path = f"{prefix}.{info.alias or name}"
         nested = _nested(info.annotation)
-        if get_origin(info.annotation) is list and nested is not None:
-            path_items = f"{path}[]"
-        else:
-            path_items = path
+        path_items = f"{path}[]" if get_origin(info.annotation) is list and nested is not None else path
         out.append((path, _type_name(info.annotation), _default(info), (info.description or "").replace("|", "\\|")))
         if nested is not None:
             out.extend(rows(nested, path_items))
