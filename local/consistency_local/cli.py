@@ -1,0 +1,107 @@
+"""`consistency`: run a ConsistencyTraining campaign on this machine, watch it, report on it.
+
+    consistency run -f campaign.yaml [--run-dir DIR] [--fresh]   run or resume (same command)
+    consistency status [DIR] [--stages]                          like `kubectl get ct -o wide`
+    consistency report [--run-dir DIR] -f campaign.yaml          (re)write the report
+
+Exit codes: 0 campaign succeeded, 1 campaign failed, 2 bad input, 130 interrupted (resumable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from consistency_core.status import CampaignPhase
+
+from consistency_local.campaign_file import Campaign, CampaignFileError, load_campaign
+from consistency_local.console import LiveConsole, render_status
+from consistency_local.report import terminal_summary, write_report
+from consistency_local.rundir import RunDir
+from consistency_local.runner import RunError, run_campaign
+
+DEFAULT_RUNS = Path("runs")
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def default_run_dir(campaign: Campaign) -> Path:
+    name = campaign.name if campaign.namespace == "default" else f"{campaign.namespace}-{campaign.name}"
+    return DEFAULT_RUNS / name
+
+
+def run_and_report(campaign: Campaign, run_dir: Path, *, fresh: bool = False) -> int:
+    """Run or resume the campaign, print the live view and the summary; return the exit code."""
+    console = LiveConsole()
+    print(f"Campaign {campaign.namespace}/{campaign.name}: run directory {run_dir}", file=sys.stderr)
+    try:
+        status = run_campaign(campaign, run_dir, fresh=fresh, on_event=console.event, on_tick=console.tick)
+    except KeyboardInterrupt:
+        console.close()
+        print(f"\nInterrupted. Run the same command again to resume from {run_dir / 'status.json'}.",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        console.close()
+    path, data = write_report(RunDir(run_dir), campaign.name, campaign.namespace, campaign.spec, status)
+    print(terminal_summary(data, path))
+    if status.phase == CampaignPhase.failed:
+        failed = [s for s in status.stages if s.outcome.value == "Failed"]
+        if failed:
+            log = RunDir(run_dir).log_path(failed[-1])
+            print(f"Last failed stage log: {log}", file=sys.stderr)
+    return 0 if status.phase == CampaignPhase.succeeded else EXIT_FAILED
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    campaign = load_campaign(args.file)
+    return run_and_report(campaign, args.run_dir or default_run_dir(campaign), fresh=args.fresh)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    print(render_status(args.path, stages=args.stages))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    campaign = load_campaign(args.file)
+    run_dir = RunDir(args.run_dir or default_run_dir(campaign))
+    status = run_dir.load_status()
+    if status is None:
+        raise RunError(f"{run_dir.status_path} does not exist: run the campaign first")
+    path, data = write_report(run_dir, campaign.name, campaign.namespace, campaign.spec, status)
+    print(terminal_summary(data, path))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="consistency", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run or resume a campaign on this machine")
+    run.add_argument("-f", "--file", type=Path, required=True, help="ConsistencyTraining YAML")
+    run.add_argument("--run-dir", type=Path, default=None, help="default: runs/<name>")
+    run.add_argument("--fresh", action="store_true", help="discard an earlier run of this campaign")
+    run.set_defaults(func=_cmd_run)
+    status = sub.add_parser("status", help="show campaigns (like kubectl get ct -o wide)")
+    status.add_argument("path", type=Path, nargs="?", default=DEFAULT_RUNS, help="a run directory or runs/")
+    status.add_argument("--stages", action="store_true", help="also list every stage attempt")
+    status.set_defaults(func=_cmd_status)
+    report = sub.add_parser("report", help="(re)write the report of a run")
+    report.add_argument("-f", "--file", type=Path, required=True, help="ConsistencyTraining YAML")
+    report.add_argument("--run-dir", type=Path, default=None)
+    report.set_defaults(func=_cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (CampaignFileError, RunError, ValueError) as exc:
+        print(f"consistency: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

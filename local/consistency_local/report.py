@@ -1,0 +1,144 @@
+"""The campaign report a person reads: Markdown with PNG figures in <run-dir>/report/, and a short
+terminal summary. Numbers are printed as measured, each rate with its Wilson 95% interval."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from consistency_local.console import duration
+from consistency_local.plots import draw_all
+from consistency_local.report_data import EvalView, ReportData, gather
+from consistency_local.rundir import RunDir, atomic_write
+from consistency_local.stats import Rate
+
+REPORT_FILE = "report.md"
+
+
+def _rate(rate: Rate | None, fallback: float | None = None) -> str:
+    if rate is not None and rate.total:
+        return rate.text()
+    return "n/a" if fallback is None else f"{fallback:.1%} (no per-problem data)"
+
+
+def _headline(view: EvalView) -> dict[str, str]:
+    row = {"consistency": _rate(view.consistency, view.record.consistency)}
+    domains = sorted(set(view.accuracy) | set(view.record.accuracy))
+    for d in domains:
+        row[f"{d} accuracy"] = _rate(view.accuracy.get(d), view.record.accuracy.get(d))
+    return row
+
+
+def _md_table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return out
+
+
+def before_after_lines(data: ReportData) -> list[str]:
+    before, after = data.before, data.after
+    if after is None:
+        if before is None:
+            return ["No evaluation finished."]
+        return [f"{k:<18} baseline {v}" for k, v in _headline(before).items()] + ["No trained model was evaluated."]
+    lines = []
+    b = _headline(before) if before else {}
+    a = _headline(after)
+    for metric in dict.fromkeys([*b, *a]):
+        lines.append(f"{metric:<18} before {b.get(metric, 'n/a'):<34} after ({after.label}) {a.get(metric, 'n/a')}")
+    moves = data.before_after()
+    if moves:
+        lines.append(f"per problem, baseline -> {after.label}: {moves['failureToSuccess']} failure -> success, "
+                     f"{moves['successToFailure']} success -> failure, {moves['stillFailure']} still failing "
+                     f"(of {moves['matched']})")
+    return lines
+
+
+def render_markdown(data: ReportData, figures: list[str]) -> str:
+    st = data.status
+    n_eval = data.after.record.problems if data.after else 0
+    md = [f"# Campaign report: {data.namespace}/{data.name}", "",
+          f"**Outcome:** {st.phase.value}: {st.message}", "",
+          f"Total stage time {duration(data.total_seconds)}; cost ${st.cost.usd:.2f} "
+          f"({st.cost.gpu_hours:.3f} GPU-hours at ${data.spec.budget.gpu_hour_usd}/h); "
+          f"model `{data.spec.model.uri}`.", "",
+          f"## Before / after on the held-out split ({n_eval} problems)", "",
+          "Rates with Wilson 95% confidence intervals and counts. Consistency: share of problems whose "
+          f"{data.spec.evaluation.samples} samples at temperature {data.spec.evaluation.temperature} all "
+          "agree; accuracy: the greedy answer is right.", "", "```", *before_after_lines(data), "```", ""]
+    if "metrics.png" in figures:
+        md += ["![consistency and accuracy per evaluation](metrics.png)", ""]
+
+    md += ["## Every evaluation", ""]
+    domains = sorted({d for e in data.evaluations for d in (e.accuracy or e.record.accuracy)})
+    rows = []
+    for e in data.evaluations:
+        gate = {True: "passed", False: "failed", None: ""}[e.record.gate_passed]
+        rows.append([e.label, e.record.problems, _rate(e.consistency, e.record.consistency),
+                     f"{e.record.mean_agreement:.3f}" if e.record.mean_agreement is not None else "n/a",
+                     *[_rate(e.accuracy.get(d), e.record.accuracy.get(d)) for d in domains], gate])
+    md += _md_table(["evaluation", "problems", "consistency", "mean agreement",
+                     *[f"{d} accuracy" for d in domains], "gate"], rows)
+    gate = st.condition("GatePassed")
+    if gate:
+        md += ["", f"Gate: {gate.message}"]
+    md += [""]
+
+    pair = [e for e in (data.before, data.after) if e is not None and e.strata]
+    if pair:
+        md += ["## Per domain and difficulty stratum", ""]
+        keys = sorted({k for e in pair for k in e.strata})
+        header = ["domain/stratum"] + [f"{e.label} {m}" for e in pair for m in ("accuracy", "consistency")]
+        rows = [[k] + [_rate(e.strata.get(k, {}).get(m)) for e in pair for m in ("accuracy", "consistency")]
+                for k in keys]
+        md += [*_md_table(header, rows), ""]
+        if "strata.png" in figures:
+            md += ["![per stratum](strata.png)", ""]
+
+    comps = [e for e in data.evaluations if e.comparison]
+    if comps:
+        md += ["## Failure -> success", "",
+               "A problem fails when its greedy answer is wrong or fewer than 30% of samples agree.", ""]
+        keys = ("matched", "failureToSuccess", "successToFailure", "stillFailure", "stillSuccess")
+        rows = [[e.label, *(e.comparison.get(k, 0) for k in keys)] for e in comps]
+        header = ["evaluation", "matched", "failure -> success", "success -> failure", "still failure",
+                  "still success"]
+        md += [*_md_table(header, rows), ""]
+        if "transitions.png" in figures:
+            md += ["![transitions](transitions.png)", ""]
+
+    md += ["## Time and cost per stage", ""]
+    rows = [[s.key, s.attempt, s.outcome, duration(s.seconds) if s.seconds is not None else "",
+             f"{s.gpu_hours:.4f}", f"${s.usd:.2f}", s.message.replace("|", "/")[:120]] for s in data.stages]
+    md += [*_md_table(["stage", "attempt", "outcome", "duration", "GPU-hours", "cost", "message"], rows), ""]
+    if "stages.png" in figures:
+        md += ["![stages](stages.png)", ""]
+    errors = [f"- {e.label}: {e.error}" for e in data.evaluations if e.error]
+    if errors:
+        md += ["## Missing data", "", *errors, ""]
+    return "\n".join(md)
+
+
+def open_campaign_store(spec: Any) -> Any:
+    try:
+        from consistency_worker.store import open_store
+    except ImportError:
+        return None
+    return open_store(spec.store)
+
+
+def write_report(run_dir: RunDir, name: str, namespace: str, spec: Any, status: Any) -> tuple[Path, ReportData]:
+    data = gather(name, namespace, spec, status, open_campaign_store(spec))
+    figures = draw_all(data, run_dir.report_dir)
+    path = run_dir.report_dir / REPORT_FILE
+    atomic_write(path, render_markdown(data, figures))
+    return path, data
+
+
+def terminal_summary(data: ReportData, path: Path) -> str:
+    st = data.status
+    lines = [f"Campaign {data.namespace}/{data.name}: {st.phase.value} ({st.message})",
+             *before_after_lines(data),
+             f"Stage time {duration(data.total_seconds)}, cost ${st.cost.usd:.2f}.",
+             f"Report: {path}"]
+    return "\n".join(lines)

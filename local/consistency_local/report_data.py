@@ -1,0 +1,159 @@
+"""Gather what the campaign report shows from the status and the evaluate stages' full reports.
+
+Rates are recounted from per-problem rows (not taken from the rounded summaries) so the report can
+attach exact counts and Wilson 95% intervals to every number.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from consistency_core.names import parse_rfc3339
+from consistency_core.spec import CampaignSpec
+from consistency_core.status import CampaignStatus, EvaluationRecord
+
+from consistency_local.stats import Rate, wilson
+
+
+@dataclass
+class EvalView:
+    label: str  # "baseline", "1B.1 i1", "1B.2"
+    record: EvaluationRecord
+    consistency: Rate | None = None
+    accuracy: dict[str, Rate] = field(default_factory=dict)  # greedy accuracy per domain
+    strata: dict[str, dict[str, Rate]] = field(default_factory=dict)  # "math/easy" -> {accuracy, consistency}
+    comparison: dict[str, Any] | None = None
+    report_uri: str | None = None
+    error: str | None = None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class StageView:
+    key: str
+    phase: str
+    iteration: int
+    attempt: int
+    outcome: str
+    seconds: float | None
+    gpu_hours: float
+    usd: float
+    message: str
+
+
+@dataclass
+class ReportData:
+    name: str
+    namespace: str
+    status: CampaignStatus
+    evaluations: list[EvalView]
+    stages: list[StageView]
+    spec: CampaignSpec
+
+    @property
+    def before(self) -> EvalView | None:
+        return next((e for e in self.evaluations if e.record.phase == "baseline"), None)
+
+    @property
+    def after(self) -> EvalView | None:
+        rest = [e for e in self.evaluations if e.record.phase != "baseline"]
+        return rest[-1] if rest else None
+
+    def before_after(self) -> dict[str, int] | None:
+        """Per-problem transitions from the baseline to the final model (the evaluate stages compare
+        each model with its own reference; this is the whole campaign's)."""
+        before, after = self.before, self.after
+        if before is None or after is None or not before.rows or not after.rows:
+            return None
+        return transitions(before.rows, after.rows)
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(s.seconds or 0.0 for s in self.stages)
+
+
+def label_of(record: EvaluationRecord) -> str:
+    if record.phase == "baseline":
+        return "baseline"
+    phase = getattr(record.phase, "value", record.phase)
+    return f"{phase} i{record.iteration}" if phase == "1B.1" else str(phase)
+
+
+def rates_from_rows(rows: list[dict[str, Any]]) -> tuple[Rate, dict[str, Rate], dict[str, dict[str, Rate]]]:
+    """(consistency, accuracy per domain, {domain/stratum: {accuracy, consistency}}) from per-problem rows."""
+    consistency = wilson(sum(bool(r.get("consistent")) for r in rows), len(rows))
+    graded: dict[str, list[bool]] = defaultdict(list)
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        if row.get("greedyCorrect") is not None:
+            graded[row["domain"]].append(bool(row["greedyCorrect"]))
+        groups[f"{row['domain']}/{row.get('stratum', 'all')}"].append(row)
+    accuracy = {d: wilson(sum(v), len(v)) for d, v in sorted(graded.items())}
+    strata = {}
+    for key, members in sorted(groups.items()):
+        marks = [bool(r["greedyCorrect"]) for r in members if r.get("greedyCorrect") is not None]
+        strata[key] = {"consistency": wilson(sum(bool(r.get("consistent")) for r in members), len(members))}
+        if marks:
+            strata[key]["accuracy"] = wilson(sum(marks), len(marks))
+    return consistency, accuracy, strata
+
+
+def transitions(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> dict[str, int]:
+    old = {r["problemId"]: bool(r.get("success")) for r in before}
+    counts = {"matched": 0, "failureToSuccess": 0, "successToFailure": 0, "stillFailure": 0, "stillSuccess": 0}
+    for row in after:
+        if row["problemId"] not in old:
+            continue
+        was, now = old[row["problemId"]], bool(row.get("success"))
+        key = {(False, True): "failureToSuccess", (True, False): "successToFailure",
+               (False, False): "stillFailure", (True, True): "stillSuccess"}[(was, now)]
+        counts["matched"] += 1
+        counts[key] += 1
+    return counts
+
+
+def _eval_view(record: EvaluationRecord, store: Any) -> EvalView:
+    view = EvalView(label=label_of(record), record=record, report_uri=record.report)
+    if store is None or not record.report:
+        view.error = "no full report recorded"
+        return view
+    try:
+        report = store.read_json(record.report)
+        rows_uri = report.get("perProblemUri")
+        rows = store.read_jsonl(rows_uri) if rows_uri else []
+    except Exception as exc:  # the report must still render what the status knows
+        view.error = f"cannot read {record.report}: {exc}"
+        return view
+    view.rows = rows
+    if rows:
+        view.consistency, view.accuracy, view.strata = rates_from_rows(rows)
+    view.comparison = report.get("comparison")
+    return view
+
+
+def _seconds(start: str | None, end: str | None) -> float | None:
+    if not start or not end:
+        return None
+    return (parse_rfc3339(end) - parse_rfc3339(start)).total_seconds()
+
+
+def gather(name: str, namespace: str, spec: CampaignSpec, status: CampaignStatus, store: Any) -> ReportData:
+    evaluations = [_eval_view(r, store) for r in status.evaluations]
+    stages = []
+    for s in status.stages:
+        seconds = s.result.get("seconds") if isinstance(s.result.get("seconds"), int | float) else None
+        stages.append(StageView(
+            key=s.key, phase=s.phase.value, iteration=s.iteration, attempt=s.attempt, outcome=s.outcome.value,
+            seconds=seconds if seconds is not None else _seconds(s.start_time, s.end_time),
+            gpu_hours=s.gpu_hours, usd=round(s.gpu_hours * spec.budget.gpu_hour_usd, 4), message=s.message,
+        ))
+    return ReportData(name=name, namespace=namespace, status=status, evaluations=evaluations, stages=stages,
+                      spec=spec)
+
+
+def started_at(status: CampaignStatus) -> datetime | None:
+    starts = [parse_rfc3339(s.start_time) for s in status.stages if s.start_time]
+    return min(starts) if starts else None

@@ -1,0 +1,82 @@
+"""`consistency status` on a running campaign, the live line, and the report's intervals."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from consistency_core.spec import StageName
+from consistency_core.status import CampaignPhase, CampaignStatus, StageRecord, TrainingPhase
+from consistency_local.console import LiveConsole, render_status, tick_line
+from consistency_local.report_data import rates_from_rows, transitions
+from consistency_local.rundir import RunDir
+from consistency_local.stage_process import Tick
+from consistency_local.stats import wilson
+
+
+def _running(tmp_path: Path) -> tuple[RunDir, StageRecord]:
+    rd = RunDir(tmp_path / "run")
+    record = StageRecord(key="baseline-evaluate", stage=StageName.evaluate, phase=TrainingPhase.quick_fix,
+                         iteration=1, job_name="demo-baseline-evaluate", start_time="2026-01-01T00:00:00Z")
+    status = CampaignStatus(phase=CampaignPhase.running, training_phase=TrainingPhase.quick_fix, iteration=1,
+                            stage=record.key, stages=[record], message="running baseline-evaluate")
+    rd.save_status(status)
+    rd.write_run({"name": "demo", "namespace": "default", "digest": "x", "source": "c.yaml"})
+    rd.progress_path(record).parent.mkdir(parents=True)
+    rd.progress_path(record).write_text(json.dumps({"desc": "evaluate", "done": 48, "total": 200,
+                                                    "etaSeconds": 28.0}))
+    return rd, record
+
+
+def test_status_shows_the_running_stage_and_its_progress(tmp_path: Path) -> None:
+    rd, _ = _running(tmp_path)
+    now = datetime(2026, 1, 1, 0, 2, 5, tzinfo=UTC)
+    text = render_status(tmp_path, now=now)  # a runs/ folder holding run directories
+    header, row = text.splitlines()
+    assert header.split()[:6] == ["NAME", "STATUS", "PHASE", "ITERATION", "STAGE", "PROGRESS"]
+    assert "default/demo" in row and "Running" in row and "baseline-evaluate" in row
+    assert "evaluate 48/200 (24%) eta 28s" in row
+    assert "2m05s" in row  # age
+    assert render_status(rd.root, now=now, stages=True).count("baseline-evaluate") >= 2
+
+
+def test_live_line_names_phase_iteration_progress_and_elapsed(tmp_path: Path) -> None:
+    rd, record = _running(tmp_path)
+    line = tick_line(Tick(record, 75.0, rd.progress(record)))
+    assert line.startswith("[1B.1 i1] evaluate")
+    assert "48/200" in line and "1m15s elapsed" in line
+    out = io.StringIO()
+    console = LiveConsole(out, interactive=True)
+    console.tick(Tick(record, 1.0, None))
+    console.close()
+    assert "\r" in out.getvalue() and "starting" in out.getvalue()
+
+
+def test_wilson_interval_known_values() -> None:
+    half = wilson(5, 10)
+    assert half.low == pytest.approx(0.2366, abs=1e-4) and half.high == pytest.approx(0.7634, abs=1e-4)
+    none = wilson(0, 10)
+    assert none.low == 0.0 and none.high == pytest.approx(0.2775, abs=1e-4)
+    assert wilson(10, 10).high == 1.0
+    assert wilson(0, 0).text() == "n/a"
+    with pytest.raises(ValueError):
+        wilson(3, 2)
+
+
+def test_rates_and_transitions_from_per_problem_rows() -> None:
+    before = [
+        {"problemId": "a", "domain": "math", "stratum": "easy", "greedyCorrect": True, "consistent": True,
+         "success": True},
+        {"problemId": "b", "domain": "math", "stratum": "hard", "greedyCorrect": False, "consistent": False,
+         "success": False},
+    ]
+    after = [dict(before[0], success=False), dict(before[1], greedyCorrect=True, consistent=True, success=True)]
+    consistency, accuracy, strata = rates_from_rows(after)
+    assert (consistency.successes, consistency.total) == (2, 2)
+    assert accuracy["math"].successes == 2
+    assert strata["math/hard"]["accuracy"].successes == 1
+    assert transitions(before, after) == {"matched": 2, "failureToSuccess": 1, "successToFailure": 1,
+                                          "stillFailure": 0, "stillSuccess": 0}
