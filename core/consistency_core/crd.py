@@ -7,11 +7,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, TypeAdapter
 
+from consistency_core.model import nested_model
 from consistency_core.spec import CampaignSpec
 from consistency_core.status import CampaignStatus
 
@@ -96,17 +97,6 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
     return out
 
 
-def _model_type(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model inside `Model`, `Model | None` or `list[Model]`, if any."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in get_args(annotation):
-        found = _model_type(arg)
-        if found is not None:
-            return found
-    return None
-
-
 def _apply_defaults(model: type[BaseModel], schema: dict[str, Any]) -> None:
     """Pydantic leaves default_factory values out of the schema; the API server should apply them too.
     A nested object defaults to {} so the server fills in its own field defaults."""
@@ -122,7 +112,7 @@ def _apply_defaults(model: type[BaseModel], schema: dict[str, Any]) -> None:
             prop["default"] = {} if isinstance(value, BaseModel) else TypeAdapter(Any).dump_python(
                 [v.model_dump(mode="json", by_alias=True, exclude_none=True) if isinstance(v, BaseModel) else v
                  for v in value] if isinstance(value, list) else value, mode="json")
-        nested = _model_type(info.annotation)
+        nested = nested_model(info.annotation)
         if nested is not None:
             target = prop.get("items", prop)
             if target.get("type") == "object" or "properties" in target:

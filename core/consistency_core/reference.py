@@ -13,6 +13,7 @@ from typing import Any, get_args, get_origin
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from consistency_core.model import nested_model
 from consistency_core.spec import CampaignSpec
 
 START = "<!-- spec-reference:start -->"
@@ -55,21 +56,11 @@ def _default(info: Any) -> str:
     return f"`{json.dumps(value)}`"
 
 
-def _nested(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in get_args(annotation):
-        found = _nested(arg)
-        if found is not None:
-            return found
-    return None
-
-
 def rows(model: type[BaseModel], prefix: str = "spec") -> list[tuple[str, str, str, str]]:
     out = []
     for name, info in model.model_fields.items():
         path = f"{prefix}.{info.alias or name}"
-        nested = _nested(info.annotation)
+        nested = nested_model(info.annotation)
         path_items = f"{path}[]" if get_origin(info.annotation) is list and nested is not None else path
         out.append((path, _type_name(info.annotation), _default(info), (info.description or "").replace("|", "\\|")))
         if nested is not None:

@@ -260,10 +260,24 @@ def test_working_directory_is_private_and_thrown_away(sandbox: Sandbox) -> None:
     assert not os.path.exists(first.stdout.strip())
 
 
+# Inside the sandbox's mount namespace these are fresh, empty tmpfs: files put there are not visible.
+_MASKED = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
+
+
+def _visible_scratch_parent() -> Path:
+    """A writable directory the sandboxed program sees too (the checkout itself may live under /tmp)."""
+    for candidate in (Path(__file__).resolve().parents[2], Path("/var/cache"), Path("/srv"), Path("/opt")):
+        resolved = str(candidate.resolve())
+        masked = any(resolved == m or resolved.startswith(m + "/") for m in _MASKED)
+        searchable = all(os.stat(p).st_mode & 0o001 for p in [candidate.resolve(), *candidate.resolve().parents])
+        if not masked and searchable and os.access(candidate, os.W_OK):
+            return candidate
+    pytest.skip("no writable directory outside the sandbox's private tmpfs mounts")
+
+
 @needs_uid
 def test_cannot_write_outside_or_read_root_files(sandbox: Sandbox) -> None:
-    # Not under /tmp: with a mount namespace the program gets its own empty /tmp.
-    with tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parents[2], prefix=".sandbox-test-") as tmp:
+    with tempfile.TemporaryDirectory(dir=_visible_scratch_parent(), prefix=".sandbox-test-") as tmp:
         tmp_path = Path(tmp)
         tmp_path.chmod(0o755)
         secret_file = tmp_path / "secret"
