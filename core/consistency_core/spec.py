@@ -258,6 +258,9 @@ class StageResources(WireModel):
     gpus: int = Field(1, ge=0, le=64, description="GPUs per pod.")
     cpu: str = Field("4", description="CPU request and limit per pod.")
     memory: str = Field("32Gi", description="Memory request and limit per pod.")
+    ephemeral_storage: str | None = Field(
+        None, description="Ephemeral-storage request and limit per pod (caps /tmp, caches and what sandboxed "
+        "model-written code can write); unset = the namespace's default.")
     deadline_seconds: int = Field(6 * 3600, ge=60, description="activeDeadlineSeconds of the Job.")
     shards: int = Field(1, ge=1, le=256, description="Parallel pods (Indexed Job); used by generate.")
     backoff_limit: int = Field(2, ge=0, le=20, description="Pod retries inside one Job.")

@@ -63,6 +63,8 @@ def _store_env(spec: CampaignSpec, settings: OperatorConfig) -> list[dict[str, A
 
 def _resources(res: StageResources, gpu_resource: str) -> dict[str, Any]:
     amounts: dict[str, Any] = {"cpu": res.cpu, "memory": res.memory}
+    if res.ephemeral_storage:
+        amounts["ephemeral-storage"] = res.ephemeral_storage
     if res.gpus:
         amounts[gpu_resource] = str(res.gpus)
     # Equal requests and limits: Guaranteed QoS, so a stage is the last thing evicted under pressure.

@@ -63,7 +63,7 @@ def first_action(spec_raw: dict[str, Any]) -> tuple[Any, sm.RunStage]:
 def test_spec_overrides_operator_defaults_in_the_job() -> None:
     spec, action = first_action({**BASE_SPEC, "resources": {
         "workerImage": "my/worker:1", "gpuResourceName": "amd.com/gpu", "serviceAccountName": "runner",
-        "stages": {"prepare": {"gpus": 2, "cpu": "1", "memory": "1Gi"}}}})
+        "stages": {"prepare": {"gpus": 2, "cpu": "1", "memory": "1Gi", "ephemeralStorage": "50Gi"}}}})
     settings = OperatorConfig(worker_image="default/worker:0", worker_service_account="default-sa")
     job = build_job(config=action.config, record=action.record, resources=action.resources, spec=spec,
                     settings=settings)
@@ -71,6 +71,7 @@ def test_spec_overrides_operator_defaults_in_the_job() -> None:
     container = pod["containers"][0]
     assert container["image"] == "my/worker:1" and pod["serviceAccountName"] == "runner"
     assert container["resources"]["limits"]["amd.com/gpu"] == "2"
+    assert container["resources"]["limits"]["ephemeral-storage"] == "50Gi"
     assert "nvidia.com/gpu" not in container["resources"]["limits"]
     assert {"key": "amd.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     assert any(v["name"] == "dshm" for v in pod["volumes"])
