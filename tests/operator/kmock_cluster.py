@@ -361,15 +361,19 @@ class EmulatedCluster:
 
     def wait_for(self, what: str, probe: Callable[[], Any], timeout: float = 15.0,
                  interval: float = 0.05) -> Any:
-        """Poll ``probe`` until it returns something truthy; fail naming ``what`` otherwise."""
-        deadline = time.monotonic() + timeout
-        last: Any = None
-        while time.monotonic() < deadline:
-            last = probe()
-            if last:
-                return last
-            time.sleep(interval)
-        raise TimeoutError(f'timed out after {timeout:.0f}s waiting for {what} (last: {last!r})')
+        return wait_for(what, probe, timeout, interval)
+
+
+def wait_for(what: str, probe: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05) -> Any:
+    """Poll ``probe`` until it returns something truthy; fail naming ``what`` otherwise."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 class ApiError(Exception):

@@ -15,23 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from kmock_cluster import EmulatedCluster
+from kmock_cluster import EmulatedCluster, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CT = "consistency.dev/v1alpha1"
 CTS = "consistencytrainings"
 
 
-def wait_for(what: str, probe: Any, timeout: float = 15.0, interval: float = 0.05) -> Any:
-    """Poll ``probe`` until it returns something truthy; fail naming ``what`` otherwise."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 def free_port() -> int:
