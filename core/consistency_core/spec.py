@@ -149,6 +149,9 @@ class TrainingKnobs(WireModel):
     batch_size: int = Field(8, ge=1, description="Per-device batch size.")
     gradient_accumulation: int = Field(2, ge=1, description="Gradient accumulation steps.")
     max_seq_len: int = Field(1024, ge=32, description="Truncate training examples to this many tokens.")
+    checkpoint_steps: int = Field(
+        50, ge=1, description="Checkpoint to the store every N optimizer steps (and each epoch), so a preempted "
+        "pod resumes there.")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapter shape.")
 
 

@@ -226,6 +226,7 @@ class _Campaign:
                 gradient_accumulation=qf.gradient_accumulation,
                 max_seq_len=qf.max_seq_len,
                 lora=qf.lora,
+                checkpoint_steps=qf.checkpoint_steps,
             )
         return self._evaluate(
             prepared, adapter=join_uri(self.out(f"{prefix}-train"), TRAIN_ADAPTER), before=self._baseline_report()
@@ -263,6 +264,7 @@ class _Campaign:
                 gradient_accumulation=ex.gradient_accumulation,
                 max_seq_len=ex.max_seq_len,
                 lora=ex.lora,
+                checkpoint_steps=ex.checkpoint_steps,
                 init_adapter_uri=self.passing_adapter(),
             )
         quick_fix_eval = self._passing_eval_report()

@@ -65,6 +65,14 @@ def test_happy_path_promotes_and_succeeds():
     assert abs(status.cost.usd - status.cost.gpu_hours * 2.5) < 1e-3
 
 
+def test_training_knobs_reach_the_train_stage_config():
+    spec = minimal_spec(quickFix={"checkpointSteps": 7, "lora": {"r": 4}}, expansion={"checkpointSteps": 9})
+    _, runs = drive(spec, succeed_with([(0.9, 0.9)]))
+    by_key = {r.record.key: r.config.params for r in runs}
+    assert (by_key["1b1-i1-train"].checkpoint_steps, by_key["1b1-i1-train"].lora.r) == (7, 4)
+    assert by_key["1b2-train"].checkpoint_steps == 9
+
+
 def test_gate_failure_iterates_with_adjusted_knobs_then_passes():
     spec = minimal_spec()
     final, runs = drive(spec, succeed_with([(0.3, 0.4), (0.7, 0.6), (0.9, 0.7)]))
