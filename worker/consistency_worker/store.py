@@ -64,6 +64,26 @@ class StoreError(Exception):
         self.uri = uri
 
 
+class JsonlError(ValueError):
+    """A JSONL text has a line that is not a JSON object (the message names source and line)."""
+
+
+def parse_jsonl_objects(text: str, source: str) -> list[dict[str, Any]]:
+    """JSON objects of a JSONL text, blank lines skipped; a bad line raises JsonlError naming source:line."""
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise JsonlError(f"{source}:{lineno}: not valid JSON: {exc}") from None
+        if not isinstance(row, dict):
+            raise JsonlError(f"{source}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
+    return rows
+
+
 class StoreUnavailable(StoreError):
     """The store could not be reached or answered with a transient error (after retries)."""
 
@@ -380,18 +400,10 @@ class Store:
 
     def read_jsonl(self, uri: str) -> list[dict[str, Any]]:
         """Rows of a JSONL file; a bad line is an error naming the file and line number."""
-        rows = []
-        for lineno, line in enumerate(self.read_text(uri).splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise StoreError(f"{uri}:{lineno}: not valid JSON: {exc}", uri=uri) from None
-            if not isinstance(row, dict):
-                raise StoreError(f"{uri}:{lineno}: expected a JSON object, got {type(row).__name__}", uri=uri)
-            rows.append(row)
-        return rows
+        try:
+            return parse_jsonl_objects(self.read_text(uri), uri)
+        except JsonlError as exc:
+            raise StoreError(str(exc), uri=uri) from None
 
     def write_jsonl(self, uri: str, rows: Iterable[Any]) -> bytes:
         """Write rows as JSONL atomically; returns the bytes written (for manifest hashes)."""

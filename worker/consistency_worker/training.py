@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
@@ -130,21 +129,6 @@ def build_examples(
         else:
             examples.append(example)
     return examples, dropped
-
-
-def read_chat_rows(store: Store, uri: str) -> list[dict[str, Any]]:
-    rows = []
-    for lineno, line in enumerate(store.read_text(uri).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise TrainingDataError(f"{uri}:{lineno}: not valid JSON: {exc}") from None
-        if not isinstance(row, dict):
-            raise TrainingDataError(f"{uri}:{lineno}: expected a JSON object")
-        rows.append(row)
-    return rows
 
 
 def _collate(batch: list[Example], pad_id: int) -> dict[str, Any]:

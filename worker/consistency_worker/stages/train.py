@@ -15,13 +15,13 @@ from consistency_worker.models import cuda_available, fetch_adapter, load_model,
 from consistency_worker.stages import PermanentStageError
 from consistency_worker.stages.context import StageContext
 from consistency_worker.stages.generate import cache_dir
+from consistency_worker.store import JsonlError, parse_jsonl_objects
 from consistency_worker.training import (
     CHECKPOINTS,
     CheckpointStore,
     TrainingDataError,
     TrainSettings,
     build_examples,
-    read_chat_rows,
     total_steps,
     train_lora,
     wrap_lora,
@@ -63,9 +63,10 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
     with ctx.manifest.timed("load"):
         tokenizer = load_tokenizer(model_ref)
         try:
-            rows = read_chat_rows(ctx.store, params.data_uri)
+            # Parse the bytes already read for the manifest: one download of the data, not two.
+            rows = parse_jsonl_objects(data.decode("utf-8"), params.data_uri)
             examples, dropped = build_examples(tokenizer, rows, params.max_seq_len, source=params.data_uri)
-        except TrainingDataError as exc:
+        except (JsonlError, TrainingDataError) as exc:
             raise PermanentStageError(str(exc)) from None
         if not examples:
             raise PermanentStageError(f"{params.data_uri}: no usable training examples ({len(rows)} rows)")
