@@ -10,11 +10,19 @@ from pathlib import Path
 
 import pytest
 from consistency_core.spec import Backend, ModelRef
-from consistency_worker.backends import derive_seed, encode_prompt, open_backend, select_backend
+from consistency_worker.backends import (
+    Generated,
+    GenerationRequest,
+    cut_at_stop,
+    derive_seed,
+    encode_prompt,
+    open_backend,
+    select_backend,
+)
 from consistency_worker.backends.hf import HFBackend
-from consistency_worker.backends.vllm import engine_kwargs, lora_rank_limit
+from consistency_worker.backends.vllm import build_batch, collect, engine_kwargs, lora_rank_limit, sampling_fields
 from consistency_worker.models import ModelError, ResolvedModel, adapter_rank, cpu_quota, resolve_model
-from consistency_worker.prompts import render_prompt
+from consistency_worker.prompts import PLAIN_STOP_STRINGS, render_prompt, stop_strings
 from consistency_worker.store import open_store
 
 from tests.worker.model_fixtures import PROBLEMS, single_torch_thread, tiny_model_dir
@@ -190,6 +198,67 @@ def test_hf_rejects_mismatched_seeds(backend: HFBackend) -> None:
         backend.generate(["a", "b"], n=1, temperature=0.0, max_new_tokens=2, seeds=[1])
 
 
+def test_hf_mixed_requests_match_separate_calls_and_flag_the_budget(backend: HFBackend) -> None:
+    prompts = prompts_for(backend)
+    seeds = [derive_seed("mix", i) for i in range(len(prompts))]
+    requests = [GenerationRequest(p, 1, 0.0, 6, s) for p, s in zip(prompts, seeds, strict=True)]
+    requests += [GenerationRequest(p, 3, 0.9, 6, s) for p, s in zip(prompts, seeds, strict=True)]
+    mixed = backend.generate_requests(requests)
+    greedy = backend.generate(prompts, n=1, temperature=0.0, max_new_tokens=6, seeds=seeds)
+    sampled = backend.generate(prompts, n=3, temperature=0.9, max_new_tokens=6, seeds=seeds)
+    assert [[g.text for g in done] for done in mixed] == greedy + sampled
+    # A random model almost never says <|im_end|> within 6 tokens: every answer used the whole budget.
+    assert all(g.hit_limit for done in mixed for g in done)
+    roomy = backend.generate_requests([GenerationRequest(prompts[0], 1, 0.0, 6, 1)])
+    assert roomy[0][0].hit_limit
+
+
+def _stop_candidate(text: str) -> int | None:
+    """Where a 3-character stop string can start: printable ASCII (one byte token each), first seen there,
+    after a few characters and free of newlines (transformers also matches across the prompt's end, which
+    ends in one; vLLM does not)."""
+    for k in range(3, len(text) - 3):
+        piece = text[k : k + 3]
+        if text.find(piece) == k and all(" " <= c <= "~" for c in piece):
+            return k
+    return None
+
+
+def test_hf_stop_string_ends_generation_early_and_is_cut(backend: HFBackend) -> None:
+    prompt = prompts_for(backend)[0]
+    for seed in range(50):  # the first seeded continuation that runs the whole budget and has a candidate
+        request = GenerationRequest(prompt, 1, 1.0, 24, seed)
+        free = backend.generate_requests([request])[0][0]
+        start = _stop_candidate(free.text)
+        if free.hit_limit and start is not None:
+            break
+    else:
+        pytest.fail("no seeded continuation to take a stop string from")
+    stop = free.text[start : start + 3]
+    saved = backend.stop
+    backend.stop = (stop,)
+    try:
+        stopped = backend.generate_requests([request])[0][0]
+    finally:
+        backend.stop = saved
+    assert stopped == Generated(text=free.text[:start], hit_limit=False)
+
+
+def test_hf_plain_layout_gets_the_plain_stop_strings(tmp_path: Path) -> None:
+    from consistency_worker.tinymodel import build_tokenizer
+
+    model_dir = tmp_path / "plain"
+    shutil.copytree(tiny_model_dir(), model_dir)
+    tokenizer = build_tokenizer()
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(model_dir)
+    (model_dir / "chat_template.jinja").unlink(missing_ok=True)
+    plain = HFBackend(resolve_model(ModelRef(uri=str(model_dir))))
+    assert not getattr(plain.tokenizer, "chat_template", None)
+    assert plain.stop == PLAIN_STOP_STRINGS
+    assert render_prompt(plain.tokenizer, PROBLEMS[0]).endswith("Answer:")
+
+
 def test_hf_applies_a_lora_adapter(tmp_path: Path) -> None:
     from consistency_core.spec import LoraConfig
     from consistency_worker.models import load_model
@@ -246,3 +315,59 @@ def test_lora_rank_limit() -> None:
     assert [lora_rank_limit(r) for r in (1, 8, 9, 16, 64, 65, 512)] == [8, 8, 16, 16, 64, 128, 512]
     with pytest.raises(ValueError):
         lora_rank_limit(1024)
+
+
+def test_stop_strings_only_without_a_chat_template(backend: HFBackend) -> None:
+    assert stop_strings(backend.tokenizer) == ()
+
+    class NoTemplate:
+        chat_template = None
+
+    assert stop_strings(NoTemplate()) == PLAIN_STOP_STRINGS
+    assert cut_at_stop("a\nQuestion: b\nQuestion: c", ["\nQuestion:", "b"]) == ("a", True)
+    assert cut_at_stop("no stop here", PLAIN_STOP_STRINGS) == ("no stop here", False)
+
+
+def test_vllm_sampling_fields_per_request() -> None:
+    greedy = GenerationRequest("p", 1, 0.0, 64, seed=7)
+    sampled = GenerationRequest("p", 5, 0.7, 64, seed=7)
+    assert sampling_fields(greedy, stop=(), seeding="perSequence") == {
+        "n": 1, "temperature": 0.0, "top_p": 1.0, "max_tokens": 64, "skip_special_tokens": True}
+    assert sampling_fields(sampled, stop=["\nQuestion:"], seeding="perSequence") == {
+        "n": 5, "temperature": 0.7, "top_p": 1.0, "max_tokens": 64, "skip_special_tokens": True,
+        "stop": ["\nQuestion:"], "seed": 7}
+    # Engine seeding: no request seed, so vLLM samples the batch from its one engine generator.
+    assert "seed" not in sampling_fields(sampled, stop=(), seeding="engine")
+    # A greedy request asked for n copies still decodes once.
+    assert sampling_fields(GenerationRequest("p", 4, 0.0, 8, 1), stop=(), seeding="perSequence")["n"] == 1
+    with pytest.raises(ValueError, match="seeding"):
+        sampling_fields(sampled, stop=(), seeding="perRow")
+    with pytest.raises(ValueError, match="n >= 1"):
+        sampling_fields(GenerationRequest("p", 0, 0.7, 8, 1), stop=(), seeding="engine")
+
+
+def test_vllm_batch_interleaves_greedy_and_sampled_and_encodes_each_prompt_once() -> None:
+    encoded: list[str] = []
+
+    def encode(text: str) -> list[int]:
+        encoded.append(text)
+        return [ord(c) for c in text]
+
+    requests = [GenerationRequest("ab", 1, 0.0, 16, 11), GenerationRequest("ab", 3, 0.8, 16, 11),
+                GenerationRequest("c", 1, 0.0, 16, 12), GenerationRequest("c", 3, 0.8, 16, 12)]
+    inputs, fields = build_batch(requests, encode, stop=(), seeding="perSequence")
+    assert inputs == [{"prompt_token_ids": [97, 98]}] * 2 + [{"prompt_token_ids": [99]}] * 2
+    assert encoded == ["ab", "c"]
+    assert [(f["n"], f["temperature"], f.get("seed")) for f in fields] == [
+        (1, 0.0, None), (3, 0.8, 11), (1, 0.0, None), (3, 0.8, 12)]
+
+
+def test_vllm_collect_orders_samples_flags_length_and_repeats_greedy() -> None:
+    requests = [GenerationRequest("a", 3, 0.0, 8, 1), GenerationRequest("a", 2, 0.8, 8, 1)]
+    outputs = [[(0, "g", "stop")], [(1, "s1", "length"), (0, "s0", "stop")]]
+    assert collect(requests, outputs) == [
+        [Generated("g", False)] * 3, [Generated("s0", False), Generated("s1", True)]]
+    with pytest.raises(RuntimeError, match="2 completions"):
+        collect(requests[:1], [[(0, "g", "stop"), (1, "h", "stop")]])
+    with pytest.raises(RuntimeError, match="1 outputs for 2"):
+        collect(requests, outputs[:1])

@@ -15,6 +15,9 @@ SYSTEM_PROMPTS = {
     "then end your response with a final line of the form `Answer: <letter>`.",
 }
 LETTERS = "ABCDEFGHIJ"
+# A base model given the plain layout tends to answer, then write the next "Question:" itself; generation
+# stops there instead of spending the rest of the budget on made-up questions.
+PLAIN_STOP_STRINGS = ("\nQuestion:",)
 
 
 def user_message(problem: Problem) -> str:
@@ -52,3 +55,9 @@ def plain_prompt(messages: list[dict[str, str]]) -> str:
     turns = [f"{'Question' if m['role'] == 'user' else 'Answer'}: {m['content']}"
              for m in messages if m["role"] != "system"]
     return "\n\n".join([system, *turns, "Answer:"]) if system else "\n\n".join([*turns, "Answer:"])
+
+
+def stop_strings(tokenizer: Any) -> tuple[str, ...]:
+    """Stop strings for prompts rendered by `render_prompt`: none with a chat template (the template's
+    end-of-turn token is an EOS id), the plain layout's next-question marker otherwise."""
+    return () if getattr(tokenizer, "chat_template", None) else PLAIN_STOP_STRINGS

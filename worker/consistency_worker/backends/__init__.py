@@ -4,7 +4,11 @@ CPU or GPU). `auto` picks vLLM when CUDA and the vllm package are both available
 Prompts go in as rendered chat text and are tokenised here, once, with `encode_prompt`, so both engines
 see exactly the same token ids (vLLM gets token ids, never text it would tokenise its own way).
 Every prompt carries its own seed: a problem's samples depend only on (campaign seed, problem), not on
-which shard, batch or resumed run it lands in.
+which shard, batch or resumed run it lands in (unless the engine-seed option trades that away on vLLM).
+
+`generate_requests` is the one entry point of the generation loop: a list of requests, each with its own
+n / temperature / budget / seed, answered in one engine call (greedy n=1 and sampled n=k side by side),
+with each completion flagged when it stopped at the token budget rather than at EOS or a stop string.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -19,10 +24,42 @@ from consistency_core.spec import Backend
 
 from consistency_worker.models import ModelError, ResolvedModel, cuda_available
 
+# How sampled sequences are seeded (ExpansionPhase.seeding; the vLLM backend honours it, hf always seeds per row).
+SEEDING_PER_SEQUENCE = "perSequence"
+SEEDING_ENGINE = "engine"
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One prompt's share of an engine call: `n` completions (temperature 0: one greedy completion)."""
+
+    prompt: str
+    n: int
+    temperature: float
+    max_new_tokens: int
+    seed: int
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass(frozen=True)
+class Generated:
+    """One completion; `hit_limit`: it ended because it used all max_new_tokens (a cut-off answer)."""
+
+    text: str
+    hit_limit: bool = False
+
 
 class GenerationBackend(Protocol):
     name: str
     tokenizer: Any
+
+    def generate_requests(self, requests: Sequence[GenerationRequest]) -> list[list[Generated]]:
+        """Per request, its completions in order: `n` of them (a greedy request gives its one completion
+        `n` times). Stop strings for prompts without a chat template are the backend's business."""
+        ...
 
     def generate(
         self,
@@ -60,6 +97,12 @@ def encode_prompt(tokenizer: Any, text: str) -> list[int]:
     return list(ids)
 
 
+def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    """`text` up to the earliest stop string (excluded, as vLLM returns it) and whether one was found."""
+    cuts = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
 def vllm_importable() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
@@ -85,13 +128,15 @@ def open_backend(
     tensor_parallel_size: int = 1,
     seed: int = 0,
     max_batch_rows: int | None = None,
+    seeding: str = SEEDING_PER_SEQUENCE,
 ) -> GenerationBackend:
     """Load the model (and adapter) into the selected engine."""
     name = select_backend(kind)
     if name == "vllm":
         from consistency_worker.backends.vllm import VLLMBackend
 
-        return VLLMBackend(model, adapter_dir=adapter_dir, tensor_parallel_size=tensor_parallel_size, seed=seed)
+        return VLLMBackend(model, adapter_dir=adapter_dir, tensor_parallel_size=tensor_parallel_size, seed=seed,
+                           seeding=seeding)
     from consistency_worker.backends.hf import HFBackend
 
     return HFBackend(model, adapter_dir=adapter_dir, max_batch_rows=max_batch_rows)

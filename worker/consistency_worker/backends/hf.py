@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from consistency_worker.backends import derive_seed, encode_prompt
+from consistency_worker.backends import Generated, GenerationRequest, cut_at_stop, derive_seed, encode_prompt
 from consistency_worker.models import ResolvedModel, cuda_available, load_model, load_tokenizer
+from consistency_worker.prompts import stop_strings
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class HFBackend:
         self.model = loaded
         self.eos_ids = self._eos_ids()
         self.pad_id = self.tokenizer.pad_token_id
+        self.stop = stop_strings(self.tokenizer)
 
     def _eos_ids(self) -> list[int]:
         ids: set[int] = set()
@@ -91,25 +93,36 @@ class HFBackend:
     ) -> list[list[str]]:
         if len(seeds) != len(prompts):
             raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
-        encoded = [encode_prompt(self.tokenizer, p) for p in prompts]
-        greedy = temperature <= 0.0
-        # Greedy decoding is deterministic: one row per prompt, copied n times.
-        rows = [(i, j) for i in range(len(prompts)) for j in range(1 if greedy else n)]
-        # Longest first: similar lengths share a batch (less padding) and an OOM shows up at once.
-        rows.sort(key=lambda r: -len(encoded[r[0]]))
-        texts: dict[tuple[int, int], str] = {}
-        for start in range(0, len(rows), self.max_batch_rows):
-            batch = rows[start : start + self.max_batch_rows]
-            row_seeds = [derive_seed(seeds[i], j) for i, j in batch]
-            outs = self._generate_batch(
-                [encoded[i] for i, _ in batch], None if greedy else (row_seeds, temperature), max_new_tokens
-            )
-            texts.update(zip(batch, outs, strict=True))
-        return [[texts[(i, 0 if greedy else j)] for j in range(n)] for i in range(len(prompts))]
+        requests = [GenerationRequest(prompt, n, temperature, max_new_tokens, seed)
+                    for prompt, seed in zip(prompts, seeds, strict=True)]
+        return [[g.text for g in done] for done in self.generate_requests(requests)]
+
+    def generate_requests(self, requests: Sequence[GenerationRequest]) -> list[list[Generated]]:
+        """Requests that share temperature and budget decode together; greedy requests decode once."""
+        encoded: dict[str, list[int]] = {}
+        for r in requests:
+            if r.prompt not in encoded:
+                encoded[r.prompt] = encode_prompt(self.tokenizer, r.prompt)
+        groups: dict[tuple[float, int], list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault((0.0 if r.greedy else r.temperature, r.max_new_tokens), []).append(i)
+        done: dict[tuple[int, int], Generated] = {}
+        for (temperature, max_new_tokens), members in groups.items():
+            greedy = temperature <= 0.0
+            rows = [(i, j) for i in members for j in range(1 if greedy else requests[i].n)]
+            # Longest first: similar lengths share a batch (less padding) and an OOM shows up at once.
+            rows.sort(key=lambda r: -len(encoded[requests[r[0]].prompt]))
+            for start in range(0, len(rows), self.max_batch_rows):
+                batch = rows[start : start + self.max_batch_rows]
+                row_seeds = [derive_seed(requests[i].seed, j) for i, j in batch]
+                outs = self._generate_batch([encoded[requests[i].prompt] for i, _ in batch],
+                                            None if greedy else (row_seeds, temperature), max_new_tokens)
+                done.update(zip(batch, outs, strict=True))
+        return [[done[(i, 0 if r.greedy else j)] for j in range(r.n)] for i, r in enumerate(requests)]
 
     def _generate_batch(
         self, batch: list[list[int]], sampling: tuple[list[int], float] | None, max_new_tokens: int
-    ) -> list[str]:
+    ) -> list[Generated]:
         import torch
         from transformers import GenerationConfig, LogitsProcessorList
 
@@ -124,6 +137,7 @@ class HFBackend:
             do_sample=False,  # sampling happens in the Gumbel processor; the final pick is an argmax
             eos_token_id=self.eos_ids,
             pad_token_id=self.pad_id,
+            stop_strings=list(self.stop) or None,
         )
         processors = LogitsProcessorList()
         if sampling is not None:
@@ -134,9 +148,19 @@ class HFBackend:
                 attention_mask=attention.to(self.model.device),
                 generation_config=config,
                 logits_processor=processors,
+                # transformers' stop-string criterion reads the tokenizer's vocabulary
+                **({"tokenizer": self.tokenizer} if self.stop else {}),
             )
         new_tokens = out[:, width:].cpu()
-        return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        ended = torch.isin(new_tokens, torch.tensor(self.eos_ids, dtype=new_tokens.dtype)).any(dim=1).tolist()
+        full = new_tokens.shape[1] >= max_new_tokens
+        results = []
+        for text, eos in zip(texts, ended, strict=True):
+            # The stop string stays in transformers' output; vLLM drops it: cut here so both agree.
+            text, stopped = cut_at_stop(text, self.stop)
+            results.append(Generated(text=text, hit_limit=full and not (eos or stopped)))
+        return results
 
     def close(self) -> None:
         self.model = None

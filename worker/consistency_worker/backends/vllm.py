@@ -1,10 +1,25 @@
 """vLLM generation backend (GPU): offline batch generation with prefix caching and LoRA.
 
-One `LLM.generate` call per chunk of problems: each prompt gets its own `SamplingParams(n=k, seed=...)`,
-so a problem's k samples depend on its seed only (vLLM keeps a per-request generator when a seed is set).
-Prompts go in as token ids (`{"prompt_token_ids": ...}`) encoded by the shared `encode_prompt`, so vLLM
-and the hf backend see identical inputs. The greedy answer and the k samples share the prompt prefix,
-which prefix caching computes once.
+One `LLM.generate` call per chunk of problems with one `SamplingParams` per request: a problem's greedy
+answer (n=1, temperature 0) and its k samples (n=k) go into the same call, so the engine schedules them
+together and prefix caching computes the shared prompt once. Prompts go in as token ids
+(`{"prompt_token_ids": ...}`) encoded by the shared `encode_prompt`, so vLLM and the hf backend see
+identical inputs.
+
+Seeding (`seeding`): "perSequence" gives every sampled request `seed=<problem seed>`; vLLM fans n=k out into
+k child requests seeded seed+index, each with its own torch.Generator, so a problem's samples depend on its
+seed only (any shard, chunk or batch). The price: vLLM's sampler draws the noise of seeded rows in a Python
+loop over those generators at every decode step (`random_sample` in vllm/v1/sample/ops/topk_topp_sampler.py)
+and FlashInfer's sampler is bypassed. "engine" leaves request seeds unset: the engine's generator, seeded once
+by `LLM(seed=...)`, draws for the whole batch in one kernel; a rerun of the same chunks in the same order on
+the same build reproduces, but a problem's samples change with what else is in its batch (shard count, chunk
+size, a resumed run).
+
+API relied on (vllm 0.33.0 as pinned in images/worker/constraints.txt; fields read from vllm's
+sampling_params.py, entrypoints/llm.py, outputs.py, lora/request.py and config/lora.py): SamplingParams(n,
+temperature, top_p, seed, stop, max_tokens, skip_special_tokens); LLM.generate(prompts, [SamplingParams, ...],
+lora_request=LoRARequest(name, int_id, path)); CompletionOutput.index/.text/.finish_reason ("length" when
+max_tokens ran out); LoRAConfig.max_lora_rank in {1, 8, 16, 32, 64, 128, 256, 320, 512}.
 """
 
 from __future__ import annotations
@@ -15,12 +30,19 @@ import gc
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from consistency_worker.backends import encode_prompt
+from consistency_worker.backends import (
+    SEEDING_ENGINE,
+    SEEDING_PER_SEQUENCE,
+    Generated,
+    GenerationRequest,
+    encode_prompt,
+)
 from consistency_worker.models import ResolvedModel, adapter_rank, load_tokenizer
+from consistency_worker.prompts import stop_strings
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +101,61 @@ def engine_kwargs(
     return kwargs
 
 
+def sampling_fields(request: GenerationRequest, *, stop: Sequence[str], seeding: str) -> dict[str, Any]:
+    """`SamplingParams` keyword arguments of one request (pure: tested without vLLM)."""
+    if seeding not in (SEEDING_PER_SEQUENCE, SEEDING_ENGINE):
+        raise ValueError(f"seeding must be {SEEDING_PER_SEQUENCE!r} or {SEEDING_ENGINE!r}, got {seeding!r}")
+    if request.n < 1 or request.max_new_tokens < 1:
+        raise ValueError(f"request needs n >= 1 and max_new_tokens >= 1, got {request.n}, {request.max_new_tokens}")
+    fields: dict[str, Any] = {
+        # Greedy decoding is deterministic: decode once, however many copies the caller wants.
+        "n": 1 if request.greedy else request.n,
+        "temperature": 0.0 if request.greedy else request.temperature,
+        "top_p": 1.0,
+        "max_tokens": request.max_new_tokens,
+        "skip_special_tokens": True,
+    }
+    if stop:
+        fields["stop"] = list(stop)
+    if not request.greedy and seeding == SEEDING_PER_SEQUENCE:
+        fields["seed"] = request.seed
+    return fields
+
+
+def build_batch(
+    requests: Sequence[GenerationRequest],
+    encode: Callable[[str], list[int]],
+    *,
+    stop: Sequence[str],
+    seeding: str,
+) -> tuple[list[dict[str, list[int]]], list[dict[str, Any]]]:
+    """The prompts (token ids) and per-request SamplingParams fields of one `LLM.generate` call."""
+    ids: dict[str, list[int]] = {}  # greedy and sampled requests of a problem share one prompt: encode once
+    inputs = []
+    for request in requests:
+        if request.prompt not in ids:
+            ids[request.prompt] = encode(request.prompt)
+        inputs.append({"prompt_token_ids": ids[request.prompt]})
+    return inputs, [sampling_fields(r, stop=stop, seeding=seeding) for r in requests]
+
+
+def collect(
+    requests: Sequence[GenerationRequest], outputs: Sequence[Sequence[tuple[int, str, str | None]]]
+) -> list[list[Generated]]:
+    """Completions per request from (index, text, finish_reason) triples, in index order; a greedy request's
+    one completion is repeated up to its n."""
+    if len(outputs) != len(requests):
+        raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(requests)} requests")
+    result = []
+    for request, triples in zip(requests, outputs, strict=True):
+        done = [Generated(text=text, hit_limit=reason == "length") for _, text, reason in sorted(triples)]
+        expected = 1 if request.greedy else request.n
+        if len(done) != expected:
+            raise RuntimeError(f"vLLM returned {len(done)} completions for a request of n={expected}")
+        result.append(done * request.n if request.greedy else done)
+    return result
+
+
 def _supported(kwargs: dict[str, Any]) -> dict[str, Any]:
     """Drop engine arguments this vLLM version does not know (e.g. generation_config before 0.7)."""
     from vllm.engine.arg_utils import EngineArgs
@@ -100,12 +177,17 @@ class VLLMBackend:
         adapter_dir: Path | None = None,
         tensor_parallel_size: int = 1,
         seed: int = 0,
+        seeding: str = SEEDING_PER_SEQUENCE,
     ):
         from vllm import LLM
 
+        if seeding not in (SEEDING_PER_SEQUENCE, SEEDING_ENGINE):
+            raise ValueError(f"seeding must be {SEEDING_PER_SEQUENCE!r} or {SEEDING_ENGINE!r}, got {seeding!r}")
+        self.seeding = seeding
         self.tokenizer = load_tokenizer(model)
+        self.stop = stop_strings(self.tokenizer)
         kwargs = engine_kwargs(model, adapter_dir=adapter_dir, tensor_parallel_size=tensor_parallel_size, seed=seed)
-        log.info("starting vLLM: %s", {k: v for k, v in kwargs.items() if k != "model"})
+        log.info("starting vLLM (seeding %s): %s", seeding, {k: v for k, v in kwargs.items() if k != "model"})
         self.llm = LLM(**_supported(kwargs))
         self.lora_request = None
         if adapter_dir is not None:
@@ -113,18 +195,17 @@ class VLLMBackend:
 
             self.lora_request = LoRARequest("adapter", 1, str(adapter_dir))
 
-    def sampling_params(self, *, n: int, temperature: float, max_new_tokens: int, seed: int) -> Any:
+    def generate_requests(self, requests: Sequence[GenerationRequest]) -> list[list[Generated]]:
+        if not requests:
+            return []
         from vllm import SamplingParams
 
-        greedy = temperature <= 0.0
-        return SamplingParams(
-            n=1 if greedy else n,
-            temperature=0.0 if greedy else temperature,
-            top_p=1.0,
-            seed=None if greedy else seed,
-            max_tokens=max_new_tokens,
-            skip_special_tokens=True,
-        )
+        inputs, fields = build_batch(requests, lambda text: encode_prompt(self.tokenizer, text), stop=self.stop,
+                                     seeding=self.seeding)
+        params = [SamplingParams(**f) for f in fields]
+        outputs = self.llm.generate(inputs, params, lora_request=self.lora_request, use_tqdm=False)
+        triples = [[(c.index, c.text, c.finish_reason) for c in out.outputs] for out in outputs]
+        return collect(requests, triples)
 
     def generate(
         self,
@@ -137,19 +218,9 @@ class VLLMBackend:
     ) -> list[list[str]]:
         if len(seeds) != len(prompts):
             raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
-        if not prompts:
-            return []
-        inputs = [{"prompt_token_ids": encode_prompt(self.tokenizer, p)} for p in prompts]
-        params = [
-            self.sampling_params(n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=s) for s in seeds
-        ]
-        outputs = self.llm.generate(inputs, params, lora_request=self.lora_request, use_tqdm=False)
-        texts: list[list[str]] = []
-        for out in outputs:
-            completions = [c.text for c in sorted(out.outputs, key=lambda c: c.index)]
-            # Greedy decoding ran once; every "sample" of it is the same text.
-            texts.append(completions * n if len(completions) == 1 and n > 1 else completions)
-        return texts
+        requests = [GenerationRequest(prompt, n, temperature, max_new_tokens, seed)
+                    for prompt, seed in zip(prompts, seeds, strict=True)]
+        return [[g.text for g in done] for done in self.generate_requests(requests)]
 
     def close(self) -> None:
         llm, self.llm = self.llm, None
