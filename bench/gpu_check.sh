@@ -1,37 +1,84 @@
 #!/usr/bin/env bash
-# GPU check: runs exactly the GPU tests (QLoRA with bitsandbytes NF4, vLLM generation with n samples, seeds
-# and a LoRA request, the generate stage picking vLLM) and prints the figures they measure.
-# Installs nothing: run it in an environment that already has the `gpu` extra (the worker image, or
-# `pip install -e .[worker,gpu,test]`). Usage: bench/gpu_check.sh [extra pytest args]
-set -euo pipefail
+# Device check: every GPU path of the worker on one GPU, in about 8 minutes, with nothing downloaded.
+# Runs the steps of bench/gpu_check.py one process each (a crash or hang loses one step, and GPU memory is
+# freed between steps), each under its own timeout, then merges their figures into one JSON file.
+#
+#   bench/gpu_check.sh [--cpu] [--out FILE] [--work DIR]
+#
+# --cpu   small sizes, CUDA-only parts print "skipped: no CUDA" (what the test suite runs; ~1 minute).
+# --out   merged figures (default: $OUT/gpu_check.json when $OUT is set, else gpu_check.json in --work).
+# Env:    PYTHON (default .venv/bin/python, else python3); GPU_CHECK_WHEELS=DIR installs the wheels in DIR
+#         (e.g. pydantic, vllm, bitsandbytes when the machine lacks them) into a private target first;
+#         GPU_CHECK_TIMEOUT_SCALE multiplies every step's timeout (e.g. 2 on a slower GPU).
+# Exit:   0 when no step failed (skipped steps are fine), 1 otherwise.
+set -uo pipefail
 cd "$(dirname "$0")/.."
+
+cpu=""
+out=""
+work=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --cpu|--dry-run) cpu="--cpu" ;;
+    --out) out="$2"; shift ;;
+    --work) work="$2"; shift ;;
+    *) echo "unknown argument: $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+
 PY="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
-
-"$PY" - <<'EOF'
-import importlib.util, torch
-print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
-      torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-")
-for name in ("vllm", "bitsandbytes", "peft", "transformers"):
-    spec = importlib.util.find_spec(name)
-    version = "missing"
-    if spec is not None:
-        from importlib.metadata import version as v
-        version = v(name)
-    print(f"{name:>13}: {version}")
-if not torch.cuda.is_available():
-    raise SystemExit("no CUDA device visible: the GPU tests would all be skipped")
-EOF
-
-log="$(mktemp)"
-trap 'rm -f "$log"' EXIT
-set +e
-"$PY" -m pytest tests/worker/test_gpu.py -m gpu -v -s -rs -p no:cacheprovider "$@" 2>&1 | tee "$log"
-status=${PIPESTATUS[0]}
-set -e
-echo
-echo "== figures"
-grep '^FIGURE ' "$log" | sed 's/^FIGURE /  /' || echo "  (none: tests skipped or failed before measuring)"
-if grep -q ' SKIPPED' "$log"; then
-  echo "warning: some GPU tests were skipped (see the reasons above)"
+export PYTHONPATH="$PWD/core:$PWD/worker:$PWD/operator:$PWD/local${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1
+if [ -n "${GPU_CHECK_WHEELS:-}" ]; then
+  site="$(mktemp -d)"
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" "$GPU_CHECK_WHEELS"/*.whl \
+    || { echo "could not install the wheels in $GPU_CHECK_WHEELS" >&2; exit 2; }
+  export PYTHONPATH="$PYTHONPATH:$site"
 fi
-exit "$status"
+if [ -z "$work" ]; then
+  work="$(mktemp -d -t gpu-check.XXXXXX)"
+fi
+mkdir -p "$work"
+if [ -z "$out" ]; then
+  out="${OUT:+$OUT/gpu_check.json}"
+  out="${out:-$work/gpu_check.json}"
+fi
+
+# Seconds per step on one H200; together 480 s (8 minutes). The CPU mode's small sizes fit the same limits.
+declare -A LIMIT=([env]=20 [model]=40 [qlora]=100 [vllm]=120 [stages]=100 [expansion]=50 [sandbox]=50)
+scale="${GPU_CHECK_TIMEOUT_SCALE:-1}"
+
+# The sandbox step runs pinned to 4 CPUs, as in a 4-CPU pod: the pool must size itself from the affinity
+# mask, not the node's core count, or programs queue behind each other and time out falsely.
+ncpu="$("$PY" -c 'import os; print(len(os.sched_getaffinity(0)))')"
+pin=()
+if command -v taskset >/dev/null; then
+  last=$(( (ncpu < 4 ? ncpu : 4) - 1 ))
+  first_cpu="$("$PY" -c 'import os; print(min(os.sched_getaffinity(0)))')"
+  pin=(taskset -c "$first_cpu-$(( first_cpu + last ))")
+  [ "$ncpu" -lt 4 ] && echo "note: only $ncpu CPUs visible; the sandbox step is pinned to ${pin[*]:2}"
+else
+  echo "note: taskset not found; the sandbox step runs on all $ncpu CPUs"
+fi
+
+timed_out=()
+failed=0
+for step in env model qlora vllm stages expansion sandbox; do
+  limit="$("$PY" -c "print(max(1, round(${LIMIT[$step]} * $scale)))")"
+  prefix=()
+  [ "$step" = sandbox ] && prefix=("${pin[@]}")
+  timeout --kill-after=10 "$limit" "${prefix[@]}" "$PY" bench/gpu_check.py "$step" --work "$work" $cpu
+  rc=$?
+  if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+    echo "== $step: timed out after $limit s"
+    timed_out+=(--timed-out "$step=$limit")
+  elif [ "$rc" -ne 0 ]; then
+    failed=1
+  fi
+done
+
+"$PY" bench/gpu_check.py report --work "$work" --out "$out" "${timed_out[@]}"
+rc=$?
+[ "$failed" -ne 0 ] && rc=1
+exit "$rc"
