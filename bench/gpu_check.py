@@ -95,7 +95,7 @@ FULL = Sizes(vocab=32000, hidden=1024, layers=8, heads=8, kv_heads=4, intermedia
 CPU = Sizes(vocab=1024, hidden=256, layers=2, heads=2, kv_heads=1, intermediate=512, corpus_mib=0.5,
             train_problems=4, train_epochs=2, batch_size=1, checkpoint_steps=2, interrupt_at=3, lora_r=8,
             compare_prompts=2, compare_tokens=4, throughput_prompts=8, throughput_samples=5, throughput_tokens=8,
-            stage_problems=3, stage_samples=2, stage_tokens=6, expansion_steps=2, sandbox_programs=12)
+            stage_problems=3, stage_samples=2, stage_tokens=8, expansion_steps=2, sandbox_programs=12)
 
 
 class Skip(Exception):
@@ -321,13 +321,14 @@ class Interrupted(Exception):
     pass
 
 
-def train_params(data: Path, sizes: Sizes, *, quantization: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "dataUri": str(data), "epochs": sizes.train_epochs, "learningRate": 2e-3, "batchSize": sizes.batch_size,
+def train_params(data: Path, sizes: Sizes, *, quantization: str, epochs: int | None = None,
+                 learning_rate: float = 2e-3, **extra: Any) -> dict[str, Any]:
+    training = {
+        "epochs": epochs or sizes.train_epochs, "learningRate": learning_rate, "batchSize": sizes.batch_size,
         "gradientAccumulation": 1, "maxSeqLen": 512, "checkpointSteps": sizes.checkpoint_steps,
-        "lora": {"r": sizes.lora_r, "alpha": 2 * sizes.lora_r, "dropout": 0.0}, "quantization": quantization,
-        **extra,
+        "lora": {"r": sizes.lora_r, "alpha": 2 * sizes.lora_r, "dropout": 0.0},
     }
+    return {"dataUri": str(data), "training": training, "quantization": quantization, **extra}
 
 
 def step_qlora(work: Path, sizes: Sizes, rep: Report) -> None:
@@ -536,10 +537,11 @@ def step_stages(work: Path, sizes: Sizes, rep: Report) -> None:
         rep.skip("vLLM backend for the stages (hf instead)", "vllm not installed")
     items = problems(sizes.stage_problems)
     problems_path = write_problems(work / "problems.jsonl", items)
-    common = {"problemsUri": str(problems_path), "samples": sizes.stage_samples, "temperature": 0.7,
-              "maxNewTokens": sizes.stage_tokens, "adapterUri": str(adapter)}
+    common = {"problemsUri": str(problems_path), "adapterUri": str(adapter),
+              "sampling": {"samples": sizes.stage_samples, "temperature": 0.7, "maxNewTokens": sizes.stage_tokens}}
     start = time.perf_counter()
-    generated = run_stage(stage_config("generate", work, "generate", common, backend=backend),
+    generated = run_stage(stage_config("generate", work, "generate", {**common, "shards": 1,
+                                                                      "tensorParallelSize": 1}, backend=backend),
                           work / "scratch" / "generate")
     rep.figure("generate_s", round(time.perf_counter() - start, 1))
     rep.figure("generate_metrics", generated.metrics)
@@ -564,9 +566,8 @@ def step_expansion(work: Path, sizes: Sizes, rep: Report) -> None:
         rep.skip("4-bit NF4 base", "bitsandbytes not installed")
     items = problems(sizes.expansion_steps * sizes.batch_size, offset=500)
     data = write_train_data(work / "expansion.jsonl", items)
-    params = train_params(data, sizes, quantization="nf4" if four_bit else "none",
+    params = train_params(data, sizes, quantization="nf4" if four_bit else "none", epochs=1, learning_rate=1e-4,
                           initAdapterUri=str(adapter))
-    params.update(epochs=1, learningRate=1e-4)
     start = time.perf_counter()
     result = run_stage(stage_config("train", work, "expansion", params), work / "scratch" / "expansion")
     rep.figure("expansion_s", round(time.perf_counter() - start, 1))

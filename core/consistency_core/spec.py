@@ -46,6 +46,13 @@ class Backend(StrEnum):
     vllm = "vllm"
 
 
+class Seeding(StrEnum):
+    """How sampled answers are seeded on vLLM (the hf backend always seeds per sequence)."""
+
+    per_sequence = "perSequence"
+    engine = "engine"
+
+
 class ModelRef(WireModel):
     """Base model to fine-tune."""
 
@@ -166,6 +173,12 @@ class SamplingKnobs(WireModel):
     temperature: Temperature = Field(0.7, description="Sampling temperature (1B.1: of iteration 1; later "
                                      "iterations follow retry.temperatureSchedule).")
     max_new_tokens: int = Field(512, ge=8, description="Generation budget per answer.")
+    seeding: Seeding = Field(
+        Seeding.per_sequence,
+        description="vLLM only. perSequence: every problem's samples come from its own seed, the same in any "
+        "shard, chunk or resumed run. engine: one engine seed for the whole batch; faster (no per-sequence "
+        "generator loop at each decode step) but a problem's samples then depend on its batch. Meant for the "
+        "1B.2 scan.")
 
 
 class AgreementFilter(WireModel):

@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from consistency_core.spec import Backend
+from consistency_core.spec import Backend, Seeding
 
 from consistency_worker.models import ModelError, ResolvedModel, cuda_available
 
-# How sampled sequences are seeded (ExpansionPhase.seeding; the vLLM backend honours it, hf always seeds per row).
-SEEDING_PER_SEQUENCE = "perSequence"
-SEEDING_ENGINE = "engine"
+# How sampled sequences are seeded (spec SamplingKnobs.seeding; vLLM honours it, hf always seeds per row).
+SEEDING_PER_SEQUENCE = Seeding.per_sequence.value
+SEEDING_ENGINE = Seeding.engine.value
 
 
 @dataclass(frozen=True)
