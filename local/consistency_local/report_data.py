@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from consistency_core.names import parse_rfc3339
@@ -152,8 +151,3 @@ def gather(name: str, namespace: str, spec: CampaignSpec, status: CampaignStatus
         ))
     return ReportData(name=name, namespace=namespace, status=status, evaluations=evaluations, stages=stages,
                       spec=spec)
-
-
-def started_at(status: CampaignStatus) -> datetime | None:
-    starts = [parse_rfc3339(s.start_time) for s in status.stages if s.start_time]
-    return min(starts) if starts else None

@@ -14,7 +14,6 @@ from consistency_worker.backends import (
     Generated,
     GenerationRequest,
     cut_at_stop,
-    derive_seed,
     encode_prompt,
     open_backend,
     select_backend,
@@ -23,6 +22,7 @@ from consistency_worker.backends.hf import HFBackend
 from consistency_worker.backends.vllm import build_batch, collect, engine_kwargs, lora_rank_limit, sampling_fields
 from consistency_worker.models import ModelError, ResolvedModel, adapter_rank, cpu_quota, resolve_model
 from consistency_worker.prompts import PLAIN_STOP_STRINGS, render_prompt, stop_strings
+from consistency_worker.seeds import derive_seed
 from consistency_worker.store import open_store
 
 from tests.worker.model_fixtures import PROBLEMS, single_torch_thread, tiny_model_dir

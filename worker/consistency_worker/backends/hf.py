@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from consistency_worker.backends import Generated, GenerationRequest, cut_at_stop, derive_seed, encode_prompt
+from consistency_worker.backends import Generated, GenerationRequest, cut_at_stop, encode_prompt
 from consistency_worker.models import ResolvedModel, cuda_available, load_model, load_tokenizer
 from consistency_worker.prompts import stop_strings
+from consistency_worker.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 
