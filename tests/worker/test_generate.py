@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 from consistency_core.spec import SamplingKnobs
 from consistency_core.stages import RESULT
-from consistency_worker.answering import SamplingSettings, answer_problems
+from consistency_worker import answering
+from consistency_worker.answering import SamplingSettings, answer_problems, plan_requests, truncated_share
+from consistency_worker.backends import Generated, GenerationRequest
 from consistency_worker.generations import (
     Completion,
     GenerationRecord,
@@ -58,6 +60,9 @@ def test_generate_writes_graded_records(tmp_path: Path) -> None:
     problems = write_problems(tmp_path / "problems.jsonl")
     result = run(gen_config(store, str(problems)), tmp_path / "scratch")
     assert result.ok and result.metrics["problems"] == len(PROBLEMS)
+    # The random tiny model rarely says <|im_end|> within 12 tokens: most answers run out of budget.
+    records_on_disk = read_generations(open_store(store), f"{store}/gen")
+    assert result.metrics["maxNewTokensHitShare"] == truncated_share(records_on_disk) > 0.5
     assert result.metrics["completions"] == len(PROBLEMS) * (1 + 3)
     assert result.metrics["backend"] == "hf"
     records = read_generations(open_store(store), f"{store}/gen")
@@ -71,7 +76,7 @@ def test_generate_writes_graded_records(tmp_path: Path) -> None:
             assert {c.answer for c in record.samples} == {"fail"}  # test outcome = the code "answer"
     on_disk = json.loads((tmp_path / "store" / "gen" / shard_file_name(0, 1)).read_text().splitlines()[0])
     assert set(on_disk) == {"problemId", "domain", "stratum", "greedy", "samples"}
-    assert set(on_disk["greedy"]) == {"text", "answer", "correct"}
+    assert set(on_disk["greedy"]) == {"text", "answer", "correct", "truncated"}
     manifest = json.loads((tmp_path / "store" / "gen" / "manifest.json").read_text())
     assert manifest["inputs"]["problems"]["sha256"]
     assert set(manifest["outputs"]["generations"]["files"]) == {shard_file_name(0, 1)}
@@ -177,12 +182,12 @@ class ScriptedBackend:
         self.tokenizer = tokenizer
         self.answers = answers
 
-    def generate(self, prompts, *, n, temperature, max_new_tokens, seeds):  # type: ignore[no-untyped-def]
+    def generate_requests(self, requests: list[GenerationRequest]) -> list[list[Generated]]:
         out = []
-        for prompt in prompts:
-            key = next(k for k in self.answers if k in prompt)
-            texts = self.answers[key]
-            out.append([texts[0]] * n if temperature == 0 else texts[1 : 1 + n])
+        for r in requests:
+            texts = self.answers[next(k for k in self.answers if k in r.prompt)]
+            chosen = [texts[0]] * r.n if r.greedy else texts[1 : 1 + r.n]
+            out.append([Generated(t, hit_limit=t.endswith("...")) for t in chosen])
         return out
 
     def close(self) -> None:
@@ -210,6 +215,89 @@ def test_answers_are_graded_by_domain_including_sandboxed_code() -> None:
     assert [(s.answer, s.correct) for s in by_id["c1"].samples] == [("fail", False), ("fail", False)]
     assert (by_id["r1"].greedy.answer, by_id["r1"].greedy.correct) == ("B", True)
     assert [s.correct for s in by_id["r1"].samples] == [True, False]
+
+
+def test_plan_puts_greedy_and_samples_of_each_problem_in_one_call() -> None:
+    sampling = SamplingKnobs(samples=4, temperature=0.8, max_new_tokens=16)
+    assert plan_requests(["a", "b"], [1, 2], sampling) == [
+        GenerationRequest("a", 1, 0.0, 16, 1), GenerationRequest("a", 4, 0.8, 16, 1),
+        GenerationRequest("b", 1, 0.0, 16, 2), GenerationRequest("b", 4, 0.8, 16, 2)]
+    # Temperature 0: the samples are the greedy answer; nothing more is decoded.
+    cold = SamplingKnobs(samples=4, temperature=0.0, max_new_tokens=16)
+    assert plan_requests(["a"], [1], cold) == [GenerationRequest("a", 1, 0.0, 16, 1)]
+
+
+def test_truncated_answers_are_recorded_and_counted() -> None:
+    from consistency_worker.tinymodel import build_tokenizer
+
+    problems = [p for p in PROBLEMS if p.id == "m1"]
+    backend = ScriptedBackend(build_tokenizer(), {"2 + 3": ["#### 5", "2 + 3 is...", "#### 5"]})
+    records = answer_problems(backend, problems, SamplingSettings(
+        SamplingKnobs(samples=2, temperature=0.7, max_new_tokens=8), seed=1))
+    assert [c.truncated for c in (records[0].greedy, *records[0].samples)] == [False, True, False]
+    assert truncated_share(records) == round(1 / 3, 4)
+
+
+def test_chunk_is_graded_while_the_next_one_generates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Grading of chunk 0 waits until generation of chunk 1 has started: only a pipelined loop gets past it
+    (a sequential one would grade chunk 0 before generating chunk 1, and the wait would time out)."""
+    import threading
+
+    from consistency_worker.tinymodel import build_tokenizer
+
+    monkeypatch.setenv("CONSISTENCY_GENERATE_CHUNK", "1")
+    second_started = threading.Event()
+    graded_on: list[tuple[str, str, bool]] = []
+    real_grade = answering.grade_chunk
+
+    class Recording(ScriptedBackend):
+        def generate_requests(self, requests: list[GenerationRequest]) -> list[list[Generated]]:
+            if "Tom has" in requests[0].prompt:
+                second_started.set()
+            return super().generate_requests(requests)
+
+    def grade(chunk: answering.GeneratedChunk, settings: SamplingSettings) -> list[GenerationRecord]:
+        overlapped = chunk.problems[0].id != "m1" or second_started.wait(timeout=20)
+        graded_on.append((chunk.problems[0].id, threading.current_thread().name, overlapped))
+        return real_grade(chunk, settings)
+
+    monkeypatch.setattr(answering, "grade_chunk", grade)
+    backend = Recording(build_tokenizer(), {"2 + 3": ["#### 5", "#### 5", "#### 5"],
+                                            "Tom has": ["#### 7", "#### 7", "#### 6..."]})
+    config = gen_config(str(tmp_path / "store"), str(write_problems(tmp_path / "p.jsonl", PROBLEMS[:2])),
+                        samples=2)
+    from consistency_worker.stages.context import StageContext
+
+    ctx = StageContext.create(config, store=open_store(config.store), shard=None, scratch_dir=tmp_path / "s")
+    records, _ = answering.generate_records(ctx, backend, PROBLEMS[:2], SamplingSettings(config.params.sampling,
+                                                                                          seed=1))
+    assert [(pid, ok) for pid, _, ok in graded_on] == [("m1", True), ("m2", True)]
+    assert all(name.startswith("grader") for _, name, _ in graded_on)
+    assert [r.problem_id for r in records] == ["m1", "m2"]
+    assert [r.greedy.correct for r in records] == [True, True]
+    assert truncated_share(records) == round(1 / 6, 4)
+
+
+def test_generation_failure_keeps_the_chunk_being_graded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from consistency_worker.stages.context import StageContext
+    from consistency_worker.tinymodel import build_tokenizer
+
+    monkeypatch.setenv("CONSISTENCY_GENERATE_CHUNK", "1")
+
+    class FailsOnSecond(ScriptedBackend):
+        def generate_requests(self, requests: list[GenerationRequest]) -> list[list[Generated]]:
+            if "Tom has" in requests[0].prompt:
+                raise RuntimeError("CUDA error: device lost")
+            return super().generate_requests(requests)
+
+    config = gen_config(str(tmp_path / "store"), str(write_problems(tmp_path / "p.jsonl", PROBLEMS[:2])))
+    ctx = StageContext.create(config, store=open_store(config.store), shard=None, scratch_dir=tmp_path / "s")
+    backend = FailsOnSecond(build_tokenizer(), {"2 + 3": ["#### 5"] * 4, "Tom has": ["#### 7"] * 4})
+    with pytest.raises(RuntimeError, match="device lost"):
+        answering.generate_records(ctx, backend, PROBLEMS[:2], SamplingSettings(config.params.sampling, seed=1))
+    parts = Path(parts_dir(config.output_uri, 0, 1))
+    assert [f.name for f in parts.glob("chunk-*.jsonl")] == [chunk_file_name(0)]
+    assert GenerationRecord.from_json_line((parts / chunk_file_name(0)).read_text()).problem_id == "m1"
 
 
 def test_shard_slice_partitions_deterministically() -> None:

@@ -3,19 +3,32 @@ seeded samples, each graded, in resumable chunks under a stage's output director
 
 The generate and evaluate stages both answer through `generate_records`, so they sample and grade the same
 way. Seeds are per problem (`problem_seed`), so a problem gets the same answers whatever its shard, batch
-or chunk.
+or chunk (on vLLM with `sampling.seeding: engine`, only within the same run: see backends/vllm.py).
+
+Per chunk, one engine call: `plan_requests` puts each problem's greedy request (n=1) and sampled request
+(n=k) side by side. Grading overlaps generation: chunk i is graded (code in the sandbox) and written on a
+grader thread while chunk i+1 generates, so the GPU does not idle during sandbox runs. At most one chunk
+waits for grading, and chunks are written in order, so resume semantics are unchanged.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from consistency_core.spec import SamplingKnobs
 from consistency_core.stages import StageConfig, join_uri
 
-from consistency_worker.backends import GenerationBackend, open_backend, select_backend
+from consistency_worker.backends import (
+    SEEDING_PER_SEQUENCE,
+    Generated,
+    GenerationBackend,
+    GenerationRequest,
+    open_backend,
+    select_backend,
+)
 from consistency_worker.generations import (
     Completion,
     GenerationRecord,
@@ -61,12 +74,69 @@ def load_backend(config: StageConfig, ctx: StageContext, adapter_uri: str | None
     rows = int(os.environ[ENV_BATCH_ROWS]) if os.environ.get(ENV_BATCH_ROWS) else None
     ctx.logger.info("backend %s (requested %s), model %s, adapter %s",
                     select_backend(config.backend), config.backend.value, model.describe(), adapter_uri or "none")
+    sampling = getattr(config.params, "sampling", None)
+    seeding = sampling.seeding.value if sampling is not None else SEEDING_PER_SEQUENCE
     return open_backend(config.backend, model, adapter_dir=adapter, tensor_parallel_size=tp,
-                        seed=config.seed, max_batch_rows=rows)
+                        seed=config.seed, max_batch_rows=rows, seeding=seeding)
 
 
-def _completion(text: str, grade: Grade) -> Completion:
-    return Completion(text=text, answer=grade.answer, correct=grade.correct)
+def _completion(generated: Generated, grade: Grade) -> Completion:
+    return Completion(text=generated.text, answer=grade.answer, correct=grade.correct, truncated=generated.hit_limit)
+
+
+@dataclass(frozen=True)
+class GeneratedChunk:
+    """A chunk's answers before grading: per problem the greedy answer and the k samples."""
+
+    problems: list[Problem]
+    greedy: list[Generated]
+    samples: list[list[Generated]]
+
+
+def plan_requests(prompts: Sequence[str], seeds: Sequence[int], sampling: SamplingKnobs) -> list[GenerationRequest]:
+    """Per problem a greedy request (n=1) then, at a temperature above 0, a sampled one (n=k): one engine
+    call serves both. At temperature 0 the samples would equal the greedy answer, so none are requested."""
+    requests = []
+    for prompt, seed in zip(prompts, seeds, strict=True):
+        requests.append(GenerationRequest(prompt, 1, 0.0, sampling.max_new_tokens, seed))
+        if sampling.temperature > 0.0:
+            requests.append(GenerationRequest(prompt, sampling.samples, sampling.temperature,
+                                              sampling.max_new_tokens, seed))
+    return requests
+
+
+def generate_chunk(backend: GenerationBackend, problems: Sequence[Problem], settings: SamplingSettings
+                   ) -> GeneratedChunk:
+    """Greedy + k samples for each problem, in one engine call."""
+    sampling = settings.sampling
+    prompts = [render_prompt(backend.tokenizer, p) for p in problems]
+    seeds = [problem_seed(settings.seed, p.id) for p in problems]
+    outputs = backend.generate_requests(plan_requests(prompts, seeds, sampling)) if problems else []
+    if sampling.temperature > 0.0:
+        greedy = [outputs[2 * i][0] for i in range(len(problems))]
+        samples = [outputs[2 * i + 1] for i in range(len(problems))]
+    else:
+        # Temperature 0 sampling is greedy decoding: the samples are the greedy answer, k times.
+        greedy = [out[0] for out in outputs]
+        samples = [[g] * sampling.samples for g in greedy]
+    return GeneratedChunk(list(problems), greedy, samples)
+
+
+def grade_chunk(chunk: GeneratedChunk, settings: SamplingSettings) -> list[GenerationRecord]:
+    """Grade every answer of a chunk (code in parallel sandboxes) into generation records."""
+    pairs: list[tuple[Problem, Generated]] = []
+    for problem, g, s in zip(chunk.problems, chunk.greedy, chunk.samples, strict=True):
+        pairs.append((problem, g))
+        pairs.extend((problem, x) for x in s)
+    grades = grade_many([(p, g.text) for p, g in pairs], timeout_s=settings.code_timeout_s)
+    completions = [_completion(g, grade) for (_, g), grade in zip(pairs, grades, strict=True)]
+    records, at = [], 0
+    for problem, samples in zip(chunk.problems, chunk.samples, strict=True):
+        block = completions[at : at + 1 + len(samples)]
+        at += len(block)
+        records.append(GenerationRecord(problem_id=problem.id, domain=problem.domain, stratum=problem.stratum,
+                                        greedy=block[0], samples=block[1:]))
+    return records
 
 
 def answer_problems(
@@ -75,30 +145,7 @@ def answer_problems(
     """Greedy + k samples for each problem, graded (code in parallel sandboxes)."""
     if not problems:
         return []
-    prompts = [render_prompt(backend.tokenizer, p) for p in problems]
-    seeds = [problem_seed(settings.seed, p.id) for p in problems]
-    sampling = settings.sampling
-    greedy = backend.generate(prompts, n=1, temperature=0.0, max_new_tokens=sampling.max_new_tokens, seeds=seeds)
-    if sampling.temperature <= 0.0:
-        # Temperature 0 sampling is greedy decoding: reuse the greedy text instead of decoding k more times.
-        samples = [g * sampling.samples for g in greedy]
-    else:
-        samples = backend.generate(prompts, n=sampling.samples, temperature=sampling.temperature,
-                                   max_new_tokens=sampling.max_new_tokens, seeds=seeds)
-    pairs = []
-    for problem, g, s in zip(problems, greedy, samples, strict=True):
-        pairs.append((problem, g[0]))
-        pairs.extend((problem, text) for text in s)
-    grades = grade_many(pairs, timeout_s=settings.code_timeout_s)
-    records = []
-    per_problem = 1 + sampling.samples
-    for i, problem in enumerate(problems):
-        block = list(zip(pairs[i * per_problem : (i + 1) * per_problem],
-                         grades[i * per_problem : (i + 1) * per_problem], strict=True))
-        completions = [_completion(text, grade) for (_, text), grade in block]
-        records.append(GenerationRecord(problem_id=problem.id, domain=problem.domain, stratum=problem.stratum,
-                                        greedy=completions[0], samples=completions[1:]))
-    return records
+    return grade_chunk(generate_chunk(backend, problems, settings), settings)
 
 
 def generate_records(
@@ -130,16 +177,32 @@ def generate_records(
     env_chunk = os.environ.get(ENV_CHUNK)
     chunk = int(env_chunk) if env_chunk else DEFAULT_CHUNK.get(backend.name, 16)
     next_chunk = len(chunk_uris)
-    with ctx.progress(len(problems), desc) as progress:
+
+    def grade_and_write(generated: GeneratedChunk, number: int) -> list[GenerationRecord]:
+        records = grade_chunk(generated, settings)
+        # Each chunk lands whole (atomic write), so a preempted pod loses at most one chunk of work.
+        ctx.store.write_bytes(join_uri(parts, chunk_file_name(number)), dump_records(records))
+        return records
+
+    def collect(pending: Future[list[GenerationRecord]]) -> None:
+        records = pending.result()  # re-raises a grading or store error here, in the stage's thread
+        done.update((r.problem_id, r) for r in records)
+        progress.update(len(records))
+
+    # Leaving the executor waits for the chunk being graded, also when generation fails: it still lands,
+    # and a rerun resumes after it.
+    with ctx.progress(len(problems), desc) as progress, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="grader") as grader:
         progress.update(len(done))
+        pending: Future[list[GenerationRecord]] | None = None
         for start in range(0, len(todo), chunk):
-            batch = todo[start : start + chunk]
-            records = answer_problems(backend, batch, settings)
-            # Each chunk lands whole (atomic write), so a preempted pod loses at most one chunk of work.
-            ctx.store.write_bytes(join_uri(parts, chunk_file_name(next_chunk)), dump_records(records))
+            generated = generate_chunk(backend, todo[start : start + chunk], settings)
+            if pending is not None:
+                collect(pending)  # at most one chunk waits for grading, and chunks are written in order
+            pending = grader.submit(grade_and_write, generated, next_chunk)
             next_chunk += 1
-            done.update((r.problem_id, r) for r in records)
-            progress.update(len(batch))
+        if pending is not None:
+            collect(pending)
     ordered = [done[p.id] for p in problems]
     data = dump_records(ordered)
     ctx.store.write_bytes(shard_uri, data)
@@ -150,10 +213,18 @@ def generate_records(
     return ordered, shard_uri
 
 
+def truncated_share(records: Sequence[GenerationRecord]) -> float:
+    """Share of all answers (greedy and samples) that stopped at maxNewTokens: a high share means the budget
+    cuts answers off before their final line, which grading then scores as wrong or unanswered."""
+    answers = [c for r in records for c in (r.greedy, *r.samples)]
+    return round(sum(c.truncated for c in answers) / len(answers), 4) if answers else 0.0
+
+
 def completion_metrics(records: Sequence[GenerationRecord]) -> dict[str, float | int]:
     completions = sum(1 + len(r.samples) for r in records)
     graded = [r.greedy.correct for r in records if r.greedy.correct is not None]
-    metrics: dict[str, float | int] = {"problems": len(records), "completions": completions}
+    metrics: dict[str, float | int] = {"problems": len(records), "completions": completions,
+                                       "maxNewTokensHitShare": truncated_share(records)}
     if graded:
         metrics["greedyAccuracy"] = round(sum(graded) / len(graded), 4)
     return metrics

@@ -29,6 +29,8 @@ class Completion(BaseModel):
     text: str
     answer: str | None = None
     correct: bool | None = None
+    # It stopped at the token budget (maxNewTokens), not at EOS or a stop string: likely cut off.
+    truncated: bool = False
 
 
 class GenerationRecord(BaseModel):

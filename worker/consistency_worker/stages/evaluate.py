@@ -18,7 +18,7 @@ from typing import Any
 
 from consistency_core.stages import EVALUATE_REPORT, EvaluateParams, StageConfig, StageResult, join_uri
 
-from consistency_worker.answering import SamplingSettings, generate_records, load_backend
+from consistency_worker.answering import SamplingSettings, generate_records, load_backend, truncated_share
 from consistency_worker.generations import GenerationRecord
 from consistency_worker.stages import PermanentStageError
 from consistency_worker.stages.context import StageContext
@@ -139,6 +139,7 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
     per_problem_uri = ctx.output(PER_PROBLEM)
     ctx.manifest.add_output("perProblem", per_problem_uri, data=ctx.store.write_jsonl(per_problem_uri, rows))
     metrics: dict[str, Any] = {k: summary[k] for k in ("problems", "consistency", "meanAgreement", "accuracy")}
+    metrics["maxNewTokensHitShare"] = truncated_share(records)
     report: dict[str, Any] = {
         **summary,
         "adapterUri": params.adapter_uri,
@@ -150,6 +151,7 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
         "iteration": config.iteration,
         "perProblemUri": per_problem_uri,
         "generationsUri": generations_uri,
+        "maxNewTokensHitShare": metrics["maxNewTokensHitShare"],
     }
     if baseline is not None:
         comparison = compare(rows, baseline[1])
