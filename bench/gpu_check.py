@@ -452,14 +452,16 @@ def agreement(a: list[list[int]], b: list[list[int]]) -> dict[str, float]:
 def step_vllm(work: Path, sizes: Sizes, rep: Report) -> None:
     from consistency_core.spec import ModelRef
     from consistency_worker.backends import GenerationRequest, derive_seed, encode_prompt
-    from consistency_worker.backends.vllm import build_batch, engine_kwargs
+    from consistency_worker.backends.vllm import build_batch, engine_kwargs, eos_token_ids
     from consistency_worker.models import load_tokenizer, resolve_model
     from consistency_worker.prompts import render_prompt
 
     model_path, adapter = model_dir(work), adapter_dir(work)
     resolved = resolve_model(ModelRef(uri=str(model_path), max_model_len=1024))
     tokenizer = load_tokenizer(resolved)
-    eos = json.loads((model_path / "generation_config.json").read_text())["eos_token_id"]
+    eos = eos_token_ids(resolved, tokenizer)
+    rep.figure("eos_ids_sent_to_vllm", eos)
+    rep.check("both_eos_ids_sent", len(eos) == 2, str(eos))
     kwargs = engine_kwargs(resolved, adapter_dir=adapter, tensor_parallel_size=1, seed=0)
     rep.figure("max_lora_rank", kwargs["max_lora_rank"])
     # r=64 must be served at max_lora_rank 64 (not rounded up to 128, which wastes LoRA kernel work).
@@ -499,7 +501,8 @@ def step_vllm(work: Path, sizes: Sizes, rep: Report) -> None:
     rep.figure("engine_start_s", round(time.perf_counter() - start, 1))
     try:
         greedy = [GenerationRequest(render_prompt(tokenizer, p), 1, 0.0, sizes.compare_tokens, 0) for p in trained]
-        g_inputs, g_fields = build_batch(greedy, lambda t: encode_prompt(tokenizer, t), stop=(), seeding="engine")
+        g_inputs, g_fields = build_batch(greedy, lambda t: encode_prompt(tokenizer, t), stop=(), seeding="engine",
+                                         stop_token_ids=eos)
         outs = backend.llm.generate(g_inputs, [SamplingParams(**f) for f in g_fields],
                                     lora_request=backend.lora_request, use_tqdm=False)
         vllm_tokens = [cut_at_eos(list(o.outputs[0].token_ids), eos) for o in outs]

@@ -19,7 +19,14 @@ from consistency_worker.backends import (
     select_backend,
 )
 from consistency_worker.backends.hf import HFBackend
-from consistency_worker.backends.vllm import build_batch, collect, engine_kwargs, lora_rank_limit, sampling_fields
+from consistency_worker.backends.vllm import (
+    build_batch,
+    collect,
+    engine_kwargs,
+    eos_token_ids,
+    lora_rank_limit,
+    sampling_fields,
+)
 from consistency_worker.models import ModelError, ResolvedModel, adapter_rank, cpu_quota, resolve_model
 from consistency_worker.prompts import PLAIN_STOP_STRINGS, render_prompt, stop_strings
 from consistency_worker.seeds import derive_seed
@@ -371,3 +378,16 @@ def test_vllm_collect_orders_samples_flags_length_and_repeats_greedy() -> None:
         collect(requests[:1], [[(0, "g", "stop"), (1, "h", "stop")]])
     with pytest.raises(RuntimeError, match="1 outputs for 2"):
         collect(requests, outputs[:1])
+
+
+def test_vllm_stops_at_every_eos_id_of_the_checkpoint(tmp_path: Path, backend: HFBackend) -> None:
+    model_dir = tmp_path / "two-eos"
+    shutil.copytree(tiny_model_dir(), model_dir)
+    (model_dir / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 7]}))
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**config, "eos_token_id": 9}))
+    ids = eos_token_ids(ResolvedModel(str(model_dir)), backend.tokenizer)
+    assert ids == sorted({backend.tokenizer.eos_token_id, 2, 7, 9})
+    fields = sampling_fields(GenerationRequest("p", 2, 0.5, 8, 1), stop=(), seeding="engine", stop_token_ids=ids)
+    assert fields["stop_token_ids"] == ids
+    assert "stop_token_ids" not in sampling_fields(GenerationRequest("p", 2, 0.5, 8, 1), stop=(), seeding="engine")

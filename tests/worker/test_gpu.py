@@ -1,5 +1,6 @@
 """GPU paths: QLoRA (bitsandbytes 4-bit NF4) training and vLLM generation. Skipped without CUDA (and the
-GPU extra); `bench/gpu_check.sh` runs exactly these on a GPU machine and prints the figures they measure.
+GPU extra). `pytest -m gpu tests/worker/test_gpu.py` runs them on a GPU machine; bench/gpu_check.sh is the
+timed device check with realistic shapes.
 
 The tiny model here has head size 64 (hidden 256, 4 heads) because vLLM's attention kernels only support
 common head sizes."""
@@ -134,6 +135,24 @@ def test_vllm_n_samples_per_prompt_and_seeded_determinism(vllm_backend) -> None:
     assert all(len(set(samples)) > 1 for samples in first)
     greedy = vllm_backend.generate(prompts, n=3, temperature=0.0, max_new_tokens=16, seeds=seeds)
     assert all(len(g) == 3 and len(set(g)) == 1 for g in greedy)
+
+
+@needs_vllm
+def test_vllm_one_call_serves_greedy_and_samples_and_flags_the_budget(vllm_backend) -> None:  # type: ignore[no-untyped-def]
+    from consistency_worker.backends import GenerationRequest
+
+    prompts = _prompts(vllm_backend)
+    requests = [r for i, p in enumerate(prompts) for r in (GenerationRequest(p, 1, 0.0, 8, i),
+                                                          GenerationRequest(p, 4, 0.9, 8, i))]
+    mixed = vllm_backend.generate_requests(requests)
+    greedy = vllm_backend.generate(prompts, n=1, temperature=0.0, max_new_tokens=8, seeds=list(range(len(prompts))))
+    sampled = vllm_backend.generate(prompts, n=4, temperature=0.9, max_new_tokens=8, seeds=list(range(len(prompts))))
+    assert [[g.text for g in out] for out in mixed[0::2]] == greedy
+    assert [[g.text for g in out] for out in mixed[1::2]] == sampled
+    # A random model rarely ends within 8 tokens: most answers used the whole budget.
+    flags = [g.hit_limit for out in mixed for g in out]
+    assert sum(flags) > len(flags) / 2
+    figure("vllm_budget_hit_share_8_tokens", round(sum(flags) / len(flags), 3))
 
 
 @needs_vllm

@@ -16,10 +16,12 @@ the same build reproduces, but a problem's samples change with what else is in i
 size, a resumed run).
 
 API relied on (vllm 0.33.0 as pinned in images/worker/constraints.txt; fields read from vllm's
-sampling_params.py, entrypoints/llm.py, outputs.py, lora/request.py and config/lora.py): SamplingParams(n,
-temperature, top_p, seed, stop, max_tokens, skip_special_tokens); LLM.generate(prompts, [SamplingParams, ...],
-lora_request=LoRARequest(name, int_id, path)); CompletionOutput.index/.text/.finish_reason ("length" when
-max_tokens ran out); LoRAConfig.max_lora_rank in {1, 8, 16, 32, 64, 128, 256, 320, 512}.
+sampling_params.py, entrypoints/llm.py, outputs.py, lora/request.py and config/lora.py; vLLM cannot be
+installed on the CPU test machines, so this is checked by bench/gpu_check.sh on a GPU): SamplingParams(n,
+temperature, top_p, seed, stop, stop_token_ids, max_tokens, skip_special_tokens); LLM.generate(prompts,
+[SamplingParams, ...], lora_request=LoRARequest(name, int_id, path)); CompletionOutput.index/.text/
+.finish_reason ("length" when max_tokens ran out); LoRAConfig.max_lora_rank in {1, 8, 16, 32, 64, 128, 256,
+320, 512}; a seeded n=k request fans out into k children seeded seed+index (v1/engine/parallel_sampling.py).
 """
 
 from __future__ import annotations
@@ -101,7 +103,25 @@ def engine_kwargs(
     return kwargs
 
 
-def sampling_fields(request: GenerationRequest, *, stop: Sequence[str], seeding: str) -> dict[str, Any]:
+def eos_token_ids(model: ResolvedModel, tokenizer: Any) -> list[int]:
+    """Every id that ends an answer: the tokenizer's EOS and the eos_token_id (an int or a list) of the
+    checkpoint's generation_config.json and config.json. Chat models often have two (end of turn, end of
+    text); they go to vLLM explicitly as stop_token_ids because `generation_config="vllm"` (set to avoid a
+    checkpoint's sampling defaults) must not also drop the checkpoint's extra EOS ids."""
+    ids: set[int] = set()
+    if getattr(tokenizer, "eos_token_id", None) is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    if model.is_local:
+        for name in ("generation_config.json", "config.json"):
+            path = Path(model.location) / name
+            if path.is_file():
+                value = json.loads(path.read_text()).get("eos_token_id")
+                ids.update([value] if isinstance(value, int) else [int(v) for v in value or []])
+    return sorted(ids)
+
+
+def sampling_fields(request: GenerationRequest, *, stop: Sequence[str], seeding: str,
+                    stop_token_ids: Sequence[int] = ()) -> dict[str, Any]:
     """`SamplingParams` keyword arguments of one request (pure: tested without vLLM)."""
     if seeding not in (SEEDING_PER_SEQUENCE, SEEDING_ENGINE):
         raise ValueError(f"seeding must be {SEEDING_PER_SEQUENCE!r} or {SEEDING_ENGINE!r}, got {seeding!r}")
@@ -117,6 +137,8 @@ def sampling_fields(request: GenerationRequest, *, stop: Sequence[str], seeding:
     }
     if stop:
         fields["stop"] = list(stop)
+    if stop_token_ids:
+        fields["stop_token_ids"] = list(stop_token_ids)
     if not request.greedy and seeding == SEEDING_PER_SEQUENCE:
         fields["seed"] = request.seed
     return fields
@@ -128,6 +150,7 @@ def build_batch(
     *,
     stop: Sequence[str],
     seeding: str,
+    stop_token_ids: Sequence[int] = (),
 ) -> tuple[list[dict[str, list[int]]], list[dict[str, Any]]]:
     """The prompts (token ids) and per-request SamplingParams fields of one `LLM.generate` call."""
     ids: dict[str, list[int]] = {}  # greedy and sampled requests of a problem share one prompt: encode once
@@ -136,7 +159,7 @@ def build_batch(
         if request.prompt not in ids:
             ids[request.prompt] = encode(request.prompt)
         inputs.append({"prompt_token_ids": ids[request.prompt]})
-    return inputs, [sampling_fields(r, stop=stop, seeding=seeding) for r in requests]
+    return inputs, [sampling_fields(r, stop=stop, seeding=seeding, stop_token_ids=stop_token_ids) for r in requests]
 
 
 def collect(
@@ -186,6 +209,7 @@ class VLLMBackend:
         self.seeding = seeding
         self.tokenizer = load_tokenizer(model)
         self.stop = stop_strings(self.tokenizer)
+        self.eos_ids = eos_token_ids(model, self.tokenizer)
         kwargs = engine_kwargs(model, adapter_dir=adapter_dir, tensor_parallel_size=tensor_parallel_size, seed=seed)
         log.info("starting vLLM (seeding %s): %s", seeding, {k: v for k, v in kwargs.items() if k != "model"})
         self.llm = LLM(**_supported(kwargs))
@@ -201,7 +225,7 @@ class VLLMBackend:
         from vllm import SamplingParams
 
         inputs, fields = build_batch(requests, lambda text: encode_prompt(self.tokenizer, text), stop=self.stop,
-                                     seeding=self.seeding)
+                                     seeding=self.seeding, stop_token_ids=self.eos_ids)
         params = [SamplingParams(**f) for f in fields]
         outputs = self.llm.generate(inputs, params, lora_request=self.lora_request, use_tqdm=False)
         triples = [[(c.index, c.text, c.finish_reason) for c in out.outputs] for out in outputs]
