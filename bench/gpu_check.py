@@ -5,6 +5,7 @@ the ChatML template, two EOS ids), and trained by the QLoRA step, so that greedy
 to compare engines.
 
     python bench/gpu_check.py STEP --work DIR [--cpu]
+    python bench/gpu_check.py          (no arguments: the whole check through bench/gpu_check.sh)
 
 Steps (in order; later steps use what earlier ones left in DIR):
   env        versions of the stack, the GPU, CPUs visible
@@ -678,6 +679,9 @@ def report(work: Path, out: Path, timeouts: dict[str, str]) -> int:
 
 
 def main() -> int:
+    if len(sys.argv) == 1:
+        # `make bench` runs every bench/*.py without arguments: run the whole check through its driver.
+        os.execvp("bash", ["bash", str(REPO / "bench" / "gpu_check.sh")])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("step", choices=[*STEPS, "report"])
     parser.add_argument("--work", type=Path, required=True, help="directory shared by the steps")
