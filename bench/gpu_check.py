@@ -357,7 +357,12 @@ def step_qlora(work: Path, sizes: Sizes, rep: Report) -> None:
         dtypes.close()
     seconds = time.perf_counter() - start
     rep.figure("reference_final_loss", reference.metrics["finalLoss"])
-    rep.figure("steps_per_s", round(reference.metrics["steps"] / seconds, 2))
+    # The training loop's own clock (no model load or upload) when the manifest has it, else the stage's.
+    extra = read_json(work / "store" / "qlora-ref" / "manifest.json").get("extra", {})
+    train_s = extra.get("trainSeconds") or seconds
+    rep.figure("stage_s", round(seconds, 1))
+    rep.figure("steps_per_s", round(reference.metrics["steps"] / train_s, 2))
+    rep.figure("train_tokens_per_s", round(reference.metrics["tokens"] / train_s))
     rep.figure("attention_dtypes", sorted(dtypes.seen))
     if rep.use_cuda:
         rep.figure("peak_gpu_mib", round(torch.cuda.max_memory_allocated() / 2**20, 1))
@@ -425,6 +430,11 @@ def hf_greedy_tokens(model_path: Path, adapter: Path, prompts: list[list[int]], 
                                  eos_token_id=eos, pad_token_id=eos[0])
             out.append(cut_at_eos(gen[0, len(ids):].tolist(), eos))
     del model, base
+    if device == "cuda":
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()  # leave the memory to the vLLM engine started next
     return out
 
 
@@ -533,6 +543,8 @@ def step_vllm(work: Path, sizes: Sizes, rep: Report) -> None:
 
 def step_stages(work: Path, sizes: Sizes, rep: Report) -> None:
     adapter = adapter_dir(work)
+    # Two engines start one after the other (generate, then evaluate): leave room for the first's teardown.
+    os.environ.setdefault("CONSISTENCY_VLLM_GPU_MEMORY_UTILIZATION", "0.45")
     backend = "auto"
     if not rep.use_cuda:
         rep.skip("vLLM backend for the stages (hf instead)", "no CUDA")
@@ -622,6 +634,10 @@ STEP_FUNCS: dict[str, Callable[[Path, Sizes, Report], None]] = {
 }
 
 
+# Steps that import the project's packages (pydantic models, stages); env and model need only torch.
+NEEDS_PROJECT = {"qlora", "vllm", "stages", "expansion", "sandbox"}
+
+
 def run_step(step: str, work: Path, *, cpu: bool) -> int:
     import torch
 
@@ -637,6 +653,9 @@ def run_step(step: str, work: Path, *, cpu: bool) -> int:
     start = time.perf_counter()
     status, error = "ok", None
     try:
+        if step in NEEDS_PROJECT and not has("pydantic"):
+            raise RuntimeError("pydantic is not installed (the project's spec needs it): put its wheels in a "
+                               "folder and name it in GPU_CHECK_WHEELS")
         STEP_FUNCS[step](work, sizes, rep)
         if rep.skipped and not rep.figures:
             status = "skipped"

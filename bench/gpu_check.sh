@@ -46,7 +46,7 @@ if [ -z "$out" ]; then
 fi
 
 # Seconds per step on one H200; together 480 s (8 minutes). The CPU mode's small sizes fit the same limits.
-declare -A LIMIT=([env]=20 [model]=40 [qlora]=100 [vllm]=120 [stages]=100 [expansion]=50 [sandbox]=50)
+declare -A LIMIT=([env]=15 [model]=30 [qlora]=90 [vllm]=160 [stages]=110 [expansion]=35 [sandbox]=40)
 scale="${GPU_CHECK_TIMEOUT_SCALE:-1}"
 
 # The sandbox step runs pinned to 4 CPUs, as in a 4-CPU pod: the pool must size itself from the affinity
