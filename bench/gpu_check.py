@@ -462,7 +462,8 @@ def agreement(a: list[list[int]], b: list[list[int]]) -> dict[str, float]:
 
 def step_vllm(work: Path, sizes: Sizes, rep: Report) -> None:
     from consistency_core.spec import ModelRef
-    from consistency_worker.backends import GenerationRequest, derive_seed, encode_prompt
+    from consistency_worker.answering import problem_seed
+    from consistency_worker.backends import GenerationRequest, encode_prompt
     from consistency_worker.backends.vllm import build_batch, engine_kwargs, eos_token_ids
     from consistency_worker.models import load_tokenizer, resolve_model
     from consistency_worker.prompts import render_prompt
@@ -488,7 +489,7 @@ def step_vllm(work: Path, sizes: Sizes, rep: Report) -> None:
     texts = [render_prompt(tokenizer, p) for p in pool]
     requests = []
     for text, p in zip(texts, pool, strict=True):
-        seed = derive_seed("problem", 7, p.id)
+        seed = problem_seed(7, p.id)
         requests += [GenerationRequest(text, 1, 0.0, sizes.throughput_tokens, seed),
                      GenerationRequest(text, sizes.throughput_samples, 0.8, sizes.throughput_tokens, seed)]
     inputs, per_seq = build_batch(requests, lambda t: encode_prompt(tokenizer, t), stop=(), seeding="perSequence")
