@@ -89,7 +89,7 @@ def _v2(root: Path) -> bool:
 
 def _v1_dir(root: Path, controller: str) -> Path:
     # Distributions mount cpu either alone or co-mounted as "cpu,cpuacct" (with "cpu" as a symlink).
-    for name in (controller, f"{controller},cpuacct", f"cpuacct,{controller}"):
+    for name in (controller, "cpu,cpuacct", "cpuacct,cpu") if controller == "cpu" else (controller,):
         if (root / name).is_dir():
             return root / name
     return root / controller
