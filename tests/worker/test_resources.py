@@ -130,6 +130,8 @@ def test_a_tight_memory_limit_runs_fewer_programs_not_starved_ones() -> None:
 
 def test_unreadable_cgroup_files_mean_no_limit(tmp_path: Path) -> None:
     assert cpu_limit(tmp_path / "absent", tmp_path / "absent_self") is None
+    root, self_cgroup = v2_tree(tmp_path, {"cpu.max": "garbage", "memory.max": "12x"}, own="/../../outside")
+    assert (cpu_limit(root, self_cgroup), memory_limit(root, self_cgroup)) == (None, None)
     pod = read_pod_resources(tmp_path / "absent", tmp_path / "absent_self", affinity=3, ram=NODE_RAM)
     assert pod == PodResources(3, NODE_RAM, 0)
 

@@ -67,8 +67,10 @@ def _chain(base: Path, path: str | None) -> list[Path]:
     """
     if not base.is_dir():
         return []
-    inner = base / (path or "/").lstrip("/")
-    if not inner.is_dir():
+    rel = (path or "/").lstrip("/")
+    # A path outside our cgroup namespace shows as "/../.."; it has no directory in this view.
+    inner = base / rel
+    if ".." in Path(rel).parts or not inner.is_dir():
         return [base]
     out = [inner]
     while out[-1] != base and base in out[-1].parents:
@@ -80,6 +82,14 @@ def _read(path: Path) -> str | None:
     try:
         return path.read_text().strip()
     except OSError:
+        return None
+
+
+def _int(text: str | None) -> int | None:
+    # A malformed file must not stop the worker: it counts as no limit.
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
         return None
 
 
@@ -102,15 +112,15 @@ def cpu_limit(root: Path | None = None, self_cgroup: Path | None = None) -> floa
     limits: list[float] = []
     if _v2(root):
         for d in _chain(root, groups.get("")):
-            text = _read(d / "cpu.max")
-            if text and not text.startswith("max"):
-                quota, period = text.split()[:2]
-                limits.append(int(quota) / int(period))
+            fields = (_read(d / "cpu.max") or "max").split()  # "<quota> <period>" or "max <period>"
+            q, p = _int(fields[0]), _int(fields[1] if len(fields) > 1 else None)
+            if q and p and q > 0:
+                limits.append(q / p)
     else:
         for d in _chain(_v1_dir(root, "cpu"), groups.get("cpu")):
-            quota, period = _read(d / "cpu.cfs_quota_us"), _read(d / "cpu.cfs_period_us")
-            if quota and period and int(quota) > 0:
-                limits.append(int(quota) / int(period))
+            q, p = _int(_read(d / "cpu.cfs_quota_us")), _int(_read(d / "cpu.cfs_period_us"))
+            if q and p and q > 0:
+                limits.append(q / p)
     return min(limits) if limits else None
 
 
@@ -136,15 +146,13 @@ def _memory_chain(root: Path, self_cgroup: Path) -> list[Path]:
 def _memory_value(d: Path, what: str) -> int | None:
     v2 = (d / "memory.max").exists() or (d / "memory.current").exists()
     if what == "limit":
-        text = _read(d / ("memory.max" if v2 else "memory.limit_in_bytes"))
-        if not text or text == "max" or int(text) >= _NO_LIMIT_BYTES:
-            return None
-        return int(text)
-    usage = _read(d / ("memory.current" if v2 else "memory.usage_in_bytes"))
+        limit = _int(_read(d / ("memory.max" if v2 else "memory.limit_in_bytes")))  # "max": None
+        return limit if limit is not None and limit < _NO_LIMIT_BYTES else None
+    usage = _int(_read(d / ("memory.current" if v2 else "memory.usage_in_bytes")))
     if usage is None:
         return None
     inactive = _stat(d / "memory.stat").get("inactive_file" if v2 else "total_inactive_file", 0)
-    return max(0, int(usage) - inactive)
+    return max(0, usage - inactive)
 
 
 def _stat(path: Path) -> dict[str, int]:
