@@ -7,13 +7,15 @@ together and prefix caching computes the shared prompt once. Prompts go in as to
 identical inputs.
 
 Seeding (`seeding`): "perSequence" gives every sampled request `seed=<problem seed>`; vLLM fans n=k out into
-k child requests seeded seed+index, each with its own torch.Generator, so a problem's samples depend on its
-seed only (any shard, chunk or batch). The price: vLLM's sampler draws the noise of seeded rows in a Python
-loop over those generators at every decode step (`random_sample` in vllm/v1/sample/ops/topk_topp_sampler.py)
-and FlashInfer's sampler is bypassed. "engine" leaves request seeds unset: the engine's generator, seeded once
-by `LLM(seed=...)`, draws for the whole batch in one kernel; a rerun of the same chunks in the same order on
-the same build reproduces, but a problem's samples change with what else is in its batch (shard count, chunk
-size, a resumed run).
+k child requests seeded seed+index, each with its own torch.Generator, so a problem's random draws depend on
+its seed only (any shard, chunk or batch). The logits themselves can still differ in the last bits with the
+batch a sequence shares (vLLM is not batch-invariant unless VLLM_BATCH_INVARIANT=1), so a rare sample may
+diverge. The price: vLLM's sampler draws the noise of seeded rows in a Python loop over those generators at
+every decode step (`random_sample` in vllm/v1/sample/ops/topk_topp_sampler.py) and FlashInfer's sampler is
+bypassed. "engine" leaves request seeds unset: the engine's generator, seeded once by `LLM(seed=...)`, draws
+for the whole batch in one kernel. Then a problem's samples depend on the scheduling of everything in its
+batch (shard count, chunk size, a resumed run); vLLM's reproducibility notes promise equal reruns only with
+deterministic scheduling (VLLM_ENABLE_V1_MULTIPROCESSING=0) on the same hardware and vLLM version.
 
 API relied on (vllm 0.33.0 as pinned in images/worker/constraints.txt; fields read from vllm's
 sampling_params.py, entrypoints/llm.py, outputs.py, lora/request.py and config/lora.py; vLLM cannot be
