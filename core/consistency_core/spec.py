@@ -175,10 +175,10 @@ class SamplingKnobs(WireModel):
     max_new_tokens: int = Field(512, ge=8, description="Generation budget per answer.")
     seeding: Seeding = Field(
         Seeding.per_sequence,
-        description="vLLM only. perSequence: every problem's samples come from its own seed, the same in any "
-        "shard, chunk or resumed run. engine: one engine seed for the whole batch; faster (no per-sequence "
-        "generator loop at each decode step) but a problem's samples then depend on its batch. Meant for the "
-        "1B.2 scan.")
+        description="vLLM only. perSequence: every problem's samples come from its own seed (the same random "
+        "draws in any shard, chunk or resumed run). engine: one engine seed for the whole batch; faster (no "
+        "per-sequence generator loop at each decode step) but a problem's samples then depend on its batch. "
+        "Meant for the 1B.2 scan.")
 
 
 class AgreementFilter(WireModel):
