@@ -525,6 +525,18 @@ def step_vllm(work: Path, sizes: Sizes, rep: Report) -> None:
         rep.check("adapter_changes_outputs",
                   [cut_at_eos(list(o.outputs[0].token_ids), eos) for o in plain] != vllm_tokens)
 
+        # The stages' own path: one generate_requests call with greedy + k samples per problem, twice.
+        from consistency_core.spec import SamplingKnobs
+        from consistency_worker.answering import plan_requests
+
+        knobs = SamplingKnobs(samples=5, temperature=0.8, max_new_tokens=max(8, sizes.compare_tokens))
+        planned = plan_requests([render_prompt(tokenizer, p) for p in trained],
+                                [problem_seed(7, p.id) for p in trained], knobs)
+        first, again = backend.generate_requests(planned), backend.generate_requests(planned)
+        rep.check("per_sequence_seeds_reproduce", first == again)
+        answers = [g for out in first for g in out]
+        rep.figure("mixed_call_budget_hit_share", round(sum(g.hit_limit for g in answers) / len(answers), 3))
+
         for mode, fields in (("per_sequence_seeds", per_seq), ("engine_seed", engine)):
             # ignore_eos: every sequence decodes the full budget, so both modes do the same work.
             params = [SamplingParams(**f, ignore_eos=True) for f in fields]
