@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from consistency_core.status import CampaignPhase
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 CAMPAIGN = ("namespace", "campaign")
@@ -40,7 +41,7 @@ FAMILY_NAMES: tuple[str, ...] = (
 DURATION_BUCKETS = (30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 57600, 86400)
 
 JOB_OUTCOMES = ("succeeded", "failed", "retried")
-CAMPAIGN_PHASES = ("Pending", "Running", "Succeeded", "Failed")
+CAMPAIGN_PHASES = tuple(p.value for p in CampaignPhase)
 
 
 @dataclass(frozen=True)
