@@ -1,5 +1,5 @@
 """Typed model of `ConsistencyTraining.spec`: the one source of truth for the CRD, the operator and the
-local runner. Defaults reproduce the Phase 1B plan (DESIGN.md)."""
+local runner. Defaults reproduce the Phase 1B plan the README describes."""
 
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ import importlib
 import time
 from types import ModuleType
 
+from consistency_core.spec import StageName
 from consistency_core.stages import StageResult
 
 from consistency_worker.stages.context import StageContext
@@ -19,7 +20,7 @@ from consistency_worker.stages.errors import PermanentStageError, StageFailure
 
 __all__ = ["STAGES", "PermanentStageError", "StageContext", "StageFailure", "load_stage", "run_stage"]
 
-STAGES = ("prepare", "generate", "distill", "train", "evaluate")
+STAGES = tuple(s.value for s in StageName)
 
 
 def load_stage(stage: str) -> ModuleType:

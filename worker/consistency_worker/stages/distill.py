@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from consistency_core.spec import AgreementFilter, FailureExamples
-from consistency_core.stages import DISTILL_TRAIN, DistillParams, StageConfig, StageResult
+from consistency_core.stages import DISTILL_TRAIN, DistillMode, DistillParams, StageConfig, StageResult
 
 from consistency_worker.generations import Completion, GenerationRecord
 from consistency_worker.grading import extract_code
@@ -345,7 +345,7 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
         "droppedCandidates": stats.total("droppedCandidates"),
         "perDomain": _per_domain(kept),
     }
-    if params.mode == "failures":
+    if params.mode == DistillMode.failures:
         metrics.update(failures=stats.total("failures"), fromSamples=stats.total("fromSamples"),
                        fromReference=stats.total("fromReference"))
     return StageResult(key=config.key, ok=True, metrics=metrics,
