@@ -85,6 +85,7 @@ def test_greedy_agreement_and_eos_cut() -> None:
     assert gc.agreement([[1, 2, 3], [4, 5]], [[1, 2, 3], [4, 6]]) == {
         "exact": 0.5, "first_token": 1.0, "mean_common_prefix": 2.0}
     assert gc.agreement([[]], [[1]])["first_token"] == 0.0
+    assert gc.agreement([[]], [[]]) == {"exact": 1.0, "first_token": 1.0, "mean_common_prefix": 0.0}
 
 
 def test_full_sizes_match_the_issue() -> None:
