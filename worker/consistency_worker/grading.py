@@ -87,15 +87,19 @@ def _last_number(text: str) -> Decimal | None:
     return _to_decimal(matches[-1]) if matches else None
 
 
-# Explicit final-answer markers. The earliest one that carries a number wins: a model that rambles on
-# into a made-up next question repeats the markers with other numbers after its real answer.
-_MARKERS = [
-    re.compile(r"####\s*(?P<span>[^\n]*)"),
-    re.compile(r"\\boxed\s*\{(?P<span>(?:[^{}]|\{[^{}]*\})*)\}"),
-    # Not "answer =": worked solutions say "2 points/answer = 48" mid-way.
-    re.compile(r"(?i)\b(?:final\s+answer|the\s+answer|answer)\s*(?:is\b|:)\s*:?\s*(?P<span>[^\n]*)"),
-]
+# Final-answer markers, in order of precedence (see extract_math_answer).
+_HASHES = re.compile(r"####\s*(?P<span>[^\n]*)")
+_BOXED = re.compile(r"\\boxed\s*\{(?P<span>(?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*)\}")
+# Not "answer =": worked solutions say "2 points/answer = 48" mid-way.
+_PHRASE = re.compile(r"(?i)\b(?:final\s+answer|the\s+answer|answer)\s*(?:is\b|:)\s*:?\s*(?P<span>[^\n]*)")
 _BOLD = re.compile(r"\*\*(?P<span>[^*\n]+?)\*\*")
+# LaTeX digit grouping: 1{,}080 and 1\,080 (thin space) are 1080, not 1 followed by 080.
+_LATEX_COMMA = re.compile(r"(?<=\d)\{,\}(?=\d)")
+_LATEX_SPACE = re.compile(r"(?<=\d)\\[,!;: ]\s*(?=\d{3}(?!\d))")
+
+
+def _untex(text: str) -> str:
+    return _LATEX_SPACE.sub("", _LATEX_COMMA.sub(",", text))
 
 
 def _span_number(span: str) -> Decimal | None:
@@ -105,24 +109,31 @@ def _span_number(span: str) -> Decimal | None:
     return _first_number(span)
 
 
-def extract_math_answer(completion: str) -> str | None:
-    """The completion's final numeric answer as a canonical number string, or None."""
-    if not completion:
-        return None
-    candidates: list[tuple[int, Decimal]] = []
-    for pattern in _MARKERS:
-        for match in pattern.finditer(completion):
-            value = _span_number(match.group("span"))
-            if value is not None:
-                candidates.append((match.start(), value))
-                break
-    if candidates:
-        return _format(min(candidates, key=lambda c: c[0])[1])
-    for match in reversed(list(_BOLD.finditer(completion))):
+def _marked(pattern: re.Pattern[str], text: str, *, last: bool) -> Decimal | None:
+    matches = list(pattern.finditer(text))
+    for match in reversed(matches) if last else matches:
         value = _span_number(match.group("span"))
         if value is not None:
-            return _format(value)
-    value = _last_number(completion)
+            return value
+    return None
+
+
+def extract_math_answer(completion: str) -> str | None:
+    """The completion's final numeric answer as a canonical number string, or None.
+
+    Precedence: the first ``#### X`` (GSM8K's format; a model that rambles on into a made-up next
+    question repeats it with other numbers); else the last ``\\boxed{...}``; else the last "answer is" /
+    "Answer:" phrase; else the last bold span with a number; else the last number. Earlier mentions of
+    "the answer" are usually intermediate results, so among the later markers the last one wins."""
+    if not completion:
+        return None
+    text = _untex(completion)
+    value = _marked(_HASHES, text, last=False)
+    for pattern in (_BOXED, _PHRASE, _BOLD):
+        if value is None:
+            value = _marked(pattern, text, last=True)
+    if value is None:
+        value = _last_number(text)
     return None if value is None else _format(value)
 
 
@@ -139,11 +150,15 @@ def math_answers_match(completion: str, gold: str) -> bool:
 # multiple choice
 
 _LETTER = r"(?:\*\*|__)?\s*[(\[]?\s*(?P<letter>[A-Da-d])\s*[)\].:]?(?:\*\*|__)?(?![A-Za-z0-9])"
+# A commitment: "answer is X", "Answer: X", "the correct option is X". A bare "option A" / "choice A"
+# is the model weighing an option while reasoning, not choosing it.
 _CHOICE_MARKER = re.compile(
-    r"(?i)\b(?:answer|option|choice)(?:\s+(?:is|would\s+be|should\s+be))?\s*(?:is\s*)?[:=\-]?\s*" + _LETTER
+    r"(?i)(?:\banswer|\b(?:correct|right|best|final)\s+(?:option|choice))"
+    r"(?:\s+(?:is|would\s+be|should\s+be|must\s+be))?\s*(?:is\s*)?[:=\-]?\s*" + _LETTER
 )
+_CHOICE_BOXED = re.compile(r"\\boxed\s*\{\s*(?:\\text\{\s*)?\(?(?P<letter>[A-D])\)?\s*\}?\s*\}")
 _CHOICE_BOLD = re.compile(r"\*\*\s*\(?(?P<letter>[A-D])\)?[.:]?\s*\*\*")
-_CHOICE_LEADING = re.compile(r"^\s*\(?(?P<letter>[A-D])(?:[).:]|\s*$|\s+[-\u2013]\s)")
+_CHOICE_LINE = re.compile(r"(?m)^[ \t]*\(?(?P<letter>[A-D])(?:[).:]|[ \t]*$|[ \t]+[-\u2013][ \t])")
 _CHOICE_PAREN = re.compile(r"\((?P<letter>[A-D])\)")
 
 
@@ -156,19 +171,24 @@ def _letter_ok(match: re.Match[str]) -> str | None:
 
 
 def extract_choice(completion: str) -> str | None:
-    """The chosen letter A-D, or None when the completion does not commit to one."""
+    """The chosen letter A-D, or None when the completion does not commit to one.
+
+    Precedence: the last explicit commitment ("Answer: X", "the answer is X", "the correct option is X",
+    ``\\boxed{X}``); else the last bold letter; else a letter opening a line ("X." / "(X)" / "X)"),
+    when those lines name one letter (several are the options listed out); else a single distinct "(X)"."""
     if not completion:
         return None
-    for match in _CHOICE_MARKER.finditer(completion):
-        letter = _letter_ok(match)
-        if letter:
-            return letter
+    marked = [(m.start(), _letter_ok(m)) for m in _CHOICE_MARKER.finditer(completion)]
+    marked += [(m.start(), m.group("letter")) for m in _CHOICE_BOXED.finditer(completion)]
+    marked = [(pos, letter) for pos, letter in marked if letter]
+    if marked:
+        return max(marked)[1]
     bold = _CHOICE_BOLD.findall(completion)
     if bold:
         return bold[-1]
-    leading = _CHOICE_LEADING.match(completion)
-    if leading:
-        return leading.group("letter")
+    lines = list(_CHOICE_LINE.finditer(completion))
+    if lines and len({m.group("letter") for m in lines}) == 1:
+        return lines[0].group("letter")
     parens = set(_CHOICE_PAREN.findall(completion))
     if len(parens) == 1:
         return parens.pop()
