@@ -105,7 +105,9 @@ class DatasetSpec(WireModel):
     )
     domain: Domain | None = Field(None, description="Override the format's domain (math/code/reasoning).")
     fields: FieldMapping | None = Field(None, description="Column mapping; required for format jsonl.")
-    limit: int | None = Field(None, ge=1, description="Use at most this many rows (first N after loading).")
+    limit: int | None = Field(None, ge=1, description="Use at most this many problems: the first N, except for "
+                              "format mmlu (sorted by subject): a sample of N stratified by subject, seeded "
+                              "by spec.seed.")
 
     @model_validator(mode="after")
     def _jsonl_needs_fields(self) -> DatasetSpec:

@@ -72,8 +72,8 @@ def _needed(params: PrepareParams) -> list[DatasetSpec]:
     return [ds for ds in params.datasets if ds.name in names]
 
 
-def _load_all(specs: list[DatasetSpec], ctx: StageContext) -> tuple[dict[str, list[Problem]], dict[str, Any],
-                                                                   list[dict[str, Any]]]:
+def _load_all(specs: list[DatasetSpec], ctx: StageContext,
+              seed: int) -> tuple[dict[str, list[Problem]], dict[str, Any], list[dict[str, Any]]]:
     from consistency_worker.loaders import load_problems
 
     problems: dict[str, list[Problem]] = {}
@@ -83,7 +83,7 @@ def _load_all(specs: list[DatasetSpec], ctx: StageContext) -> tuple[dict[str, li
         for spec in specs:
             with ctx.manifest.timed(f"load:{spec.name}"):
                 try:
-                    report = load_problems(spec)
+                    report = load_problems(spec, seed=hash_seed(seed, f"limit:{spec.name}"))
                 except FileNotFoundError as exc:
                     raise PermanentStageError(f"dataset {spec.name!r} ({spec.uri}): not found: {exc}") from None
             loaded = list(report.problems)
@@ -144,7 +144,7 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
         raise PermanentStageError(f"prepare got params of kind {params.kind!r}")
     from consistency_worker.leakage import LeakageError, check_leakage
 
-    problems, per_dataset, malformed = _load_all(_needed(params), ctx)
+    problems, per_dataset, malformed = _load_all(_needed(params), ctx, config.seed)
     with ctx.manifest.timed("select"):
         selection = _unique(_select(params, problems, config.seed), "selection")
         scan = _unique([p for name in params.scan_datasets for p in problems[name]], "scan")
