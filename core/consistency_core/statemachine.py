@@ -349,6 +349,7 @@ def _evaluation(step: Step, result: StageResult) -> EvaluationRecord:
         accuracy=accuracy,
         problems=int(metrics.get("problems", 0) or 0),
         report=result.outputs.get("report"),
+        paired=metrics.get("paired") or {},
     )
 
 

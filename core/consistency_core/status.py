@@ -72,6 +72,11 @@ class EvaluationRecord(WireModel):
     problems: int = 0
     gate_passed: bool | None = None
     report: str | None = Field(None, description="URI of the full evaluation report.")
+    paired: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description='Paired change against the reference evaluation (baseline, or the passing 1B.1 one) per '
+        'figure ("math accuracy", "code consistency", "success", ...): difference, low/high (95% interval), '
+        'pValue (exact McNemar), better/worse (discordant problems), n.')
 
 
 class Cost(WireModel):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from consistency_local.console import duration
+from consistency_local.console import duration, paired_text
 from consistency_local.plots import draw_all
 from consistency_local.report_data import EvalView, ReportData, gather
 from consistency_local.rundir import RunDir, atomic_write
@@ -46,6 +46,10 @@ def before_after_lines(data: ReportData) -> list[str]:
     a = _headline(after)
     for metric in dict.fromkeys([*b, *a]):
         lines.append(f"{metric:<18} before {b.get(metric, 'n/a'):<34} after ({after.label}) {a.get(metric, 'n/a')}")
+    changes = data.paired_changes()
+    if changes:
+        lines.append(f"paired change, baseline -> {after.label} (same problems; 95% CI, exact McNemar p):")
+        lines += [f"  {figure:<20} {change.text()}" for figure, change in changes.items()]
     moves = data.before_after()
     if moves:
         lines.append(f"per problem, baseline -> {after.label}: {moves['failureToSuccess']} failure -> success, "
@@ -65,7 +69,10 @@ def render_markdown(data: ReportData, figures: list[str]) -> str:
           f"## Before / after on the held-out split ({n_eval} problems)", "",
           "Rates with Wilson 95% confidence intervals and counts. Consistency: share of problems whose "
           f"{data.spec.evaluation.samples} samples at temperature {data.spec.evaluation.temperature} all "
-          "agree; accuracy: the greedy answer is right.", "", "```", *before_after_lines(data), "```", ""]
+          "agree; accuracy: the greedy answer is right. Both evaluations answer the same problems with the same "
+          "seeds, so each change is also given paired: the difference with Newcombe's 95% interval for paired "
+          "proportions and the exact McNemar p-value on the problems that changed.", "", "```",
+          *before_after_lines(data), "```", ""]
     if "metrics.png" in figures:
         md += ["![consistency and accuracy per evaluation](metrics.png)", ""]
 
@@ -100,9 +107,10 @@ def render_markdown(data: ReportData, figures: list[str]) -> str:
         md += ["## Failure -> success", "",
                "A problem fails when its greedy answer is wrong or fewer than 30% of samples agree.", ""]
         keys = ("matched", "failureToSuccess", "successToFailure", "stillFailure", "stillSuccess")
-        rows = [[e.label, *(e.comparison.get(k, 0) for k in keys)] for e in comps]
+        rows = [[e.label, *(e.comparison.get(k, 0) for k in keys),
+                 paired_text((e.comparison.get("paired") or {}).get("success"))] for e in comps]
         header = ["evaluation", "matched", "failure -> success", "success -> failure", "still failure",
-                  "still success"]
+                  "still success", "success change (95% CI, McNemar p)"]
         md += [*_md_table(header, rows), ""]
         if "transitions.png" in figures:
             md += ["![transitions](transitions.png)", ""]

@@ -15,7 +15,7 @@ from consistency_core.names import parse_rfc3339
 from consistency_core.spec import CampaignSpec
 from consistency_core.status import CampaignStatus, EvaluationRecord
 
-from consistency_local.stats import Rate, wilson
+from consistency_local.stats import Paired, Rate, paired, wilson
 
 
 @dataclass
@@ -70,6 +70,13 @@ class ReportData:
             return None
         return transitions(before.rows, after.rows)
 
+    def paired_changes(self) -> dict[str, Paired]:
+        """Baseline -> final model on the problems both evaluated, each figure as a paired comparison."""
+        before, after = self.before, self.after
+        if before is None or after is None or not before.rows or not after.rows:
+            return {}
+        return paired_from_rows(before.rows, after.rows)
+
     @property
     def total_seconds(self) -> float:
         return sum(s.seconds or 0.0 for s in self.stages)
@@ -99,6 +106,29 @@ def rates_from_rows(rows: list[dict[str, Any]]) -> tuple[Rate, dict[str, Rate], 
         if marks:
             strata[key]["accuracy"] = wilson(sum(marks), len(marks))
     return consistency, accuracy, strata
+
+
+def paired_from_rows(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> dict[str, Paired]:
+    """{"consistency", "<domain> accuracy", "<domain> consistency", "success": Paired} over the problems
+    in both row sets (per-problem rows of two evaluations)."""
+    old = {r["problemId"]: r for r in before}
+    matched = [(old[r["problemId"]], r) for r in after if r["problemId"] in old]
+
+    def flags(pairs: list[tuple[dict, dict]], key: str) -> list[tuple[bool, bool]]:
+        return [(bool(b[key]), bool(a[key])) for b, a in pairs if b.get(key) is not None and a.get(key) is not None]
+
+    out: dict[str, Paired] = {}
+    if matched:
+        out["consistency"] = paired(flags(matched, "consistent"))
+    for domain in sorted({a["domain"] for _, a in matched}):
+        mine = [(b, a) for b, a in matched if a["domain"] == domain]
+        graded = flags(mine, "greedyCorrect")
+        if graded:
+            out[f"{domain} accuracy"] = paired(graded)
+        out[f"{domain} consistency"] = paired(flags(mine, "consistent"))
+    if matched:
+        out["success"] = paired(flags(matched, "success"))
+    return out
 
 
 def transitions(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> dict[str, int]:

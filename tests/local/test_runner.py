@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from consistency_local.cli import main as cli_main
+from consistency_local.console import render_status
 
 from tests.local.campaign_fixtures import (
     build_constant_model,
@@ -91,6 +92,11 @@ def test_killed_run_resumes_and_completes_with_report(assets, tmp_path: Path, ca
         assert (run_dir / "report" / figure).stat().st_size > 1000
         assert figure in report
     assert "Wilson 95%" in report and "before" in report
+    # before/after also as paired comparisons (same problems, same seeds), in the report and the status
+    assert "paired change, baseline -> 1B.2" in report and "McNemar p=" in report
+    assert "math accuracy" in after["evaluations"][1]["paired"]
+    status_text = render_status(run_dir, stages=True)
+    assert "MATH-CHANGE" in status_text and "pp [" in status_text and "CHANGE (95% CI, McNemar p)" in status_text
     out = capsys.readouterr().out
     assert f"Report: {run_dir / 'report' / 'report.md'}" in out
     assert "math accuracy" in out and "[" in out  # rates printed with their interval

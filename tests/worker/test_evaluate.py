@@ -121,6 +121,14 @@ def test_baseline_train_evaluate_round(tmp_path: Path) -> None:
     assert [r["problemId"] for r in rows] == [p.id for p in PROBLEMS]
     assert sum(r["greedyCorrect"] for r in rows if r["domain"] == "math") == round(
         m["accuracy"]["math"] * sum(p.domain == "math" for p in PROBLEMS))
+    # the paired comparison: same problems, so the difference is the net count of changed problems
+    math = m["paired"]["math accuracy"]
+    n_math = sum(p.domain == "math" for p in PROBLEMS)
+    assert math["n"] == n_math and math["better"] >= 1 and math["worse"] == 0
+    assert math["difference"] == pytest.approx(m["accuracy"]["math"] - base.metrics["accuracy"]["math"], abs=1e-3)
+    assert math["low"] <= math["difference"] <= math["high"]
+    assert math["pValue"] == pytest.approx(2 ** (1 - math["better"]) if math["better"] > 1 else 1.0)
+    assert report["comparison"]["paired"]["success"]["better"] == m["failureToSuccess"]
 
 
 def test_missing_baseline_report_is_a_config_error(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from consistency_core.stages import EVALUATE_REPORT, EvaluateParams, StageConfig, StageResult, join_uri
+from consistency_core.stats import paired
 
 from consistency_worker.generations import GenerationRecord
 from consistency_worker.stages import PermanentStageError
@@ -103,7 +104,29 @@ def compare(rows: Sequence[dict[str, Any]], baseline_rows: Sequence[dict[str, An
         domain["matched"] += 1
         if key in domain:
             domain[key] += 1
-    return {**counts, "byDomain": by_domain}
+    return {**counts, "byDomain": by_domain, "paired": paired_changes(rows, baseline_rows)}
+
+
+def paired_changes(rows: Sequence[dict[str, Any]], baseline_rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Every before/after figure on the problems both evaluations share, as a paired comparison:
+    difference, Newcombe 95% interval and exact McNemar p (consistency_core.stats). Keys: "<domain>
+    accuracy" (greedy), "<domain> consistency", "success" (not a failure by the 1B.2 rule)."""
+    before = {r["problemId"]: r for r in baseline_rows}
+    matched = [(before[r["problemId"]], r) for r in rows if r["problemId"] in before]
+    out: dict[str, Any] = {}
+    for domain in sorted({r["domain"] for _, r in matched}):
+        mine = [(b, a) for b, a in matched if a["domain"] == domain]
+        graded = [(bool(b["greedyCorrect"]), bool(a["greedyCorrect"])) for b, a in mine
+                  if b.get("greedyCorrect") is not None and a.get("greedyCorrect") is not None]
+        if graded:
+            out[f"{domain} accuracy"] = paired(graded).as_json()
+        agreed = [(bool(b["consistent"]), bool(a["consistent"])) for b, a in mine
+                  if b.get("consistent") is not None and a.get("consistent") is not None]
+        if agreed:
+            out[f"{domain} consistency"] = paired(agreed).as_json()
+    if matched:
+        out["success"] = paired((bool(b["success"]), bool(a["success"])) for b, a in matched).as_json()
+    return out
 
 
 def read_baseline(store: Store, uri: str) -> tuple[str, list[dict[str, Any]]]:
@@ -158,7 +181,8 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
         comparison = compare(rows, baseline[1])
         report["comparison"] = {"baselineReportUri": baseline[0], **comparison}
         metrics.update(failureToSuccess=comparison["failureToSuccess"],
-                       successToFailure=comparison["successToFailure"], compared=comparison["matched"])
+                       successToFailure=comparison["successToFailure"], compared=comparison["matched"],
+                       paired=comparison["paired"])
     report_uri = ctx.output(EVALUATE_REPORT)
     ctx.store.write_json(report_uri, report)
     ctx.manifest.add_output("report", report_uri)
