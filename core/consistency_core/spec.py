@@ -224,7 +224,14 @@ class Thresholds(WireModel):
     """Promotion gate: every set threshold must be met."""
 
     consistency: Probability | None = Field(
-        0.60, description="Minimum consistency rate (share of problems whose k samples all agree)."
+        0.60, description="Minimum consistency rate (share of problems whose k samples all agree), met by "
+        "each domain in consistencyDomains."
+    )
+    consistency_domains: list[Domain] = Field(
+        default_factory=lambda: ["math"], min_length=1,
+        description="Domains the consistency threshold applies to. Consistency means: math, all k canonical "
+        "answers equal; reasoning, all k letters equal; code, all k programs pass and fail the same tests "
+        "(test-outcome signature).",
     )
     mean_agreement: Probability | None = Field(None, description="Minimum mean agreement.")
     accuracy: dict[str, Probability] = Field(

@@ -314,6 +314,14 @@ def set_condition(
     status.conditions = [c for c in status.conditions if c.type != type_] + [new]
 
 
+def gated_consistency(spec: CampaignSpec, ev: EvaluationRecord) -> list[tuple[str, float | None]]:
+    """(domain, consistency) for each domain the gate's consistency threshold applies to. A result without
+    per-domain figures (from a worker before they existed) gives its pooled rate, labelled ""."""
+    if not ev.consistency_by_domain:
+        return [("", ev.consistency)]
+    return [(d, ev.consistency_by_domain.get(d)) for d in spec.thresholds.consistency_domains]
+
+
 def gate(spec: CampaignSpec, ev: EvaluationRecord) -> tuple[bool, str]:
     """Promotion check: every set threshold must be met; returns (passed, measured-vs-required text)."""
     th = spec.thresholds
@@ -330,7 +338,8 @@ def gate(spec: CampaignSpec, ev: EvaluationRecord) -> tuple[bool, str]:
         parts.append(f"{label} {measured:.3f} {'>=' if passed else '<'} {required:.2f}")
 
     if th.consistency is not None:
-        check("consistency", ev.consistency, th.consistency)
+        for domain, measured in gated_consistency(spec, ev):
+            check(f"{domain} consistency" if domain else "consistency", measured, th.consistency)
     if th.mean_agreement is not None:
         check("mean agreement", ev.mean_agreement, th.mean_agreement)
     for domain, required in sorted(th.accuracy.items()):
@@ -347,10 +356,16 @@ def _evaluation(step: Step, result: StageResult) -> EvaluationRecord:
         consistency=metrics.get("consistency"),
         mean_agreement=metrics.get("meanAgreement"),
         accuracy=accuracy,
+        consistency_by_domain=_per_domain(metrics.get("consistencyByDomain")),
+        pass_at_1=_per_domain(metrics.get("passAt1")),
         problems=int(metrics.get("problems", 0) or 0),
         report=result.outputs.get("report"),
         paired=metrics.get("paired") or {},
     )
+
+
+def _per_domain(values: object) -> dict[str, float]:
+    return {str(k): float(v) for k, v in values.items() if v is not None} if isinstance(values, dict) else {}
 
 
 def _step_of(spec: CampaignSpec, record: StageRecord) -> Step:
@@ -436,7 +451,8 @@ def _record_result(
     if step.stage == StageName.evaluate:
         ev = _evaluation(step, result)
         if step.key != BASELINE_KEY:
-            status.consistency = ev.consistency
+            measured = [v for _, v in gated_consistency(spec, ev) if v is not None]
+            status.consistency = min(measured) if measured else None
             status.math_accuracy = ev.accuracy.get("math")
         if step.phase == TrainingPhase.quick_fix and step.key != BASELINE_KEY:
             ev.gate_passed, detail = gate(spec, ev)

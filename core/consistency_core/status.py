@@ -68,7 +68,12 @@ class EvaluationRecord(WireModel):
     iteration: int = Field(ge=0)
     consistency: float | None = None
     mean_agreement: float | None = None
-    accuracy: dict[str, float] = Field(default_factory=dict)
+    accuracy: dict[str, float] = Field(default_factory=dict, description="Greedy accuracy per domain.")
+    consistency_by_domain: dict[str, float] = Field(
+        default_factory=dict, description="Consistency per domain (math: same number, reasoning: same letter, "
+        "code: same test-outcome signature).")
+    pass_at_1: dict[str, float] = Field(
+        default_factory=dict, description="Unbiased pass@1 per domain from the k samples (mean share correct).")
     problems: int = 0
     gate_passed: bool | None = None
     report: str | None = Field(None, description="URI of the full evaluation report.")
@@ -96,7 +101,8 @@ class CampaignStatus(WireModel):
     iteration: int = Field(0, ge=0, description="1B.1 iteration (1-based); 1B.2 runs once.")
     stage: str | None = Field(None, description="Stage now running.")
     message: str = ""
-    consistency: float | None = Field(None, description="Latest evaluated consistency rate.")
+    consistency: float | None = Field(None, description="Latest evaluated consistency rate of the domains the "
+                                      "gate checks (thresholds.consistencyDomains; the lowest of them).")
     math_accuracy: float | None = Field(None, description="Latest evaluated math accuracy.")
     conditions: list[Condition] = Field(default_factory=list)
     stages: list[StageRecord] = Field(default_factory=list)

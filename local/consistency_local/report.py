@@ -26,6 +26,11 @@ def _headline(view: EvalView) -> dict[str, str]:
     domains = sorted(set(view.accuracy) | set(view.record.accuracy))
     for d in domains:
         row[f"{d} accuracy"] = _rate(view.accuracy.get(d), view.record.accuracy.get(d))
+        pass1 = view.pass_at_1.get(d, view.record.pass_at_1.get(d))
+        if pass1 is not None:
+            row[f"{d} pass@1 (k)"] = f"{pass1:.1%}"
+        if d in view.domain_consistency or d in view.record.consistency_by_domain:
+            row[f"{d} consistency"] = _rate(view.domain_consistency.get(d), view.record.consistency_by_domain.get(d))
     return row
 
 
@@ -69,7 +74,10 @@ def render_markdown(data: ReportData, figures: list[str]) -> str:
           f"## Before / after on the held-out split ({n_eval} problems)", "",
           "Rates with Wilson 95% confidence intervals and counts. Consistency: share of problems whose "
           f"{data.spec.evaluation.samples} samples at temperature {data.spec.evaluation.temperature} all "
-          "agree; accuracy: the greedy answer is right. Both evaluations answer the same problems with the same "
+          "agree (math: the same number; reasoning: the same letter; code: the same test-outcome signature, "
+          "i.e. the same tests pass and fail); accuracy: the greedy answer is right; pass@1 (k): the unbiased "
+          "pass@1 estimate from the k samples (mean share of correct samples). Both evaluations answer the "
+          "same problems with the same "
           "seeds, so each change is also given paired: the difference with Newcombe's 95% interval for paired "
           "proportions and the exact McNemar p-value on the problems that changed.", "", "```",
           *before_after_lines(data), "```", ""]

@@ -25,6 +25,8 @@ class EvalView:
     consistency: Rate | None = None
     accuracy: dict[str, Rate] = field(default_factory=dict)  # greedy accuracy per domain
     strata: dict[str, dict[str, Rate]] = field(default_factory=dict)  # "math/easy" -> {accuracy, consistency}
+    domain_consistency: dict[str, Rate] = field(default_factory=dict)  # per domain, in the domain's sense
+    pass_at_1: dict[str, float] = field(default_factory=dict)  # unbiased, from the k samples
     comparison: dict[str, Any] | None = None
     report_uri: str | None = None
     error: str | None = None
@@ -108,6 +110,21 @@ def rates_from_rows(rows: list[dict[str, Any]]) -> tuple[Rate, dict[str, Rate], 
     return consistency, accuracy, strata
 
 
+def domain_figures(rows: list[dict[str, Any]]) -> tuple[dict[str, Rate], dict[str, float]]:
+    """Consistency per domain (Wilson) and the unbiased pass@1 from the k samples (mean share of correct
+    samples per problem) per domain, from per-problem rows."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[row["domain"]].append(row)
+    consistency = {d: wilson(sum(bool(r.get("consistent")) for r in g), len(g)) for d, g in sorted(groups.items())}
+    pass1 = {}
+    for d, g in sorted(groups.items()):
+        shares = [r["samplesCorrect"] / r["samplesGraded"] for r in g if r.get("samplesGraded")]
+        if shares:
+            pass1[d] = sum(shares) / len(shares)
+    return consistency, pass1
+
+
 def paired_from_rows(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> dict[str, Paired]:
     """{"consistency", "<domain> accuracy", "<domain> consistency", "success": Paired} over the problems
     in both row sets (per-problem rows of two evaluations)."""
@@ -160,6 +177,7 @@ def _eval_view(record: EvaluationRecord, store: Any) -> EvalView:
     view.rows = rows
     if rows:
         view.consistency, view.accuracy, view.strata = rates_from_rows(rows)
+        view.domain_consistency, view.pass_at_1 = domain_figures(rows)
     view.comparison = report.get("comparison")
     return view
 

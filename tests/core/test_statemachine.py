@@ -1,5 +1,6 @@
 from datetime import timedelta
 
+import pytest
 from consistency_core.spec import StageName
 from consistency_core.stages import StageResult
 from consistency_core.statemachine import (
@@ -237,3 +238,35 @@ def test_invariants(p):
         assert status.condition("GatePassed").status == "True"
     if spec.budget.max_usd is not None:
         assert all(spent + forecast <= spec.budget.max_usd + 1e-9 for spent, forecast in starts)
+
+
+def test_gate_consistency_is_per_domain_math_by_default():
+    from consistency_core.spec import SpecError
+    from consistency_core.statemachine import gate
+    from consistency_core.status import EvaluationRecord
+
+    # pooled 0.40 would fail; math, the gated domain by default, is 0.70; code (signatures) 0.10
+    ev = EvaluationRecord(phase="1B.1", iteration=1, consistency=0.4, accuracy={"math": 0.6},
+                          consistency_by_domain={"math": 0.7, "code": 0.1}, pass_at_1={"math": 0.5})
+    passed, detail = gate(minimal_spec(), ev)
+    assert passed and "math consistency 0.700 >= 0.60" in detail and "code consistency" not in detail
+    both = minimal_spec(thresholds={"consistencyDomains": ["math", "code"]})
+    passed, detail = gate(both, ev)
+    assert not passed and "code consistency 0.100 < 0.60" in detail
+    # a gated domain the evaluation did not measure fails the gate, saying so
+    passed, detail = gate(minimal_spec(thresholds={"consistencyDomains": ["reasoning"]}), ev)
+    assert not passed and "reasoning consistency not measured" in detail
+    with pytest.raises(SpecError, match=r"spec.thresholds.consistencyDomains\[0\]"):
+        minimal_spec(thresholds={"consistencyDomains": ["poetry"]})
+
+    def outcome(run):
+        result = succeed_with([(0.3, 0.6)])(run)
+        if run.record.stage == StageName.evaluate:
+            result.metrics.update(consistencyByDomain={"math": 0.65, "code": 0.05}, passAt1={"math": 0.52})
+        return result
+
+    final, _ = drive(minimal_spec(), outcome)
+    assert final.action.phase == CampaignPhase.succeeded  # the pooled 0.30 no longer decides
+    quick = next(e for e in final.status.evaluations if e.phase == TrainingPhase.quick_fix)
+    assert quick.consistency_by_domain == {"math": 0.65, "code": 0.05} and quick.pass_at_1 == {"math": 0.52}
+    assert final.status.consistency == 0.65

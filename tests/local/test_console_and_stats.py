@@ -11,7 +11,7 @@ import pytest
 from consistency_core.spec import StageName
 from consistency_core.status import CampaignPhase, CampaignStatus, EvaluationRecord, StageRecord, TrainingPhase
 from consistency_local.console import LiveConsole, render_status, tick_line
-from consistency_local.report_data import paired_from_rows, rates_from_rows, transitions
+from consistency_local.report_data import domain_figures, paired_from_rows, rates_from_rows, transitions
 from consistency_local.rundir import RunDir
 from consistency_local.stage_process import Tick
 from consistency_local.stats import wilson
@@ -103,3 +103,12 @@ def test_paired_changes_in_status_and_from_rows(tmp_path: Path) -> None:
     assert "MATH-CHANGE" in text and "+12.0pp [" in text and "p=0.0" in text
     detail = render_status(rd.root, stages=True)
     assert "math accuracy" in detail and "15" in detail
+
+
+def test_domain_consistency_and_sample_pass_at_1_from_rows() -> None:
+    rows = [{"problemId": "m", "domain": "math", "consistent": True, "samplesCorrect": 5, "samplesGraded": 5},
+            {"problemId": "c1", "domain": "code", "consistent": False, "samplesCorrect": 1, "samplesGraded": 5},
+            {"problemId": "c2", "domain": "code", "consistent": True, "samplesCorrect": 0, "samplesGraded": 5}]
+    consistency, pass1 = domain_figures(rows)
+    assert (consistency["code"].successes, consistency["code"].total) == (1, 2)
+    assert pass1 == {"math": 1.0, "code": pytest.approx(0.1)}

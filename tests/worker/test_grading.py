@@ -319,5 +319,5 @@ def test_grade_and_grade_many_dispatch_by_domain() -> None:
     ]
     grades = grade_many(pairs, workers=2)
     assert [g.correct for g in grades] == [False, True, True, False]
-    assert [g.answer for g in grades] == ["6", "pass", "C", "fail"]
+    assert [g.answer for g in grades] == ["6", "pass", "C", "F"]
     assert grades[3].detail.startswith("failed")

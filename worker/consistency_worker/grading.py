@@ -7,7 +7,10 @@ Public API used by the generate and evaluate stages and by external checks:
 
 from __future__ import annotations
 
+import ast
+import copy
 import re
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -25,8 +28,10 @@ __all__ = [
     "extract_math_answer",
     "grade",
     "grade_many",
+    "instrument_tests",
     "math_answers_match",
     "run_tests",
+    "signature_of",
 ]
 
 # ---------------------------------------------------------------------------------------------------
@@ -237,12 +242,88 @@ def run_tests(program: str, tests: str, timeout_s: float = 10.0, *,
 
 
 # ---------------------------------------------------------------------------------------------------
+# test-outcome signatures: two programs "agree" when they pass and fail the same assertions
+
+_SIG_PRELUDE = """
+_cw_sig_outcomes = []
+_cw_sig_first = []
+def _cw_sig_note(mark, exc=None):
+    _cw_sig_outcomes.append(mark)
+    if exc is not None and not _cw_sig_first:
+        _cw_sig_first.append(exc)
+"""
+_SIG_EPILOGUE = """
+if _cw_sig_first:
+    _cw_sig = "".join(_cw_sig_outcomes)
+    if len(_cw_sig) > {max_len}:
+        import hashlib as _cw_hashlib
+        _cw_sig = "h" + _cw_hashlib.sha256(_cw_sig.encode()).hexdigest()[:16]
+    # the first assertion that did not hold decides failed (false) or error (raised), as without the recording
+    _cw_sig_type = AssertionError if next(m for m in _cw_sig_outcomes if m != "P") == "F" else RuntimeError
+    raise _cw_sig_type("[{nonce}:" + _cw_sig + "] first failure: " + repr(_cw_sig_first[0])[:120])
+"""
+_SIGNATURE_MAX = 64
+
+
+_RECORD_TEMPLATE = ast.parse(
+    "try:\n    _cw_sig_ok = bool(TEST)\n"
+    "except Exception as _cw_sig_exc:\n    _cw_sig_note('E', _cw_sig_exc)\n"
+    "else:\n    if _cw_sig_ok:\n        _cw_sig_note('P')\n"
+    "    else:\n        _cw_sig_note('F', AssertionError(MSG))\n"
+).body[0]
+
+
+class _Fill(ast.NodeTransformer):
+    def __init__(self, values: dict[str, ast.expr]) -> None:
+        self.values = values
+
+    def visit_Name(self, node: ast.Name) -> ast.expr:
+        return self.values.get(node.id, node)
+
+
+class _AssertRecorder(ast.NodeTransformer):
+    """``assert test, msg`` -> evaluate ``test``, note P (true), F (false) or E (it raised), go on."""
+
+    def visit_Assert(self, node: ast.Assert) -> ast.AST:
+        msg = node.msg if node.msg is not None else ast.Constant("")
+        filled = _Fill({"TEST": node.test, "MSG": msg}).visit(copy.deepcopy(_RECORD_TEMPLATE))
+        return ast.copy_location(filled, node)
+
+
+def instrument_tests(tests: str, nonce: str) -> str | None:
+    """``tests`` rewritten so every assertion is recorded instead of stopping the run; at the end a
+    failing run raises (AssertionError, or RuntimeError when the first bad assertion raised) with the
+    signature tagged by ``nonce``, so passed/failed/error mean what they meant. None when the tests do
+    not parse."""
+    try:
+        tree = ast.parse(tests)
+    except (SyntaxError, ValueError):
+        return None
+    body = ast.unparse(ast.fix_missing_locations(_AssertRecorder().visit(tree)))
+    return _SIG_PRELUDE + body + "\n" + _SIG_EPILOGUE.format(nonce=nonce, max_len=_SIGNATURE_MAX)
+
+
+def signature_of(result: TestResult, nonce: str | None) -> str:
+    """The answer a code sample votes with: "pass" (every assertion held), the P/F/E string of its
+    assertions in the order they ran ("PPF": the third failed; E: it raised), or how the run ended
+    before the tests could finish ("timeout", "error")."""
+    if result.passed:
+        return "pass"
+    if nonce:
+        match = re.search(rf"\[{nonce}:([PFEh0-9a-f]+)\]", result.reason)
+        if match:
+            return match.group(1)
+    return result.status if result.status in ("timeout", "error") else "fail"
+
+
+# ---------------------------------------------------------------------------------------------------
 # one entry point per problem
 
 
 @dataclass(frozen=True)
 class Grade:
-    """``answer``: the normalised answer used for voting (number, letter, or "pass"/"fail" for code)."""
+    """``answer``: the normalised answer used for voting: a number (math), a letter (reasoning), the
+    test-outcome signature (code, see ``signature_of``)."""
 
     correct: bool
     answer: str | None
@@ -258,17 +339,28 @@ def _grade_text(problem: Problem, completion: str) -> Grade:
     return Grade(correct=letter is not None and letter == (problem.answer or "").upper(), answer=letter)
 
 
-def _code_grade(result: TestResult) -> Grade:
-    return Grade(correct=result.passed, answer="pass" if result.passed else "fail",
-                 detail=f"{result.status}: {result.reason}".rstrip(": "))
+def _code_grade(result: TestResult, nonce: str | None) -> Grade:
+    reason = re.sub(rf"\[{nonce}:[^\]]*\] ", "", result.reason) if nonce else result.reason
+    return Grade(correct=result.passed, answer=signature_of(result, nonce),
+                 detail=f"{result.status}: {reason}".rstrip(": "))
+
+
+def _code_source(problem: Problem, completion: str) -> tuple[str, str | None]:
+    """The script that grades one code completion, and the nonce tagging its signature (a fresh one per
+    run, so the model's own output cannot forge it)."""
+    nonce = secrets.token_hex(6)
+    tests = instrument_tests(problem.tests or "", nonce)
+    if tests is None:
+        return join_program(build_program(problem, completion), problem.tests or ""), None
+    return join_program(build_program(problem, completion), tests), nonce
 
 
 def grade(problem: Problem, completion: str, *, timeout_s: float = 10.0) -> Grade:
     """Grade one completion for one problem."""
     if problem.domain != "code":
         return _grade_text(problem, completion)
-    program = build_program(problem, completion)
-    return _code_grade(run_program(join_program(program, problem.tests or ""), timeout_s=timeout_s))
+    source, nonce = _code_source(problem, completion)
+    return _code_grade(run_program(source, timeout_s=timeout_s), nonce)
 
 
 def grade_many(pairs: Sequence[tuple[Problem, str]], *, timeout_s: float = 10.0,
@@ -279,7 +371,8 @@ def grade_many(pairs: Sequence[tuple[Problem, str]], *, timeout_s: float = 10.0,
     for i, (p, c) in enumerate(pairs):
         if p.domain != "code":
             grades[i] = _grade_text(p, c)
-    sources = [join_program(build_program(pairs[i][0], pairs[i][1]), pairs[i][0].tests or "") for i in code_idx]
-    for i, result in zip(code_idx, run_many(sources, workers=workers, timeout_s=timeout_s), strict=True):
-        grades[i] = _code_grade(result)
+    scripts = [_code_source(*pairs[i]) for i in code_idx]
+    results = run_many([src for src, _ in scripts], workers=workers, timeout_s=timeout_s)
+    for i, result, (_, nonce) in zip(code_idx, results, scripts, strict=True):
+        grades[i] = _code_grade(result, nonce)
     return [g for g in grades if g is not None]

@@ -1,10 +1,12 @@
 """evaluate stage: answer the evaluation sets (greedy + k samples, through the generate stage's code) with
 the trained adapter (or none: baseline) and report accuracy, consistency and before/after changes.
 
-- accuracy per domain: the greedy answer (math: exact numeric match; code: pass@1 by running the tests;
-  reasoning: letter match);
-- consistency rate: share of problems whose k samples all give the same answer; mean agreement: mean
-  share of samples on the modal answer (voting module);
+- accuracy per domain: the greedy answer (math: exact numeric match; code: greedy pass@1 by running the
+  tests; reasoning: letter match); passAt1: the unbiased pass@1 estimate from the k samples (mean c/k);
+- consistency per domain: share of problems whose k samples all give the same answer: math the same
+  canonical number, reasoning the same letter, code the same test-outcome signature (which assertions
+  hold); consistencyGivenCorrect: the same among problems with at least one correct sample; the headline
+  consistency pools every domain; mean agreement: mean share of samples on the modal answer;
 - per problem against a baseline report: a problem is a *failure* by the 1B.2 criteria (greedy answer
   wrong, or agreement below 0.30), else a success; failure -> success and success -> failure counts.
 
@@ -40,7 +42,9 @@ def outcome_of(record: GenerationRecord) -> Outcome:
     else:
         majority_correct = any(graded) if graded else None
     return Outcome(problem_id=record.problem_id, domain=record.domain, stratum=record.stratum, vote=vote,
-                   greedy_correct=record.greedy.correct, majority_correct=majority_correct)
+                   greedy_correct=record.greedy.correct, majority_correct=majority_correct,
+                   samples_correct=sum(s.correct is True for s in record.samples),
+                   samples_graded=sum(s.correct is not None for s in record.samples))
 
 
 def per_problem_row(outcome: Outcome, record: GenerationRecord) -> dict[str, Any]:
@@ -55,6 +59,8 @@ def per_problem_row(outcome: Outcome, record: GenerationRecord) -> dict[str, Any
         "majorityCorrect": outcome.majority_correct,
         "agreement": round(outcome.vote.agreement, 4),
         "consistent": outcome.vote.consistent,
+        "samplesCorrect": outcome.samples_correct,
+        "samplesGraded": outcome.samples_graded,
         "success": not verdict.failed,
         "failureReasons": list(verdict.reasons),
     }
@@ -73,13 +79,18 @@ def summarise(outcomes: Sequence[Outcome]) -> dict[str, Any]:
     table = {name: {k: _round(v) for k, v in row.items()} for name, row in by_domain.items()}
     strata = {name: {k: _round(v) for k, v in row.items()}
               for name, row in aggregate(outcomes, key="domain/stratum").items()}
+    def per_domain(key: str) -> dict[str, Any]:
+        return {d: _round(row[key]) for d, row in by_domain.items() if d != "all" and row[key] is not None}
+
     return {
         "problems": len(outcomes),
         "consistency": _round(overall.get("consistency") or 0.0),
         "meanAgreement": _round(overall.get("mean_agreement") or 0.0),
         "accuracy": accuracy,
-        "majorityAccuracy": {d: _round(row["majority_accuracy"]) for d, row in by_domain.items()
-                             if d != "all" and row["majority_accuracy"] is not None},
+        "consistencyByDomain": per_domain("consistency"),
+        "consistencyGivenCorrect": per_domain("consistency_given_correct"),
+        "passAt1": per_domain("pass_at_1"),
+        "majorityAccuracy": per_domain("majority_accuracy"),
         "byDomain": table,
         "byStratum": strata,
     }
@@ -162,7 +173,8 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
     summary = summarise(outcomes)
     per_problem_uri = ctx.output(PER_PROBLEM)
     ctx.manifest.add_output("perProblem", per_problem_uri, data=ctx.store.write_jsonl(per_problem_uri, rows))
-    metrics: dict[str, Any] = {k: summary[k] for k in ("problems", "consistency", "meanAgreement", "accuracy")}
+    metrics: dict[str, Any] = {k: summary[k] for k in ("problems", "consistency", "meanAgreement", "accuracy",
+                                                       "consistencyByDomain", "consistencyGivenCorrect", "passAt1")}
     report: dict[str, Any] = {
         **summary,
         "adapterUri": params.adapter_uri,
