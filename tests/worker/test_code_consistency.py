@@ -8,10 +8,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from consistency_core.stages import DistillParams
 from consistency_worker.generations import Completion, GenerationRecord
 from consistency_worker.grading import grade_many
 from consistency_worker.loaders import load_problems
 from consistency_worker.problems import Problem
+from consistency_worker.stages.distill import LOW_AGREEMENT, decide_consistent
 from consistency_worker.stages.evaluate import outcome_of, per_problem_row, summarise
 from consistency_worker.voting import failure
 
@@ -69,6 +71,9 @@ def test_signatures_separate_different_wrong_programs_on_mbpp(shared_datasets: P
     # unbiased pass@1 from the samples beside the greedy pass@1
     assert summary["accuracy"] == {"code": 1.0}
     assert summary["passAt1"]["code"] == round(sum(o.samples_correct / 4 for o in outcomes) / len(outcomes), 4)
+    # and the 1B.1 agreement filter (minAgreement 0.6) drops them: their samples do not agree
+    params = DistillParams(problemsUri="x", generationsUri="y", mode="consistent", minAgreement=0.6)
+    assert {decide_consistent(r, params, seed=1).reason for r in records} == {LOW_AGREEMENT}
     rows = [per_problem_row(o, r) for o, r in zip(outcomes, records, strict=True)]
     assert all(r["samplesGraded"] == 4 for r in rows)
     json.dumps(summary)
