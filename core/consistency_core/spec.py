@@ -11,7 +11,25 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from consistency_core.model import WireModel
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
-Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
+MIN_SAMPLING_TEMPERATURE = 0.05
+
+
+# Temperatures of the k samples (never of the greedy answer, which is always decoded at 0).
+Temperature = Annotated[float, Field(ge=MIN_SAMPLING_TEMPERATURE, le=2.0)]
+
+
+def _too_cold(value: object, where: str = "") -> None:
+    """Refuse a sampling temperature below the floor with the reason, before the bare range check."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value < MIN_SAMPLING_TEMPERATURE:
+        raise ValueError(
+            f"{where}a sampling temperature must be >= {MIN_SAMPLING_TEMPERATURE}, got {value}: near 0 every "
+            "sample is a copy of the greedy answer, so agreement is always 1, the agreement filter keeps "
+            "everything and a problem yields at most one distinct training target")
+
+
+def _sampling_temperature(value: object) -> object:
+    _too_cold(value)
+    return value
 
 DOMAINS = ("math", "code", "reasoning")
 Domain = Literal["math", "code", "reasoning"]
@@ -176,6 +194,8 @@ class QuickFixPhase(TrainingKnobs):
     )
     max_per_problem: int = Field(2, ge=1, description="At most this many training examples per problem.")
 
+    _temperature = field_validator("temperature", mode="before")(_sampling_temperature)
+
 
 class FailureCriteria(WireModel):
     max_agreement: Probability = Field(
@@ -207,6 +227,8 @@ class ExpansionPhase(TrainingKnobs):
     )
     learning_rate: float = Field(1e-4, gt=0.0, le=1.0, description="Peak learning rate.")
 
+    _temperature = field_validator("temperature", mode="before")(_sampling_temperature)
+
 
 class EvaluationConfig(WireModel):
     datasets: list[str] = Field(
@@ -218,6 +240,8 @@ class EvaluationConfig(WireModel):
     temperature: Temperature = Field(0.7, description="Sampling temperature for the consistency measure.")
     max_new_tokens: int = Field(512, ge=8, description="Generation budget per answer.")
     baseline: bool = Field(True, description="Evaluate the base model first, for before/after comparisons.")
+
+    _temperature = field_validator("temperature", mode="before")(_sampling_temperature)
 
 
 class Thresholds(WireModel):
@@ -252,10 +276,18 @@ class RetryPolicy(WireModel):
     max_iterations: int = Field(3, ge=1, le=20, description="1B.1 attempts before the campaign fails.")
     epochs_step: int = Field(1, ge=0, description="Epochs added on each new 1B.1 iteration.")
     temperature_schedule: list[Temperature] = Field(
-        default_factory=lambda: [0.2, 0.1, 0.0],
-        description="Sampling temperature of 1B.1 iterations 2, 3, ... (the last value repeats).",
+        default_factory=lambda: [0.2, 0.1],
+        description="Sampling temperature of 1B.1 iterations 2, 3, ... (the last value repeats); each >= 0.05.",
     )
     stage_retries: int = Field(2, ge=0, le=10, description="New Jobs for a failed stage before giving up.")
+
+    @field_validator("temperature_schedule", mode="before")
+    @classmethod
+    def _schedule(cls, value: object) -> object:
+        if isinstance(value, list):
+            for i, t in enumerate(value):
+                _too_cold(t, f"spec.retry.temperatureSchedule[{i}]: ")
+        return value
 
 
 class Toleration(WireModel):

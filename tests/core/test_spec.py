@@ -11,7 +11,7 @@ def test_defaults_reproduce_phase_1b_plan():
     assert spec.expansion.failure.max_agreement == 0.30 and spec.expansion.failure.include_wrong
     assert spec.expansion.max_examples == 2500 and spec.expansion.epochs == 2
     assert spec.thresholds.consistency == 0.60 and spec.thresholds.accuracy == {"math": 0.55}
-    assert all(0.0 <= t <= 0.2 for t in spec.retry.temperature_schedule)
+    assert spec.retry.temperature_schedule == [0.2, 0.1]
     assert spec.evaluation.datasets == ["gsm8k-test", "humaneval"]
 
 
@@ -32,6 +32,10 @@ def test_wire_format_is_camel_case_and_round_trips():
         ({"modle": {"uri": "x"}}, "spec.modle"),
         ({"thresholds": {"accuracy": {"poetry": 0.5}}}, "spec.thresholds.accuracy"),
         ({"budget": {"gpuHourUsd": -1}}, "spec.budget.gpuHourUsd"),
+        ({"retry": {"temperatureSchedule": [0.2, 0.0]}}, "spec.retry.temperatureSchedule[1]"),
+        ({"quickFix": {"temperature": 0.01}}, "spec.quickFix.temperature"),
+        ({"evaluation": {"temperature": 0}}, "spec.evaluation.temperature"),
+        ({"expansion": {"temperature": 0.04}}, "spec.expansion.temperature"),
     ],
 )
 def test_validation_errors_name_the_field(patch, field):

@@ -218,3 +218,22 @@ def test_shard_slice_partitions_deterministically() -> None:
     assert sorted(p.id for s in slices for p in s) == sorted(p.id for p in problems)
     assert [len(s) for s in slices] == [4, 3, 3]
     assert slices[1] == shard_slice(problems, 1, 3)
+
+
+def test_temperature_zero_samples_are_copies_of_the_greedy_answer(tmp_path: Path) -> None:
+    """Why the spec refuses sampling temperatures below 0.05: at 0 every sample repeats the greedy answer,
+    so agreement is always 1 and the agreement filter cannot drop anything."""
+    from consistency_core.spec import SpecError, parse_spec
+    from consistency_worker.voting import majority_vote
+
+    store = str(tmp_path / "store")
+    problems = str(write_problems(tmp_path / "problems.jsonl"))
+    assert run(gen_config(store, problems, key="cold", temperature=0.0), tmp_path / "s1").ok
+    cold = read_generations(open_store(store), f"{store}/cold")
+    assert all(set(t) == {t[0]} for t in texts(cold).values())
+    assert all(majority_vote([s.answer for s in r.samples]).agreement in (0.0, 1.0) for r in cold)
+    assert run(gen_config(store, problems, key="warm", temperature=0.9), tmp_path / "s2").ok
+    warm_texts = texts(read_generations(open_store(store), f"{store}/warm"))
+    assert any(len(set(t)) > 1 for t in warm_texts.values())
+    with pytest.raises(SpecError, match="greedy answer"):
+        parse_spec({"model": {"uri": "x"}, "store": {"uri": "y"}, "retry": {"temperatureSchedule": [0.2, 0.0]}})
