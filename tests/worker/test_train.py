@@ -232,3 +232,45 @@ def test_sigterm_mid_training_exits_retryable_and_the_rerun_resumes(tmp_path: Pa
     result = json.loads((tmp_path / "result.txt").read_text())
     assert result["metrics"]["steps"] == 60
     assert result["metrics"]["resumedFromStep"] == stopped_at
+
+
+def test_redistilled_data_or_another_max_seq_len_does_not_resume(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A re-run of distill writes a new train.jsonl with the same number of rows: its checkpoint from the
+    old file must not be resumed (the fingerprint holds the data's sha256), nor one made with another
+    maxSeqLen."""
+    from consistency_worker.stages import train as train_stage
+
+    store = tmp_path / "store"
+    data = write_train_data(tmp_path / "train.jsonl", copies=2)
+
+    def preempt(step: int) -> None:
+        if step == 5:
+            raise Preempted("after step 5")
+
+    monkeypatch.setattr(train_stage, "on_step_hook", preempt)
+    with pytest.raises(Preempted):
+        run(train_config(str(store), str(data), key="t"), tmp_path / "s1")
+    # re-distilled: other sampled targets for the same problems (same count, same prompts)
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    for row in rows:
+        row["messages"][-1]["content"] = row["messages"][-1]["content"].replace("####", "So the answer is\n####")
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(train_stage, "on_step_hook", None)
+    fresh = run(train_config(str(store), str(data), key="t"), tmp_path / "s2")
+    assert "resumedFromStep" not in fresh.metrics and fresh.metrics["steps"] == 8  # started over
+    latest = json.loads((store / "t" / "checkpoints" / "latest.json").read_text())
+    assert len(latest["fingerprint"]["dataSha256"]) == 64 and latest["fingerprint"]["maxSeqLen"] == 512
+
+    monkeypatch.setattr(train_stage, "on_step_hook", preempt)
+    with pytest.raises(Preempted):
+        run(train_config(str(store), str(data), key="u"), tmp_path / "s3")
+    monkeypatch.setattr(train_stage, "on_step_hook", None)
+    other_len = run(train_config(str(store), str(data), key="u", maxSeqLen=384), tmp_path / "s4")
+    assert "resumedFromStep" not in other_len.metrics
+    # and the same data and knobs still resume
+    monkeypatch.setattr(train_stage, "on_step_hook", preempt)
+    with pytest.raises(Preempted):
+        run(train_config(str(store), str(data), key="v"), tmp_path / "s5")
+    monkeypatch.setattr(train_stage, "on_step_hook", None)
+    assert run(train_config(str(store), str(data), key="v"), tmp_path / "s6").metrics["resumedFromStep"] == 4

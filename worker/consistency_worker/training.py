@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import shutil
@@ -297,6 +299,22 @@ def total_steps(n_examples: int, settings: TrainSettings) -> int:
     return math.ceil(batches_per_epoch / settings.gradient_accumulation) * settings.epochs
 
 
+def resume_fingerprint(examples: list[Example], settings: TrainSettings) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the training data itself (sha256 of the tokenised
+    examples, so a re-distilled file of the same size never resumes a stale checkpoint), maxSeqLen and the
+    schedule-defining knobs."""
+    digest = hashlib.sha256()
+    for ex in examples:
+        digest.update(json.dumps([ex.input_ids, ex.labels], separators=(",", ":")).encode())
+        digest.update(b"\n")
+    return {
+        "examples": len(examples), "dataSha256": digest.hexdigest(), "maxSeqLen": settings.max_seq_len,
+        "epochs": settings.epochs, "batchSize": settings.batch_size,
+        "gradientAccumulation": settings.gradient_accumulation, "learningRate": settings.learning_rate,
+        "warmupRatio": settings.warmup_ratio, "seed": settings.seed, "r": settings.lora.r,
+    }
+
+
 def train_lora(
     model: Any,
     examples: list[Example],
@@ -323,12 +341,7 @@ def train_lora(
     optimizer = make_optimizer(trainable, settings.learning_rate, quantized)
     scheduler = make_scheduler(optimizer, all_steps, settings.warmup_ratio)
 
-    # What a checkpoint must match to be resumed: the same data size and schedule-defining knobs.
-    fingerprint = {
-        "examples": len(examples), "epochs": settings.epochs, "batchSize": settings.batch_size,
-        "gradientAccumulation": settings.gradient_accumulation, "learningRate": settings.learning_rate,
-        "seed": settings.seed, "r": settings.lora.r,
-    }
+    fingerprint = resume_fingerprint(examples, settings)
     step, losses, resumed_from = 0, [], None
     pointer = checkpoints.latest() if checkpoints else None
     if pointer is not None and pointer.get("fingerprint") != fingerprint:
