@@ -172,6 +172,9 @@ class TrainingKnobs(WireModel):
     checkpoint_steps: int = Field(
         50, ge=1, description="Checkpoint to the store every N optimizer steps (and each epoch), so a preempted "
         "pod resumes there.")
+    warmup_ratio: Probability = Field(
+        0.03, description="Share of the optimizer steps over which the learning rate rises linearly to its peak "
+        "(then it decays linearly to 0).")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapter shape.")
 
 

@@ -84,6 +84,7 @@ class TrainParams(WireModel):
         "auto", description="auto: QLoRA NF4 when CUDA is present, plain LoRA otherwise."
     )
     checkpoint_steps: int = Field(50, ge=1, description="Checkpoint to the store every N optimizer steps.")
+    warmup_ratio: float = Field(0.03, ge=0.0, le=1.0, description="Share of steps of linear learning-rate warm-up.")
 
 
 class EvaluateParams(WireModel):
@@ -94,6 +95,8 @@ class EvaluateParams(WireModel):
     max_new_tokens: int = Field(ge=1)
     adapter_uri: str | None = None
     baseline_report_uri: str | None = Field(None, description="Earlier report, for per-problem before/after.")
+    failure: FailureCriteria = Field(default_factory=FailureCriteria,
+                                     description="What counts as a failed problem (spec.expansion.failure).")
 
 
 StageParams = Annotated[

@@ -191,6 +191,7 @@ class _Campaign:
             max_new_tokens=ev.max_new_tokens,
             adapter_uri=adapter,
             baseline_report_uri=before,
+            failure=self.spec.expansion.failure,
         )
 
     def _baseline_report(self) -> str | None:
@@ -227,6 +228,7 @@ class _Campaign:
                 max_seq_len=qf.max_seq_len,
                 lora=qf.lora,
                 checkpoint_steps=qf.checkpoint_steps,
+                warmup_ratio=qf.warmup_ratio,
             )
         return self._evaluate(
             prepared, adapter=join_uri(self.out(f"{prefix}-train"), TRAIN_ADAPTER), before=self._baseline_report()
@@ -265,6 +267,7 @@ class _Campaign:
                 max_seq_len=ex.max_seq_len,
                 lora=ex.lora,
                 checkpoint_steps=ex.checkpoint_steps,
+                warmup_ratio=ex.warmup_ratio,
                 init_adapter_uri=self.passing_adapter(),
             )
         quick_fix_eval = self._passing_eval_report()

@@ -112,8 +112,11 @@ def render_markdown(data: ReportData, figures: list[str]) -> str:
 
     comps = [e for e in data.evaluations if e.comparison]
     if comps:
+        rule = data.spec.expansion.failure
+        wrong = "its greedy answer is wrong or " if rule.include_wrong else ""
         md += ["## Failure -> success", "",
-               "A problem fails when its greedy answer is wrong or fewer than 30% of samples agree.", ""]
+               f"A problem fails when {wrong}fewer than {rule.max_agreement:.0%} of its samples agree on one answer "
+               "(spec.expansion.failure).", ""]
         keys = ("matched", "failureToSuccess", "successToFailure", "stillFailure", "stillSuccess")
         rows = [[e.label, *(e.comparison.get(k, 0) for k in keys),
                  paired_text((e.comparison.get("paired") or {}).get("success"))] for e in comps]

@@ -272,3 +272,15 @@ def test_gate_consistency_is_per_domain_math_by_default():
     quick = next(e for e in final.status.evaluations if e.phase == TrainingPhase.quick_fix)
     assert quick.consistency_by_domain == {"math": 0.65, "code": 0.05} and quick.pass_at_1 == {"math": 0.52}
     assert final.status.consistency == 0.65
+
+
+def test_failure_rule_and_warmup_ratio_come_from_the_spec():
+    spec = minimal_spec(expansion={"failure": {"maxAgreement": 0.5, "includeWrong": False}, "warmupRatio": 0.2},
+                        quickFix={"warmupRatio": 0.1})
+    _, runs = drive(spec, succeed_with([(0.9, 0.9)]))
+    by_key = {r.record.key: r.config.params for r in runs}
+    for key in (BASELINE_KEY, "1b1-i1-evaluate", "1b2-evaluate"):
+        assert (by_key[key].failure.max_agreement, by_key[key].failure.include_wrong) == (0.5, False)
+    assert by_key["1b1-i1-train"].warmup_ratio == 0.1 and by_key["1b2-train"].warmup_ratio == 0.2
+    default = {r.record.key: r.config.params for r in drive(minimal_spec(), succeed_with([(0.9, 0.9)]))[1]}
+    assert default["1b1-i1-evaluate"].failure.max_agreement == 0.30 and default["1b1-i1-train"].warmup_ratio == 0.03

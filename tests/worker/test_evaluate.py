@@ -68,6 +68,19 @@ def test_metrics_from_graded_generations() -> None:
     assert rows[3]["failureReasons"][0].startswith("agreement 0.00")
 
 
+def test_failure_rule_is_the_specs() -> None:
+    from consistency_core.spec import FailureCriteria
+
+    outcomes = [outcome_of(r) for r in RECORDS]
+    default = [per_problem_row(o, r)["success"] for o, r in zip(outcomes, RECORDS, strict=True)]
+    assert default == [True, False, True, False]
+    # agreement only (a wrong greedy answer alone is no failure), and a stricter 0.8 bar: "c" (0.75) fails
+    strict = FailureCriteria(maxAgreement=0.8, includeWrong=False)
+    rows = [per_problem_row(o, r, strict) for o, r in zip(outcomes, RECORDS, strict=True)]
+    assert [row["success"] for row in rows] == [True, False, False, False]
+    assert rows[1]["failureReasons"] == ["agreement 0.50 < 0.80"]
+
+
 def test_compare_counts_transitions() -> None:
     before = [{"problemId": "a", "domain": "math", "success": False},
               {"problemId": "b", "domain": "math", "success": True},

@@ -274,3 +274,13 @@ def test_redistilled_data_or_another_max_seq_len_does_not_resume(tmp_path: Path,
         run(train_config(str(store), str(data), key="v"), tmp_path / "s5")
     monkeypatch.setattr(train_stage, "on_step_hook", None)
     assert run(train_config(str(store), str(data), key="v"), tmp_path / "s6").metrics["resumedFromStep"] == 4
+
+
+def test_warmup_ratio_shapes_the_learning_rate(tmp_path: Path) -> None:
+    data = str(write_train_data(tmp_path / "train.jsonl", copies=2))  # 8 steps
+    result = run(train_config(str(tmp_path / "store"), data, key="w", warmupRatio=0.5), tmp_path / "s")
+    assert result.ok
+    lrs = [row["lr"] for row in json.loads((tmp_path / "store" / "w" / "loss.json").read_text())["steps"]]
+    peak = lrs.index(max(lrs))
+    assert peak == 4 and lrs[:5] == sorted(lrs[:5]) and lrs[4:] == sorted(lrs[4:], reverse=True)
+    assert max(lrs) == pytest.approx(5e-3)

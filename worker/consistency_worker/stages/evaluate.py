@@ -7,8 +7,9 @@ the trained adapter (or none: baseline) and report accuracy, consistency and bef
   canonical number, reasoning the same letter, code the same test-outcome signature (which assertions
   hold); consistencyGivenCorrect: the same among problems with at least one correct sample; the headline
   consistency pools every domain; mean agreement: mean share of samples on the modal answer;
-- per problem against a baseline report: a problem is a *failure* by the 1B.2 criteria (greedy answer
-  wrong, or agreement below 0.30), else a success; failure -> success and success -> failure counts.
+- per problem against a baseline report: a problem is a *failure* by the spec's 1B.2 criteria
+  (params.failure = spec.expansion.failure: greedy answer wrong when includeWrong, or agreement below
+  maxAgreement), else a success; failure -> success and success -> failure counts.
 
 Outputs: report.json (summary), per_problem.jsonl (one line per problem), the generations shard file.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from consistency_core.spec import FailureCriteria
 from consistency_core.stages import EVALUATE_REPORT, EvaluateParams, StageConfig, StageResult, join_uri
 from consistency_core.stats import paired
 
@@ -29,7 +31,6 @@ from consistency_worker.store import Store
 from consistency_worker.voting import Outcome, aggregate, failure, majority_vote
 
 PER_PROBLEM = "per_problem.jsonl"
-FAILURE_AGREEMENT = 0.30  # the 1B.2 default: below this share on the modal answer a problem "fails"
 
 
 def outcome_of(record: GenerationRecord) -> Outcome:
@@ -47,8 +48,13 @@ def outcome_of(record: GenerationRecord) -> Outcome:
                    samples_graded=sum(s.correct is not None for s in record.samples))
 
 
-def per_problem_row(outcome: Outcome, record: GenerationRecord) -> dict[str, Any]:
-    verdict = failure(outcome.greedy_correct, outcome.vote, min_agreement=FAILURE_AGREEMENT)
+def per_problem_row(outcome: Outcome, record: GenerationRecord,
+                    criteria: FailureCriteria | None = None) -> dict[str, Any]:
+    """One problem's line in per_problem.jsonl; ``success``: not a failure by ``criteria`` (the spec's
+    expansion.failure: a wrong greedy answer when includeWrong, agreement below maxAgreement)."""
+    criteria = criteria or FailureCriteria()
+    greedy = outcome.greedy_correct if criteria.include_wrong else None
+    verdict = failure(greedy, outcome.vote, min_agreement=criteria.max_agreement)
     return {
         "problemId": outcome.problem_id,
         "domain": outcome.domain,
@@ -169,7 +175,7 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
         backend.close()
 
     outcomes = [outcome_of(r) for r in records]
-    rows = [per_problem_row(o, r) for o, r in zip(outcomes, records, strict=True)]
+    rows = [per_problem_row(o, r, params.failure) for o, r in zip(outcomes, records, strict=True)]
     summary = summarise(outcomes)
     per_problem_uri = ctx.output(PER_PROBLEM)
     ctx.manifest.add_output("perProblem", per_problem_uri, data=ctx.store.write_jsonl(per_problem_uri, rows))
@@ -186,6 +192,7 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
         "seed": config.seed,
         "phase": config.phase,
         "iteration": config.iteration,
+        "failure": params.failure.to_wire(),
         "perProblemUri": per_problem_uri,
         "generationsUri": generations_uri,
     }

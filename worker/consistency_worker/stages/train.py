@@ -91,6 +91,7 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
         epochs=params.epochs, learning_rate=params.learning_rate, batch_size=params.batch_size,
         gradient_accumulation=params.gradient_accumulation, max_seq_len=params.max_seq_len,
         lora=params.lora, seed=config.seed, checkpoint_steps=params.checkpoint_steps,
+        warmup_ratio=params.warmup_ratio,
     )
     checkpoints = CheckpointStore(ctx.store, ctx.output(CHECKPOINTS), Path(ctx.scratch_dir) / "checkpoints")
     steps = total_steps(len(examples), settings)
