@@ -228,6 +228,11 @@ class ExpansionPhase(TrainingKnobs):
     use_reference_solutions: bool = Field(
         True, description="For a failure with no correct sample, train on the dataset's reference solution."
     )
+    replay_fraction: float = Field(
+        0.2, ge=0.0, lt=1.0,
+        description="Share of the 1B.2 training set made of 1B.1 training examples (from the passing iteration's "
+        "distill), mixed back in to limit forgetting; 0 turns replay off.",
+    )
     learning_rate: float = Field(1e-4, gt=0.0, le=1.0, description="Peak learning rate.")
 
     _temperature = field_validator("temperature", mode="before")(_sampling_temperature)

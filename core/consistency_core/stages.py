@@ -68,6 +68,9 @@ class DistillParams(WireModel):
     max_examples: int | None = Field(None, ge=1)
     max_per_problem: int = Field(2, ge=1)
     use_reference_solutions: bool = False
+    replay_uri: str | None = Field(None, description="Training JSONL of an earlier distill to mix back in.")
+    replay_fraction: float = Field(0.0, ge=0.0, lt=1.0,
+                                   description="Share of the output made of lines from replayUri.")
 
 
 class TrainParams(WireModel):

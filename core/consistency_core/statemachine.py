@@ -256,6 +256,8 @@ class _Campaign:
                 max_examples=ex.max_examples,
                 max_per_problem=ex.max_per_problem,
                 use_reference_solutions=ex.use_reference_solutions,
+                replay_uri=self._passing_distill() if ex.replay_fraction > 0 else None,
+                replay_fraction=ex.replay_fraction,
             )
         if step.stage == StageName.train:
             return TrainParams(
@@ -274,6 +276,11 @@ class _Campaign:
         return self._evaluate(
             prepared, adapter=join_uri(self.out("1b2-train"), TRAIN_ADAPTER), before=quick_fix_eval
         )
+
+    def _passing_distill(self) -> str | None:
+        """Training data of the 1B.1 iteration whose gate passed (what 1B.2 replays)."""
+        passed = [e for e in self.status.evaluations if e.phase == TrainingPhase.quick_fix and e.gate_passed]
+        return join_uri(self.out(f"1b1-i{passed[-1].iteration}-distill"), DISTILL_TRAIN) if passed else None
 
     def _passing_eval_report(self) -> str | None:
         passed = [e for e in self.status.evaluations if e.phase == TrainingPhase.quick_fix and e.gate_passed]

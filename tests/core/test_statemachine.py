@@ -284,3 +284,13 @@ def test_failure_rule_and_warmup_ratio_come_from_the_spec():
     assert by_key["1b1-i1-train"].warmup_ratio == 0.1 and by_key["1b2-train"].warmup_ratio == 0.2
     default = {r.record.key: r.config.params for r in drive(minimal_spec(), succeed_with([(0.9, 0.9)]))[1]}
     assert default["1b1-i1-evaluate"].failure.max_agreement == 0.30 and default["1b1-i1-train"].warmup_ratio == 0.03
+
+
+def test_expansion_replays_the_passing_1b1_iterations_training_data():
+    _, runs = drive(minimal_spec(), succeed_with([(0.3, 0.4), (0.7, 0.6)]))
+    params = {r.record.key: r.config.params for r in runs}["1b2-distill"]
+    assert params.replay_uri == "s3://bucket/campaigns/default/demo/1b1-i2-distill/train.jsonl"
+    assert params.replay_fraction == 0.2
+    _, runs = drive(minimal_spec(expansion={"replayFraction": 0}), succeed_with([(0.9, 0.9)]))
+    params = {r.record.key: r.config.params for r in runs}["1b2-distill"]
+    assert params.replay_uri is None and params.replay_fraction == 0
