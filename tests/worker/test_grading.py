@@ -300,6 +300,9 @@ def test_mbpp_reference_solutions_pass(shared_datasets: Path) -> None:
     results = run_many([join_program(p.solution or "", p.tests or "") for p in problems], timeout_s=60)
     failing = {p.id for p, r in zip(problems, results, strict=True) if not r.passed}
     assert failing == MBPP_KNOWN_BROKEN, sorted(failing)
+    # the same through grade_many, whose tests record every assertion (test-outcome signatures)
+    grades = grade_many([(p, p.solution or "") for p in problems], timeout_s=60)
+    assert {p.id for p, g in zip(problems, grades, strict=True) if not g.correct} == MBPP_KNOWN_BROKEN
 
 
 # ------------------------------------------------------------------------------------- grade dispatch
