@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from consistency_core.stages import DistillParams
+from consistency_core.spec import AgreementFilter
 from consistency_worker.generations import Completion, GenerationRecord
 from consistency_worker.grading import grade_many
 from consistency_worker.loaders import load_problems
@@ -72,8 +72,8 @@ def test_signatures_separate_different_wrong_programs_on_mbpp(shared_datasets: P
     assert summary["accuracy"] == {"code": 1.0}
     assert summary["passAt1"]["code"] == round(sum(o.samples_correct / 4 for o in outcomes) / len(outcomes), 4)
     # and the 1B.1 agreement filter (minAgreement 0.6) drops them: their samples do not agree
-    params = DistillParams(problemsUri="x", generationsUri="y", mode="consistent", minAgreement=0.6)
-    assert {decide_consistent(r, params, seed=1).reason for r in records} == {LOW_AGREEMENT}
+    rule = AgreementFilter(minAgreement=0.6)
+    assert {decide_consistent(r, rule, seed=1).reason for r in records} == {LOW_AGREEMENT}
     rows = [per_problem_row(o, r) for o, r in zip(outcomes, records, strict=True)]
     assert all(r["samplesGraded"] == 4 for r in rows)
     json.dumps(summary)

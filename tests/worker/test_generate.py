@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from consistency_core.spec import SamplingKnobs
 from consistency_core.stages import RESULT
 from consistency_worker.generations import (
     Completion,
@@ -159,14 +160,6 @@ def test_bad_problem_row_names_the_line(tmp_path: Path) -> None:
         run(gen_config(str(tmp_path / "store"), str(path)), tmp_path / "s")
 
 
-def test_temperature_zero_samples_reuse_the_greedy_answer(tmp_path: Path) -> None:
-    store = str(tmp_path / "store")
-    problems = str(write_problems(tmp_path / "problems.jsonl", PROBLEMS[:2]))
-    run(gen_config(store, problems, temperature=0.0), tmp_path / "s")
-    for record in read_generations(open_store(store), f"{store}/gen"):
-        assert all(s.text == record.greedy.text for s in record.samples)
-
-
 class ScriptedBackend:
     """Stands in for a model whose answers the test chooses, to check grading of right answers."""
 
@@ -199,8 +192,8 @@ def test_answers_are_graded_by_domain_including_sandboxed_code() -> None:
                       "```python\ndef add(a, b):\n    while True: pass\n```"],
         "mammal": ["Answer: B", "Answer: B", "Answer: C"],
     })
-    records = answer_problems(backend, problems, SamplingSettings(samples=2, temperature=0.7, max_new_tokens=8,
-                                                                   seed=1, code_timeout_s=2.0))
+    records = answer_problems(backend, problems, SamplingSettings(
+        SamplingKnobs(samples=2, temperature=0.7, max_new_tokens=8), seed=1, code_timeout_s=2.0))
     by_id = {r.problem_id: r for r in records}
     assert by_id["m1"].greedy == Completion(text="2 + 3 = 5\n#### 5", answer="5", correct=True)
     assert [(s.answer, s.correct) for s in by_id["m1"].samples] == [("5", True), ("6", False)]
@@ -221,19 +214,31 @@ def test_shard_slice_partitions_deterministically() -> None:
 
 
 def test_temperature_zero_samples_are_copies_of_the_greedy_answer(tmp_path: Path) -> None:
-    """Why the spec refuses sampling temperatures below 0.05: at 0 every sample repeats the greedy answer,
-    so agreement is always 1 and the agreement filter cannot drop anything."""
-    from consistency_core.spec import SpecError, parse_spec
+    """Why spec and stage params refuse sampling temperatures below 0.05: on the real engine, samples at
+    temperature 0 all repeat the greedy answer, so agreement is always 1 and the agreement filter cannot
+    drop anything; at the default 0.7 they differ."""
+    from consistency_core.spec import SamplingKnobs, SpecError, parse_spec
+    from consistency_core.stages import StageConfig
+    from consistency_worker.backends import open_backend
+    from consistency_worker.models import resolve_model
     from consistency_worker.voting import majority_vote
+    from pydantic import ValidationError
 
-    store = str(tmp_path / "store")
-    problems = str(write_problems(tmp_path / "problems.jsonl"))
-    assert run(gen_config(store, problems, key="cold", temperature=0.0), tmp_path / "s1").ok
-    cold = read_generations(open_store(store), f"{store}/cold")
-    assert all(set(t) == {t[0]} for t in texts(cold).values())
-    assert all(majority_vote([s.answer for s in r.samples]).agreement in (0.0, 1.0) for r in cold)
-    assert run(gen_config(store, problems, key="warm", temperature=0.9), tmp_path / "s2").ok
-    warm_texts = texts(read_generations(open_store(store), f"{store}/warm"))
-    assert any(len(set(t)) > 1 for t in warm_texts.values())
+    from tests.worker.model_fixtures import stage_config
+
+    backend = open_backend("hf", resolve_model(StageConfig.model_validate(
+        stage_config("generate", str(tmp_path), str(tiny_model_dir()), {"problemsUri": "x", **PARAMS}).to_wire()
+    ).model))
+    try:
+        cold = SamplingKnobs.model_construct(samples=3, temperature=0.0, max_new_tokens=12)  # what 0 would do
+        records = answer_problems(backend, PROBLEMS, SamplingSettings(cold, seed=1))
+        assert all(set(t) == {t[0]} for t in texts(records).values())
+        assert all(majority_vote([s.answer for s in r.samples]).agreement in (0.0, 1.0) for r in records)
+        warm = answer_problems(backend, PROBLEMS, SamplingSettings(SamplingKnobs(samples=3, max_new_tokens=12), 1))
+        assert any(len(set(t)) > 1 for t in texts(warm).values())
+    finally:
+        backend.close()
     with pytest.raises(SpecError, match="greedy answer"):
         parse_spec({"model": {"uri": "x"}, "store": {"uri": "y"}, "retry": {"temperatureSchedule": [0.2, 0.0]}})
+    with pytest.raises(ValidationError, match=r"sampling temperature must be >= 0\.05"):
+        gen_config(str(tmp_path), "x", temperature=0.0)
