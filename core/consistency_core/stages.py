@@ -139,10 +139,11 @@ class StageResult(WireModel):
     """Compact result of a finished stage, as written to the termination message.
 
     `metrics` per stage (keys the state machine reads):
-    prepare: selection, scan, eval (problem counts), malformed;
-    generate: problems, completions; distill: examples;
-    train: steps, finalLoss, quantization; evaluate: problems, consistency, meanAgreement,
-    accuracy {domain: float}, failureToSuccess, successToFailure.
+    prepare: selection, scan, eval (problem counts), malformed, ngramOverlap {count, examples};
+    generate: problems, completions; distill: examples (newExamples + replayed);
+    train: steps, finalLoss, quantization; evaluate: problems, consistency (pooled), meanAgreement,
+    accuracy {domain: float}, consistencyByDomain, consistencyGivenCorrect, passAt1 {domain: float},
+    failureToSuccess, successToFailure, paired {figure: {difference, low, high, pValue, better, worse, n}}.
     """
 
     model_config = ConfigDict(**{**WireModel.model_config, "extra": "ignore"})
