@@ -24,6 +24,7 @@ from consistency_core.stages import (
     PREPARE_SCAN,
     PREPARE_SELECTION,
     TRAIN_ADAPTER,
+    DistillMode,
     DistillParams,
     EvaluateParams,
     GenerateParams,
@@ -100,7 +101,7 @@ class StageConfigs:
             return DistillParams(
                 problems_uri=problems,
                 generations_uri=self.out(stage_key(step.phase, step.iteration, StageName.generate)),
-                mode="failures" if expansion else "consistent",
+                mode=DistillMode.failures if expansion else DistillMode.consistent,
                 filter=AgreementFilter.part_of(settings),
                 failures=FailureExamples.part_of(settings) if expansion else None,
                 replay_uri=self._passing_distill() if expansion and spec.expansion.replay_fraction > 0 else None,

@@ -1,11 +1,11 @@
 from datetime import timedelta
 
 import pytest
-from consistency_core.plan import BASELINE_KEY, PREPARE_KEY, knobs, max_stages
+from consistency_core.plan import BASELINE_KEY, PREPARE_KEY, knobs, max_stages, stage_key
 from consistency_core.spec import StageName
 from consistency_core.stages import StageResult
 from consistency_core.statemachine import Finish, RunStage, decide
-from consistency_core.status import CampaignPhase, StageOutcome, TrainingPhase
+from consistency_core.status import BASELINE, CampaignPhase, StageOutcome, TrainingPhase
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -288,3 +288,10 @@ def test_expansion_replays_the_passing_1b1_iterations_training_data():
     _, runs = drive(minimal_spec(expansion={"replayFraction": 0}), succeed_with([(0.9, 0.9)]))
     params = {r.record.key: r.config.params for r in runs}["1b2-distill"]
     assert params.replay_uri is None and params.failures.replay_fraction == 0
+
+
+def test_stage_keys_follow_the_glossary():
+    assert stage_key(TrainingPhase.quick_fix, 2, StageName.train) == "1b1-i2-train"
+    assert stage_key(TrainingPhase.expansion, 1, StageName.distill) == "1b2-distill"
+    assert stage_key(TrainingPhase.quick_fix, 3, StageName.prepare) == PREPARE_KEY == "prepare"
+    assert stage_key(BASELINE, 0, StageName.evaluate) == BASELINE_KEY == "baseline-evaluate"

@@ -370,3 +370,18 @@ def test_failures_mode_replays_a_share_of_the_1b1_examples(tmp_path: Path, share
     with pytest.raises(PermanentStageError, match="replayUri"):
         run(distill_config(tmp_path, out="missing",
                            **failures_params(replayUri=str(tmp_path / "nope.jsonl"), replayFraction=0.2)), tmp_path)
+
+
+def test_problems_file_is_read_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # One read serves both the manifest's hash and the parse (a big scan set is not downloaded twice).
+    problems, records = consistent_cases()
+    setup_dirs(tmp_path, problems, records)
+    config = distill_config(tmp_path)
+    ctx = StageContext.create(config, scratch_dir=tmp_path / "scratch")
+    reads: list[str] = []
+    real = ctx.store.read_bytes
+    monkeypatch.setattr(ctx.store, "read_bytes", lambda uri: reads.append(uri) or real(uri))
+    assert run_stage(ctx).ok
+    assert reads.count(config.params.problems_uri) == 1
+    manifest = json.loads((tmp_path / "distill" / "manifest.json").read_text())
+    assert manifest["inputs"]["problems"]["sha256"]

@@ -1,4 +1,4 @@
-"""Self-consistency: answer normalisation, majority vote, agreement, failure criteria, aggregation.
+"""Self-consistency: code normalisation, majority vote, agreement, failure criteria, aggregation.
 
 Pure functions over already-graded samples; no model, no I/O.
 """
@@ -10,24 +10,6 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-
-from .grading import extract_choice, extract_math_answer
-
-
-def normalise_answer(domain: str, completion: str, *, signature: str | None = None) -> str | None:
-    """The answer a sample votes for, per domain: math: the canonical number; reasoning: the letter;
-    code: its test-outcome signature (``grading.signature_of``: "pass", or which assertions held, e.g.
-    "PPF", or "timeout"/"error"), which must be given: two programs agree when they behave the same on
-    every test. None: the sample gave no usable answer."""
-    if domain == "math":
-        return extract_math_answer(completion)
-    if domain == "reasoning":
-        return extract_choice(completion)
-    if domain == "code":
-        if signature is None:
-            raise ValueError("code answers are test-outcome signatures: pass signature")
-        return signature
-    raise ValueError(f"unknown domain {domain!r}")
 
 
 def normalise_code(code: str) -> str:
@@ -64,14 +46,6 @@ def majority_vote(answers: Sequence[str | None], *, prefer: str | None = None) -
     winner = prefer if prefer in tied else tied[0]
     return Vote(answer=winner, count=top, total=total, agreement=top / total, consistent=top == total,
                 distribution=dict(counts))
-
-
-def agreement(answers: Sequence[str | None]) -> float:
-    return majority_vote(answers).agreement
-
-
-def is_consistent(answers: Sequence[str | None]) -> bool:
-    return majority_vote(answers).consistent
 
 
 @dataclass(frozen=True)
