@@ -269,14 +269,22 @@ class StageResources(WireModel):
     backoff_limit: int = Field(2, ge=0, le=20, description="Pod retries inside one Job.")
 
 
-def _cpu_stage() -> StageResources:
-    return StageResources(gpus=0, cpu="2", memory="8Gi", deadline_seconds=3600)
+class CpuStageResources(StageResources):
+    """A stage that needs no GPU (prepare, distill): its own defaults, so a partial override such as
+    `prepare: {memory: 16Gi}` keeps 0 GPUs and 2 CPUs instead of inheriting the GPU stages' defaults."""
+
+    gpus: int = Field(0, ge=0, le=64, description="GPUs per pod.")
+    cpu: str = Field("2", description="CPU request and limit per pod.")
+    memory: str = Field("8Gi", description="Memory request and limit per pod.")
+    deadline_seconds: int = Field(3600, ge=60, description="activeDeadlineSeconds of the Job.")
 
 
 class StagesResources(WireModel):
-    prepare: StageResources = Field(default_factory=_cpu_stage)
+    prepare: CpuStageResources = Field(default_factory=CpuStageResources,
+                                       description="Resources of prepare (CPU only by default).")
     generate: StageResources = Field(default_factory=StageResources)
-    distill: StageResources = Field(default_factory=_cpu_stage)
+    distill: CpuStageResources = Field(default_factory=CpuStageResources,
+                                       description="Resources of distill (CPU only by default).")
     train: StageResources = Field(default_factory=StageResources)
     evaluate: StageResources = Field(default_factory=StageResources)
 
@@ -289,8 +297,15 @@ class Resources(WireModel):
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     gpu_resource_name: str | None = Field(None, description="Extended resource for GPUs (default nvidia.com/gpu).")
     stages: StagesResources = Field(default_factory=StagesResources, description="Per-stage pod resources.")
-    node_selector: dict[str, str] = Field(default_factory=dict, description="Node selector for stage pods.")
-    tolerations: list[Toleration] = Field(default_factory=list, description="Tolerations for stage pods.")
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node selector for stage pods that request GPUs.")
+    tolerations: list[Toleration] = Field(
+        default_factory=list, description="Tolerations for stage pods that request GPUs.")
+    cpu_node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node selector for stage pods without GPUs (prepare, distill, any "
+        "stage set to 0 GPUs); nodeSelector and tolerations never apply to them, so they stay off GPU nodes.")
+    cpu_tolerations: list[Toleration] = Field(
+        default_factory=list, description="Tolerations for stage pods without GPUs.")
     priority_class_name: str | None = Field(None, description="PriorityClass of stage pods.")
     service_account_name: str | None = Field(None, description="ServiceAccount of stage pods.")
     ttl_seconds_after_finished: int = Field(86400, ge=0, description="How long finished Jobs are kept.")

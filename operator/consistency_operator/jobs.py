@@ -87,6 +87,24 @@ def _volumes(res: StageResources) -> tuple[list[dict[str, Any]], list[dict[str, 
     return volumes, mounts
 
 
+def _scheduling(spec: CampaignSpec, settings: OperatorConfig, resources: StageResources,
+                gpu_resource: str) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """nodeSelector and tolerations of a stage pod. A pod without GPUs takes only the CPU settings, so
+    selectors and tolerations meant for GPU nodes never pull prepare or distill onto them.
+    The CR's scheduling wins; the chart's worker defaults apply when it sets none."""
+    res = spec.resources
+    if not resources.gpus:
+        node_selector = dict(res.cpu_node_selector) or dict(settings.worker_cpu_node_selector)
+        tolerations = [t.to_wire() for t in res.cpu_tolerations] or [dict(t) for t in settings.worker_cpu_tolerations]
+        return node_selector, tolerations
+    node_selector = dict(res.node_selector) or dict(settings.worker_node_selector)
+    tolerations = [t.to_wire() for t in res.tolerations] or [dict(t) for t in settings.worker_tolerations]
+    # GPU nodes are commonly tainted with the resource name; tolerate it unless the CR says otherwise.
+    if not any(t.get("key") == gpu_resource for t in tolerations):
+        tolerations.append({"key": gpu_resource, "operator": "Exists", "effect": "NoSchedule"})
+    return node_selector, tolerations
+
+
 def build_job(
     *,
     config: StageConfig,
@@ -139,14 +157,9 @@ def build_job(
     service_account = spec.resources.service_account_name or settings.worker_service_account
     if service_account:
         pod_spec["serviceAccountName"] = service_account
-    # The CR's scheduling wins; the chart's worker defaults apply when it sets none.
-    node_selector = dict(spec.resources.node_selector) or dict(settings.worker_node_selector)
+    node_selector, tolerations = _scheduling(spec, settings, resources, gpu_resource)
     if node_selector:
         pod_spec["nodeSelector"] = node_selector
-    tolerations = [t.to_wire() for t in spec.resources.tolerations] or [dict(t) for t in settings.worker_tolerations]
-    # GPU nodes are commonly tainted with the resource name; tolerate it unless the CR says otherwise.
-    if resources.gpus and not any(t.get("key") == gpu_resource for t in tolerations):
-        tolerations.append({"key": gpu_resource, "operator": "Exists", "effect": "NoSchedule"})
     if tolerations:
         pod_spec["tolerations"] = tolerations
     if spec.resources.priority_class_name:

@@ -88,8 +88,9 @@ def test_applied_cr_gets_a_prepare_job_with_the_full_pod_spec(
     assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert pod["nodeSelector"] == {"gpu.type": "h100"} and pod["priorityClassName"] == "batch-high"
-    assert {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"} in pod["tolerations"]
+    # CPU stage: only the CPU scheduling, never the GPU nodes' selector or tolerations.
+    assert pod["nodeSelector"] == {"pool": "cpu"} and pod["priorityClassName"] == "batch-high"
+    assert pod["tolerations"] == [{"key": "spot", "operator": "Exists", "effect": "NoSchedule"}]
     [container] = pod["containers"]
     assert container["image"] == "registry.test/consistency-worker:test"  # operator default
     assert container["command"] == ["consistency-worker"]
@@ -100,8 +101,8 @@ def test_applied_cr_gets_a_prepare_job_with_the_full_pod_spec(
     assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"] == {"drop": ["ALL"]}
     assert {m["mountPath"] for m in container["volumeMounts"]} >= {"/tmp", "/cache"}
-    # CPU stage: no GPU requested.
-    assert container["resources"]["limits"] == {"cpu": "2", "memory": "8Gi"}
+    # CPU stage: no GPU requested, even though the spec overrides only prepare's memory.
+    assert container["resources"]["limits"] == {"cpu": "2", "memory": "16Gi"}
     env = {e["name"]: e for e in container["env"]}
     # The CR's store settings win over the operator defaults.
     assert env["AWS_ACCESS_KEY_ID"]["valueFrom"] == {
@@ -124,8 +125,10 @@ def test_applied_cr_gets_a_prepare_job_with_the_full_pod_spec(
     baseline = jobs.wait_job(NS, "spec-check", "baseline-evaluate")
     limits = baseline["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert limits == {"cpu": "4", "memory": "32Gi", "nvidia.com/gpu": "1"}
-    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in \
-        baseline["spec"]["template"]["spec"]["tolerations"]
+    assert baseline["spec"]["template"]["spec"]["tolerations"] == [
+        {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"},
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert baseline["spec"]["template"]["spec"]["nodeSelector"] == {"gpu.type": "h100"}
     jobs.succeed(baseline, BASELINE, {"report": "s3://campaigns/runs/default/spec-check/baseline-evaluate/r.json"})
     generate = jobs.wait_job(NS, "spec-check", "1b1-i1-generate")
     assert generate["spec"]["completionMode"] == "Indexed"

@@ -93,21 +93,49 @@ def test_operator_defaults_fill_in_store_settings() -> None:
     assert "completionMode" not in job["spec"]
 
 
+def pod_spec_of(spec: Any, action: sm.RunStage, settings: OperatorConfig, gpu_stage: bool = False) -> dict:
+    resources = spec.resources.stages.generate if gpu_stage else action.resources
+    return build_job(config=action.config, record=action.record, resources=resources, spec=spec,
+                     settings=settings)["spec"]["template"]["spec"]
+
+
 def test_chart_worker_scheduling_defaults_apply_when_the_spec_sets_none() -> None:
     env = {"CONSISTENCY_WORKER_NODE_SELECTOR": '{"pool": "gpu"}',
-           "CONSISTENCY_WORKER_TOLERATIONS": '[{"key": "dedicated", "operator": "Exists"}]'}
+           "CONSISTENCY_WORKER_TOLERATIONS": '[{"key": "dedicated", "operator": "Exists"}]',
+           "CONSISTENCY_WORKER_CPU_NODE_SELECTOR": '{"pool": "cpu"}',
+           "CONSISTENCY_WORKER_CPU_TOLERATIONS": '[{"key": "spot", "operator": "Exists"}]'}
     settings = parse_config([], env=env)
     spec, action = first_action(BASE_SPEC)
-    pod_spec = build_job(config=action.config, record=action.record, resources=action.resources, spec=spec,
-                         settings=settings)["spec"]["template"]["spec"]
-    assert pod_spec["nodeSelector"] == {"pool": "gpu"}
-    assert pod_spec["tolerations"] == [{"key": "dedicated", "operator": "Exists"}]
-    spec, action = first_action({**BASE_SPEC, "resources": {"nodeSelector": {"zone": "a"}}})
-    pod_spec = build_job(config=action.config, record=action.record, resources=action.resources, spec=spec,
-                         settings=settings)["spec"]["template"]["spec"]
-    assert pod_spec["nodeSelector"] == {"zone": "a"}
+    gpu_pod = pod_spec_of(spec, action, settings, gpu_stage=True)
+    assert gpu_pod["nodeSelector"] == {"pool": "gpu"}
+    assert gpu_pod["tolerations"] == [{"key": "dedicated", "operator": "Exists"},
+                                      {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    cpu_pod = pod_spec_of(spec, action, settings)  # prepare
+    assert cpu_pod["nodeSelector"] == {"pool": "cpu"}
+    assert cpu_pod["tolerations"] == [{"key": "spot", "operator": "Exists"}]
+    spec, action = first_action({**BASE_SPEC, "resources": {"nodeSelector": {"zone": "a"},
+                                                            "cpuNodeSelector": {"zone": "b"}}})
+    assert pod_spec_of(spec, action, settings, gpu_stage=True)["nodeSelector"] == {"zone": "a"}
+    assert pod_spec_of(spec, action, settings)["nodeSelector"] == {"zone": "b"}
     with pytest.raises(SystemExit, match="CONSISTENCY_WORKER_TOLERATIONS"):
         parse_config([], env={"CONSISTENCY_WORKER_TOLERATIONS": '{"not": "a list"}'})
+    with pytest.raises(SystemExit, match="CONSISTENCY_WORKER_CPU_NODE_SELECTOR"):
+        parse_config([], env={"CONSISTENCY_WORKER_CPU_NODE_SELECTOR": '["a list"]'})
+
+
+def test_cpu_stages_get_no_gpu_scheduling_even_with_partial_overrides() -> None:
+    gpu_toleration = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    spec, action = first_action({**BASE_SPEC, "resources": {
+        "nodeSelector": {"gpu.type": "h100"}, "tolerations": [gpu_toleration],
+        "stages": {"prepare": {"memory": "16Gi"}, "distill": {"deadlineSeconds": 600}}}})
+    pod = pod_spec_of(spec, action, OperatorConfig())
+    assert pod["containers"][0]["resources"]["limits"] == {"cpu": "2", "memory": "16Gi"}
+    assert "nodeSelector" not in pod and "tolerations" not in pod
+    assert not any(v["name"] == "dshm" for v in pod["volumes"])
+    distill = spec.resources.stages.distill
+    assert (distill.gpus, distill.cpu, distill.memory, distill.deadline_seconds) == (0, "2", "8Gi", 600)
+    gpu_pod = pod_spec_of(spec, action, OperatorConfig(), gpu_stage=True)
+    assert gpu_pod["nodeSelector"] == {"gpu.type": "h100"} and gpu_pod["tolerations"] == [gpu_toleration]
 
 
 # ---- results ---------------------------------------------------------------------------------------------

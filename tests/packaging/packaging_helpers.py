@@ -53,6 +53,8 @@ COMBOS: dict[str, dict[str, Any]] = {
             "gpuResource": "amd.com/gpu",
             "nodeSelector": {"gpu": "h100"},
             "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "cpuNodeSelector": {"pool": "cpu"},
+            "cpuTolerations": [{"key": "spot", "operator": "Exists", "effect": "NoSchedule"}],
         },
         "health": {"port": 18080, "path": "/live"},
         "metrics": {"port": 19090, "service": {"port": 80}},

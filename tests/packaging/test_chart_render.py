@@ -112,6 +112,8 @@ def test_operator_environment() -> None:
     assert env["CONSISTENCY_WORKER_SERVICE_ACCOUNT"] == "demo-consistency-operator-worker"
     assert env["CONSISTENCY_WORKER_NODE_SELECTOR"] == '{"gpu":"h100"}'
     assert env["CONSISTENCY_WORKER_TOLERATIONS"] == '[{"effect":"NoSchedule","key":"gpu","operator":"Exists"}]'
+    assert env["CONSISTENCY_WORKER_CPU_NODE_SELECTOR"] == '{"pool":"cpu"}'
+    assert env["CONSISTENCY_WORKER_CPU_TOLERATIONS"] == '[{"effect":"NoSchedule","key":"spot","operator":"Exists"}]'
     assert env["CONSISTENCY_VERBOSE"] == "1"
     assert env["EXTRA"] == "1"
     image = only(manifests, "Deployment").doc["spec"]["template"]["spec"]["containers"][0]["image"]
@@ -269,6 +271,7 @@ BAD_VALUES = [
     ({"store": {"endpoint": "minio:9000"}}, "at '/store/endpoint'"),
     ({"metrics": {"serviceMonitor": {"interval": "30 seconds"}}}, "at '/metrics/serviceMonitor/interval'"),
     ({"worker": {"tolerations": [{"key": "gpu", "effect": "Sometimes"}]}}, "at '/worker/tolerations/0/effect'"),
+    ({"worker": {"cpuNodeSelector": {"pool": 1}}}, "at '/worker/cpuNodeSelector/pool'"),
 ]
 
 
