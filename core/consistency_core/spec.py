@@ -60,6 +60,12 @@ class ModelRef(WireModel):
         "auto", description="Weights dtype for generation and LoRA training (QLoRA always uses NF4 + bf16 compute)."
     )
     max_model_len: int = Field(4096, ge=128, description="Context length given to the inference engine.")
+    token_secret: str | None = Field(
+        None, min_length=1, max_length=253, pattern=r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$",
+        description="Name of a Secret in the campaign's namespace whose key HF_TOKEN is a Hugging Face "
+        "token, for gated or private hf:// models; reaches stage pods as the HF_TOKEN env var through "
+        "secretKeyRef, never copied into the Job spec, status, logs or results. Locally (`consistency run`) "
+        "the HF_TOKEN environment variable is used instead.")
 
 
 class ArtifactStore(WireModel):

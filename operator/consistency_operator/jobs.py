@@ -28,6 +28,7 @@ LABEL_ATTEMPT = "consistency.dev/attempt"
 CONTAINER = "worker"
 CONFIG_ENV = "CONSISTENCY_STAGE_CONFIG"
 TERMINATION_LOG = "/dev/termination-log"
+HF_TOKEN_KEY = "HF_TOKEN"  # the key in spec.model.tokenSecret, and the env var huggingface_hub reads
 HF_HOME = "/cache/huggingface"
 WORKER_UID = 10001  # the worker image's user (images/worker/Dockerfile)
 
@@ -59,6 +60,14 @@ def _store_env(spec: CampaignSpec, settings: OperatorConfig) -> list[dict[str, A
     if spec.store.region:
         env.append({"name": "AWS_DEFAULT_REGION", "value": spec.store.region})
     return env
+
+
+def _hub_env(spec: CampaignSpec) -> list[dict[str, Any]]:
+    if not spec.model.token_secret:
+        return []
+    # By reference only: the kubelet resolves it, the operator never reads the Secret.
+    ref = {"name": spec.model.token_secret, "key": HF_TOKEN_KEY}
+    return [{"name": HF_TOKEN_KEY, "valueFrom": {"secretKeyRef": ref}}]
 
 
 def _resources(res: StageResources, gpu_resource: str) -> dict[str, Any]:
@@ -122,6 +131,7 @@ def build_job(
         {"name": "HF_HOME", "value": HF_HOME},
         {"name": "HOME", "value": "/tmp"},
         *_store_env(spec, settings),
+        *_hub_env(spec),
     ]
     container: dict[str, Any] = {
         "name": CONTAINER,

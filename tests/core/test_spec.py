@@ -32,6 +32,7 @@ def test_wire_format_is_camel_case_and_round_trips():
         ({"modle": {"uri": "x"}}, "spec.modle"),
         ({"thresholds": {"accuracy": {"poetry": 0.5}}}, "spec.thresholds.accuracy"),
         ({"budget": {"gpuHourUsd": -1}}, "spec.budget.gpuHourUsd"),
+        ({"model": {"uri": "hf://org/m", "tokenSecret": "Not_A_Name"}}, "spec.model.tokenSecret"),
     ],
 )
 def test_validation_errors_name_the_field(patch, field):
