@@ -313,6 +313,11 @@ class Resources(WireModel):
     cpu_tolerations: list[Toleration] = Field(
         default_factory=list, description="Tolerations for stage pods without GPUs.")
     priority_class_name: str | None = Field(None, description="PriorityClass of stage pods.")
+    queue_name: str | None = Field(
+        None, min_length=1, max_length=63, pattern=r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$",
+        description="Kueue LocalQueue of every stage Job (label kueue.x-k8s.io/queue-name; default: the "
+        "operator's). Jobs start suspended; until admitted a stage shows as Queued and its wait is not "
+        "counted as stage time or cost.")
     service_account_name: str | None = Field(None, description="ServiceAccount of stage pods.")
     ttl_seconds_after_finished: int = Field(86400, ge=0, description="How long finished Jobs are kept.")
 

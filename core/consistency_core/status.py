@@ -27,6 +27,7 @@ class TrainingPhase(StrEnum):
 
 
 class StageOutcome(StrEnum):
+    queued = "Queued"  # its Job exists but is suspended / not admitted yet (e.g. by Kueue)
     running = "Running"
     succeeded = "Succeeded"
     failed = "Failed"
@@ -53,9 +54,11 @@ class StageRecord(WireModel):
     attempt: int = Field(1, ge=1)
     job_name: str = Field(description="Name of the batch/v1 Job that runs it.")
     gpus: int = Field(0, ge=0, description="GPUs per pod times pods (for cost).")
-    start_time: str | None = None
+    start_time: str | None = Field(None, description="When it started running (admission, for a queued Job).")
     end_time: str | None = None
     outcome: StageOutcome = StageOutcome.running
+    queued_time: str | None = Field(None, description="When its Job was last seen waiting for admission.")
+    queued_seconds: float = Field(0.0, ge=0, description="Time spent queued; not counted as stage time or cost.")
     message: str = ""
     forecast_usd: float = Field(0.0, ge=0)
     gpu_hours: float = Field(0.0, ge=0)
@@ -90,6 +93,8 @@ class CampaignStatus(WireModel):
     training_phase: TrainingPhase | None = Field(None, description="1B.1 or 1B.2.")
     iteration: int = Field(0, ge=0, description="1B.1 iteration (1-based); 1B.2 runs once.")
     stage: str | None = Field(None, description="Stage now running.")
+    stage_status: StageOutcome | None = Field(
+        None, description="Queued while the current stage's Job waits for admission (suspended), then Running.")
     message: str = ""
     consistency: float | None = Field(None, description="Latest evaluated consistency rate.")
     math_accuracy: float | None = Field(None, description="Latest evaluated math accuracy.")
@@ -101,7 +106,7 @@ class CampaignStatus(WireModel):
     observed_generation: int | None = None
 
     def current(self) -> StageRecord | None:
-        running = [s for s in self.stages if s.outcome == StageOutcome.running]
+        running = [s for s in self.stages if s.outcome in (StageOutcome.running, StageOutcome.queued)]
         return running[-1] if running else None
 
     def condition(self, type_: str) -> Condition | None:

@@ -18,6 +18,7 @@ arguments; spec fields of a ConsistencyTraining override the worker-related defa
 | CONSISTENCY_WORKER_TOLERATIONS | | [] | JSON array; GPU stage pods' tolerations when the spec sets none |
 | CONSISTENCY_WORKER_CPU_NODE_SELECTOR | | {} | JSON object; nodeSelector of pods without GPUs (spec wins) |
 | CONSISTENCY_WORKER_CPU_TOLERATIONS | | [] | JSON array; tolerations of pods without GPUs (spec wins) |
+| CONSISTENCY_QUEUE_NAME | | (none) | Kueue LocalQueue of stage Jobs; spec.resources.queueName wins |
 | CONSISTENCY_STORE_ENDPOINT | | (none) | S3 endpoint; spec.store.endpoint wins |
 | CONSISTENCY_STORE_SECRET | | (none) | Secret with the AWS_* keys; spec.store.credentialsSecret wins |
 | CONSISTENCY_RESYNC_SECONDS | | 600 | safety-net resync of every campaign; 0 = off |
@@ -53,6 +54,7 @@ class OperatorConfig:
     worker_tolerations: tuple[Mapping[str, Any], ...] = ()
     worker_cpu_node_selector: tuple[tuple[str, str], ...] = ()
     worker_cpu_tolerations: tuple[Mapping[str, Any], ...] = ()
+    queue_name: str | None = None
     store_endpoint: str | None = None
     store_secret: str | None = None
     # Watch-stream timeouts: short in tests so a restarted API server is noticed quickly.
@@ -141,6 +143,7 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         worker_cpu_node_selector=tuple(sorted(
             (str(k), str(v)) for k, v in _json(env, "CONSISTENCY_WORKER_CPU_NODE_SELECTOR", dict).items())),
         worker_cpu_tolerations=tuple(_json(env, "CONSISTENCY_WORKER_CPU_TOLERATIONS", list)),
+        queue_name=env.get("CONSISTENCY_QUEUE_NAME") or None,
         store_endpoint=env.get("CONSISTENCY_STORE_ENDPOINT") or None,
         store_secret=env.get("CONSISTENCY_STORE_SECRET") or None,
         watch_server_timeout=_int(env, "CONSISTENCY_WATCH_SERVER_TIMEOUT", 300),

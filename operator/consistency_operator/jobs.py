@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from consistency_core.queueing import QUEUE_LABEL
 from consistency_core.spec import CampaignSpec, StageName, StageResources
 from consistency_core.stages import EXIT_PERMANENT, StageConfig
 from consistency_core.status import StageRecord
@@ -45,6 +46,15 @@ def job_labels(config: StageConfig) -> dict[str, str]:
         LABEL_KEY: config.key,
         LABEL_ATTEMPT: str(config.attempt),
     }
+
+
+def queue_name(spec: CampaignSpec, settings: OperatorConfig) -> str | None:
+    return spec.resources.queue_name or settings.queue_name
+
+
+def job_suspended(job: dict[str, Any]) -> bool:
+    """A Job waiting for admission: suspended (Kueue unsuspends it when the workload is admitted)."""
+    return bool((job.get("spec") or {}).get("suspend"))
 
 
 def _store_env(spec: CampaignSpec, settings: OperatorConfig) -> list[dict[str, Any]]:
@@ -195,13 +205,19 @@ def build_job(
     else:
         job_spec.update(completions=1, parallelism=1)
 
+    queue = queue_name(spec, settings)
+    job_labels_ = dict(labels)
+    if queue:
+        # Kueue admits the Job by unsuspending it; created suspended so no pod starts before admission.
+        job_labels_[QUEUE_LABEL] = queue
+        job_spec["suspend"] = True
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
             "name": record.job_name,
             "namespace": config.namespace,
-            "labels": labels,
+            "labels": job_labels_,
         },
         "spec": job_spec,
     }

@@ -161,7 +161,7 @@ class JobController:
             self.c.create("v1", "pods", pod, namespace=meta["namespace"])
 
     def succeed(self, job: dict[str, Any], metrics: dict[str, Any] | None = None,
-                outputs: dict[str, str] | None = None, seconds: float = 120.0) -> None:
+                outputs: dict[str, str] | None = None, seconds: float | None = 120.0) -> None:
         key = job["metadata"]["labels"]["consistency.dev/key"]
         shards = int(job["spec"].get("completions", 1))
         result = {"key": key, "ok": True, "metrics": metrics or {}, "outputs": outputs or {}, "seconds": seconds}

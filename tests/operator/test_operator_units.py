@@ -253,3 +253,40 @@ def test_finished_jobs_are_counted_once_by_outcome() -> None:
     assert (count("retried"), count("failed"), count("succeeded")) == (1.0, 1.0, 0.0)
     assert metrics.registry.get_sample_value("consistency_stage_duration_seconds_count",
                                              {"stage": "prepare", "phase": "1B.1"}) == 2.0
+
+
+# ---- Kueue -----------------------------------------------------------------------------------------------
+
+def test_queue_name_labels_and_suspends_every_job_spec_wins_over_the_chart_default() -> None:
+    settings = parse_config([], env={"CONSISTENCY_QUEUE_NAME": "team-default"})
+    spec, action = first_action(BASE_SPEC)
+    job = build_job(config=action.config, record=action.record, resources=action.resources, spec=spec,
+                    settings=settings)
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-default"
+    assert job["spec"]["suspend"] is True
+    # The queue label is on the Job only (Kueue's Job integration), not copied onto the pods.
+    assert "kueue.x-k8s.io/queue-name" not in job["spec"]["template"]["metadata"]["labels"]
+    spec, action = first_action({**BASE_SPEC, "resources": {"queueName": "gpu-a100"}})
+    job = build_job(config=action.config, record=action.record, resources=action.resources, spec=spec,
+                    settings=settings)
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-a100"
+    job = build_job(config=action.config, record=action.record, resources=action.resources,
+                    spec=parse_spec(BASE_SPEC), settings=OperatorConfig())
+    assert "suspend" not in job["spec"] and "kueue.x-k8s.io/queue-name" not in job["metadata"]["labels"]
+
+
+def test_queued_stage_exports_no_start_or_deadline_until_admitted() -> None:
+    from consistency_core import queueing
+
+    metrics = build_metrics()
+    observer = CampaignObserver(metrics)
+    spec = parse_spec(BASE_SPEC)
+    status = sm.decide(spec, None, campaign="c1", namespace="ns", now=NOW).status
+    queueing.observe_job(status, suspended=True, started=None, now=NOW)
+    observer.observe("ns", "c1", spec, status)
+    assert not [s for fam in metrics.stage_start.collect() for s in fam.samples]
+    assert not [s for fam in metrics.stage_deadline.collect() for s in fam.samples]
+    queueing.observe_job(status, suspended=False, started=None, now=NOW.replace(hour=3))
+    observer.observe("ns", "c1", spec, status)
+    [sample] = [s for fam in metrics.stage_start.collect() for s in fam.samples]
+    assert sample.value == NOW.replace(hour=3).timestamp()

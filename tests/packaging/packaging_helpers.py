@@ -55,6 +55,7 @@ COMBOS: dict[str, dict[str, Any]] = {
             "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
             "cpuNodeSelector": {"pool": "cpu"},
             "cpuTolerations": [{"key": "spot", "operator": "Exists", "effect": "NoSchedule"}],
+            "queueName": "team-gpus",
         },
         "health": {"port": 18080, "path": "/live"},
         "metrics": {"port": 19090, "service": {"port": 80}},

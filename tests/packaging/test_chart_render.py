@@ -113,6 +113,7 @@ def test_operator_environment() -> None:
     assert env["CONSISTENCY_WORKER_NODE_SELECTOR"] == '{"gpu":"h100"}'
     assert env["CONSISTENCY_WORKER_TOLERATIONS"] == '[{"effect":"NoSchedule","key":"gpu","operator":"Exists"}]'
     assert env["CONSISTENCY_WORKER_CPU_NODE_SELECTOR"] == '{"pool":"cpu"}'
+    assert env["CONSISTENCY_QUEUE_NAME"] == "team-gpus"
     assert env["CONSISTENCY_WORKER_CPU_TOLERATIONS"] == '[{"effect":"NoSchedule","key":"spot","operator":"Exists"}]'
     assert env["CONSISTENCY_VERBOSE"] == "1"
     assert env["EXTRA"] == "1"
@@ -124,6 +125,7 @@ def test_operator_environment() -> None:
     assert default_env["CONSISTENCY_STORE_ENDPOINT"] == ""
     assert default_env["CONSISTENCY_STORE_SECRET"] == ""
     assert default_env["CONSISTENCY_VERBOSE"] == ""
+    assert default_env["CONSISTENCY_QUEUE_NAME"] == ""
 
 
 def test_every_operator_setting_env_is_read_by_the_operator() -> None:
@@ -272,6 +274,7 @@ BAD_VALUES = [
     ({"metrics": {"serviceMonitor": {"interval": "30 seconds"}}}, "at '/metrics/serviceMonitor/interval'"),
     ({"worker": {"tolerations": [{"key": "gpu", "effect": "Sometimes"}]}}, "at '/worker/tolerations/0/effect'"),
     ({"worker": {"cpuNodeSelector": {"pool": 1}}}, "at '/worker/cpuNodeSelector/pool'"),
+    ({"worker": {"queueName": "Team Queue"}}, "at '/worker/queueName'"),
 ]
 
 
