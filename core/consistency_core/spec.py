@@ -319,6 +319,13 @@ class Resources(WireModel):
         "operator's). Jobs start suspended; until admitted a stage shows as Queued and its wait is not "
         "counted as stage time or cost.")
     service_account_name: str | None = Field(None, description="ServiceAccount of stage pods.")
+    runtime_class_name: str | None = Field(
+        None, min_length=1, max_length=253, pattern=r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$",
+        description="RuntimeClass of stage pods, e.g. gvisor (a sandboxed kernel around model-written code); "
+        "default: the operator's.")
+    host_users: bool | None = Field(
+        None, description="false: stage pods run in their own user namespace (pod hostUsers: false; needs "
+        "Kubernetes with user namespaces); default: the operator's.")
     ttl_seconds_after_finished: int = Field(86400, ge=0, description="How long finished Jobs are kept.")
 
 

@@ -184,6 +184,13 @@ def build_job(
         pod_spec["tolerations"] = tolerations
     if spec.resources.priority_class_name:
         pod_spec["priorityClassName"] = spec.resources.priority_class_name
+    runtime_class = spec.resources.runtime_class_name or settings.worker_runtime_class
+    if runtime_class:
+        pod_spec["runtimeClassName"] = runtime_class
+    host_users = spec.resources.host_users if spec.resources.host_users is not None else settings.worker_host_users
+    if not host_users:
+        # Container uid 10001 maps to an unprivileged host uid: a breakout is not even host-uid 10001.
+        pod_spec["hostUsers"] = False
 
     job_spec: dict[str, Any] = {
         "backoffLimit": resources.backoff_limit,

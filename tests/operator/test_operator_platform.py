@@ -125,3 +125,20 @@ def test_kueue_job_stays_queued_until_admitted_and_the_wait_costs_nothing(
     assert generate["spec"]["suspend"] is True
     wait_status(cluster, NS, name, "generate queued", lambda s: s["stage"] == "1b1-i1-generate"
                 and s["stageStatus"] == "Queued")
+
+
+def test_campaign_runs_stage_pods_under_a_runtime_class_in_a_user_namespace(
+        cluster: EmulatedCluster, operator: OperatorProcess, jobs: JobController) -> None:
+    name = "locked"
+    body = campaign_body(name)
+    body["spec"]["resources"].update(runtimeClassName="gvisor", hostUsers=False)
+    cluster.create(CT, CTS, body, namespace=NS)
+    prepare = jobs.wait_job(NS, name, "prepare")
+    jobs.succeed(prepare, {"selection": 10, "scan": 10, "eval": 10})
+    for job in (prepare, jobs.wait_job(NS, name, "baseline-evaluate")):
+        pod = job["spec"]["template"]["spec"]
+        assert pod["runtimeClassName"] == "gvisor" and pod["hostUsers"] is False
+        # The stage pods' labels are the ones the chart's NetworkPolicy selects.
+        labels = job["spec"]["template"]["metadata"]["labels"]
+        assert labels["app.kubernetes.io/managed-by"] == "consistency-operator"
+        assert labels["app.kubernetes.io/name"] == "consistency-worker"

@@ -290,3 +290,20 @@ def test_queued_stage_exports_no_start_or_deadline_until_admitted() -> None:
     observer.observe("ns", "c1", spec, status)
     [sample] = [s for fam in metrics.stage_start.collect() for s in fam.samples]
     assert sample.value == NOW.replace(hour=3).timestamp()
+
+
+# ---- locked-down stage pods ------------------------------------------------------------------------------
+
+def test_runtime_class_and_user_namespaces_from_the_chart_or_the_spec() -> None:
+    settings = parse_config([], env={"CONSISTENCY_WORKER_RUNTIME_CLASS": "gvisor",
+                                     "CONSISTENCY_WORKER_HOST_USERS": "false"})
+    spec, action = first_action(BASE_SPEC)
+    pod = pod_spec_of(spec, action, settings)
+    assert pod["runtimeClassName"] == "gvisor" and pod["hostUsers"] is False
+    spec, action = first_action({**BASE_SPEC, "resources": {"runtimeClassName": "kata", "hostUsers": True}})
+    pod = pod_spec_of(spec, action, settings)
+    assert pod["runtimeClassName"] == "kata" and "hostUsers" not in pod
+    pod = pod_spec_of(parse_spec(BASE_SPEC), action, OperatorConfig())
+    assert "runtimeClassName" not in pod and "hostUsers" not in pod
+    with pytest.raises(SystemExit, match="CONSISTENCY_WORKER_HOST_USERS"):
+        parse_config([], env={"CONSISTENCY_WORKER_HOST_USERS": "maybe"})
