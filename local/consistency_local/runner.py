@@ -17,7 +17,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from consistency_core.statemachine import Event, Finish, RunStage, decide, max_stages
+from consistency_core.plan import max_stages
+from consistency_core.statemachine import Event, Finish, RunStage, decide
 from consistency_core.status import CampaignStatus
 
 from consistency_local.campaign_file import Campaign

@@ -68,3 +68,10 @@ def test_cpu_stages_keep_their_defaults_under_partial_overrides():
     assert (prepare.gpus, prepare.cpu, prepare.memory, prepare.deadline_seconds) == (0, "2", "16Gi", 3600)
     assert (distill.gpus, distill.cpu, distill.memory, distill.deadline_seconds) == (0, "3", "8Gi", 3600)
     assert (train.gpus, train.cpu, train.memory, train.deadline_seconds) == (1, "4", "64Gi", 6 * 3600)
+
+
+def test_epochs_of_the_last_iteration_must_stay_valid():
+    # Iteration n trains quickFix.epochs + (n-1) * epochsStep epochs; the train stage would reject > 100.
+    minimal_spec(quickFix={"epochs": 98}, retry={"maxIterations": 3, "epochsStep": 1})
+    with pytest.raises(SpecError, match=r"spec\.retry\.epochsStep: 1B\.1 iteration 3 would train 101 epochs"):
+        minimal_spec(quickFix={"epochs": 99}, retry={"maxIterations": 3, "epochsStep": 1})

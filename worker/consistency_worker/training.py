@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from consistency_core.spec import LoraConfig
+from consistency_core.spec import LoraConfig, TrainingKnobs
 from consistency_core.stages import join_uri
 
 from consistency_worker.backends import derive_seed, encode_prompt
@@ -36,6 +36,7 @@ CHECKPOINTS = "checkpoints"
 LATEST = "latest.json"
 STATE_FILE = "trainer_state.pt"
 ROLES = ("system", "user", "assistant")
+WARMUP_RATIO = 0.03  # share of optimizer steps with a linearly rising learning rate
 
 
 class TrainingDataError(ValueError):
@@ -46,19 +47,6 @@ class TrainingDataError(ValueError):
 class Example:
     input_ids: list[int]
     labels: list[int]
-
-
-@dataclass
-class TrainSettings:
-    epochs: int
-    learning_rate: float
-    batch_size: int
-    gradient_accumulation: int
-    max_seq_len: int
-    lora: LoraConfig
-    seed: int
-    checkpoint_steps: int = 50
-    warmup_ratio: float = 0.03
 
 
 @dataclass
@@ -291,17 +279,18 @@ class CheckpointStore:
 # ------------------------------------------------------------------------------------------ loop
 
 
-def total_steps(n_examples: int, settings: TrainSettings) -> int:
+def total_steps(n_examples: int, knobs: TrainingKnobs) -> int:
     """Optimizer steps of a whole run: a partial last batch and a partial accumulation group still count."""
-    batches_per_epoch = math.ceil(n_examples / settings.batch_size)
-    return math.ceil(batches_per_epoch / settings.gradient_accumulation) * settings.epochs
+    batches_per_epoch = math.ceil(n_examples / knobs.batch_size)
+    return math.ceil(batches_per_epoch / knobs.gradient_accumulation) * knobs.epochs
 
 
 def train_lora(
     model: Any,
     examples: list[Example],
-    settings: TrainSettings,
+    knobs: TrainingKnobs,
     *,
+    seed: int,
     pad_id: int,
     checkpoints: CheckpointStore | None,
     quantized: bool,
@@ -317,17 +306,17 @@ def train_lora(
     if not examples:
         raise TrainingDataError("no training examples (all rows empty or truncated away)")
     device = next(p for p in model.parameters()).device
-    all_steps = total_steps(len(examples), settings)
-    steps_per_epoch = all_steps // settings.epochs
+    all_steps = total_steps(len(examples), knobs)
+    steps_per_epoch = all_steps // knobs.epochs
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(trainable, settings.learning_rate, quantized)
-    scheduler = make_scheduler(optimizer, all_steps, settings.warmup_ratio)
+    optimizer = make_optimizer(trainable, knobs.learning_rate, quantized)
+    scheduler = make_scheduler(optimizer, all_steps, WARMUP_RATIO)
 
     # What a checkpoint must match to be resumed: the same data size and schedule-defining knobs.
     fingerprint = {
-        "examples": len(examples), "epochs": settings.epochs, "batchSize": settings.batch_size,
-        "gradientAccumulation": settings.gradient_accumulation, "learningRate": settings.learning_rate,
-        "seed": settings.seed, "r": settings.lora.r,
+        "examples": len(examples), "epochs": knobs.epochs, "batchSize": knobs.batch_size,
+        "gradientAccumulation": knobs.gradient_accumulation, "learningRate": knobs.learning_rate,
+        "seed": seed, "r": knobs.lora.r,
     }
     step, losses, resumed_from = 0, [], None
     pointer = checkpoints.latest() if checkpoints else None
@@ -343,7 +332,7 @@ def train_lora(
         step, losses, resumed_from = state["step"], state["losses"], state["step"]
         log.info("resumed from checkpoint %s at step %d of %d", pointer["uri"], step, all_steps)
     else:
-        torch.manual_seed(settings.seed)
+        torch.manual_seed(seed)
 
     def checkpoint() -> None:
         if checkpoints is not None:
@@ -356,11 +345,11 @@ def train_lora(
     tokens, started = 0, time.monotonic()
     if progress is not None:
         progress.update(step)
-    for epoch in range(step // steps_per_epoch, settings.epochs):
-        batches = epoch_batches(len(examples), settings.batch_size, settings.seed, epoch)
+    for epoch in range(step // steps_per_epoch, knobs.epochs):
+        batches = epoch_batches(len(examples), knobs.batch_size, seed, epoch)
         first_step = step - epoch * steps_per_epoch  # > 0 only in the epoch a resume lands in
         for step_in_epoch in range(first_step, steps_per_epoch):
-            group = batches[step_in_epoch * settings.gradient_accumulation :][: settings.gradient_accumulation]
+            group = batches[step_in_epoch * knobs.gradient_accumulation :][: knobs.gradient_accumulation]
             # Weight micro-batches by their target tokens so the step's loss is a per-token mean.
             counts = [sum(lab != IGNORE_INDEX for i in b for lab in examples[i].labels) for b in group]
             total_targets = sum(counts)
@@ -381,7 +370,7 @@ def train_lora(
             if progress is not None:
                 progress.update(1)
             end_of_epoch = step_in_epoch == steps_per_epoch - 1
-            if end_of_epoch or step % settings.checkpoint_steps == 0:
+            if end_of_epoch or step % knobs.checkpoint_steps == 0:
                 checkpoint()
             if on_step is not None:
                 on_step(step)

@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from consistency_core.spec import AgreementFilter, FailureExamples
 from consistency_core.stages import DISTILL_TRAIN, DistillParams, StageConfig, StageResult
 
 from consistency_worker.generations import Completion, GenerationRecord
@@ -136,7 +137,7 @@ def _choose(texts: list[tuple[str, Source]], record: GenerationRecord, limit: in
     return chosen
 
 
-def decide_consistent(record: GenerationRecord, params: DistillParams, seed: int) -> Decision:
+def decide_consistent(record: GenerationRecord, rule: AgreementFilter, seed: int) -> Decision:
     if not record.samples:
         return Decision(record, 0.0, None, reason=NO_SAMPLES)
     vote = _vote(record)
@@ -144,7 +145,7 @@ def decide_consistent(record: GenerationRecord, params: DistillParams, seed: int
     decision = Decision(record, agreement, modal)
     if modal is None:
         decision.reason = NO_ANSWER
-    elif agreement < params.min_agreement:
+    elif agreement < rule.min_agreement:
         decision.reason = LOW_AGREEMENT
     else:
         gold = _has_gold(record)
@@ -153,7 +154,7 @@ def decide_consistent(record: GenerationRecord, params: DistillParams, seed: int
             decision.reason = NO_CORRECT_SAMPLE if gold else NO_TARGET
         else:
             texts: list[tuple[str, Source]] = [(c.text, "sample") for c in candidates]
-            decision.examples = _choose(texts, record, params.max_per_problem, seed, decision.dropped)
+            decision.examples = _choose(texts, record, rule.max_per_problem, seed, decision.dropped)
     return decision
 
 
@@ -176,11 +177,9 @@ def format_reference(problem: Problem) -> str | None:
     return None
 
 
-def decide_failure(record: GenerationRecord, problem: Problem | None, params: DistillParams,
-                   seed: int) -> Decision:
-    criteria = params.failure
-    if criteria is None:
-        raise PermanentStageError("params.failure: required when params.mode is 'failures'")
+def decide_failure(record: GenerationRecord, problem: Problem | None, rule: AgreementFilter,
+                   failures: FailureExamples, seed: int) -> Decision:
+    criteria = failures.failure
     vote = _vote(record)
     modal, agreement = vote.answer, vote.agreement
     decision = Decision(record, agreement, modal)
@@ -193,14 +192,14 @@ def decide_failure(record: GenerationRecord, problem: Problem | None, params: Di
 
     gold = _has_gold(record)
     texts: list[tuple[str, Source]] = []
-    if gold or (modal is not None and agreement >= params.min_agreement):
+    if gold or (modal is not None and agreement >= rule.min_agreement):
         texts = [(c.text, "sample") for c in _filter_candidates(record, modal, gold, decision.dropped)]
     elif record.samples:
         decision.dropped[NOT_MODAL] += len(record.samples)
     if texts:
-        decision.examples = _choose(texts, record, params.max_per_problem, seed, decision.dropped)
+        decision.examples = _choose(texts, record, rule.max_per_problem, seed, decision.dropped)
         return decision
-    reference = format_reference(problem) if (params.use_reference_solutions and problem) else None
+    reference = format_reference(problem) if (failures.use_reference_solutions and problem) else None
     if reference is not None:
         decision.examples = [Example(record.problem_id, record.domain, record.stratum, reference, "reference", 0)]
     else:
@@ -305,8 +304,6 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
     params = config.params
     if not isinstance(params, DistillParams):
         raise PermanentStageError(f"distill got params of kind {params.kind!r}")
-    if params.mode == "failures" and params.failure is None:
-        raise PermanentStageError("params.failure: required when params.mode is 'failures'")
     from consistency_worker.generations import GenerationsError, read_generations
 
     with ctx.manifest.timed("read"):
@@ -328,14 +325,15 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
     examples: list[Example] = []
     with ctx.manifest.timed("filter"), ctx.progress(len(records), "distill") as progress:
         for record in records:
-            if params.mode == "consistent":
-                decision = decide_consistent(record, params, config.seed)
+            if params.failures is None:
+                decision = decide_consistent(record, params.filter, config.seed)
             else:
-                decision = decide_failure(record, problems[record.problem_id], params, config.seed)
+                decision = decide_failure(record, problems[record.problem_id], params.filter, params.failures,
+                                          config.seed)
             stats.add(decision)
             examples.extend(decision.examples)
             progress.update()
-    kept, capped = cap_total(examples, params.max_examples, config.seed)
+    kept, capped = cap_total(examples, params.failures.max_examples if params.failures else None, config.seed)
     stats.add_examples(kept, capped)
 
     train_uri = ctx.output(DISTILL_TRAIN)

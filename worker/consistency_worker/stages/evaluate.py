@@ -125,7 +125,7 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
     baseline = read_baseline(ctx.store, params.baseline_report_uri) if params.baseline_report_uri else None
     if params.adapter_uri:
         ctx.manifest.add_input("adapter", params.adapter_uri)
-    settings = SamplingSettings(params.samples, params.temperature, params.max_new_tokens, config.seed)
+    settings = SamplingSettings(params.sampling, config.seed)
     with ctx.manifest.timed("load"):
         backend = load_backend(config, ctx, params.adapter_uri)
     try:
@@ -145,9 +145,7 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
         "adapterUri": params.adapter_uri,
         "model": config.model.uri,
         "backend": backend.name,
-        "samples": params.samples,
-        "temperature": params.temperature,
-        "maxNewTokens": params.max_new_tokens,
+        **params.sampling.to_wire(),
         "seed": config.seed,
         "phase": config.phase,
         "iteration": config.iteration,

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from consistency_core.spec import SamplingKnobs
 from consistency_core.stages import GenerateParams, StageConfig, StageResult, join_uri
 
 from consistency_worker.backends import GenerationBackend, derive_seed, open_backend, select_backend
@@ -43,9 +44,9 @@ CODE_TIMEOUT_S = 10.0
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    samples: int
-    temperature: float
-    max_new_tokens: int
+    """The spec's sampling section plus what the stage adds: the campaign seed and the sandbox limit."""
+
+    sampling: SamplingKnobs
     seed: int
     code_timeout_s: float = CODE_TIMEOUT_S  # wall-clock limit of one sandboxed test run
 
@@ -105,20 +106,21 @@ def answer_problems(
         return []
     prompts = [render_prompt(backend.tokenizer, p) for p in problems]
     seeds = [problem_seed(settings.seed, p.id) for p in problems]
-    greedy = backend.generate(prompts, n=1, temperature=0.0, max_new_tokens=settings.max_new_tokens, seeds=seeds)
-    if settings.temperature <= 0.0:
+    sampling = settings.sampling
+    greedy = backend.generate(prompts, n=1, temperature=0.0, max_new_tokens=sampling.max_new_tokens, seeds=seeds)
+    if sampling.temperature <= 0.0:
         # Temperature 0 sampling is greedy decoding: reuse the greedy text instead of decoding k more times.
-        samples = [g * settings.samples for g in greedy]
+        samples = [g * sampling.samples for g in greedy]
     else:
-        samples = backend.generate(prompts, n=settings.samples, temperature=settings.temperature,
-                                   max_new_tokens=settings.max_new_tokens, seeds=seeds)
+        samples = backend.generate(prompts, n=sampling.samples, temperature=sampling.temperature,
+                                   max_new_tokens=sampling.max_new_tokens, seeds=seeds)
     pairs = []
     for problem, g, s in zip(problems, greedy, samples, strict=True):
         pairs.append((problem, g[0]))
         pairs.extend((problem, text) for text in s)
     grades = grade_many(pairs, timeout_s=settings.code_timeout_s)
     records = []
-    per_problem = 1 + settings.samples
+    per_problem = 1 + sampling.samples
     for i, problem in enumerate(problems):
         block = list(zip(pairs[i * per_problem : (i + 1) * per_problem],
                          grades[i * per_problem : (i + 1) * per_problem], strict=True))
@@ -195,7 +197,7 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
     problems = read_problems(ctx.store, params.problems_uri)
     mine = shard_slice(problems, ctx.shard_index, ctx.shard_count)
     ctx.logger.info("shard %d/%d: %d of %d problems", ctx.shard_index, ctx.shard_count, len(mine), len(problems))
-    settings = SamplingSettings(params.samples, params.temperature, params.max_new_tokens, config.seed)
+    settings = SamplingSettings(params.sampling, config.seed)
     if params.adapter_uri:
         ctx.manifest.add_input("adapter", params.adapter_uri)
     with ctx.manifest.timed("load"):
@@ -212,7 +214,7 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
     return StageResult(
         key=config.key,
         ok=True,
-        message=f"{len(records)} problems x (1 greedy + {params.samples} samples) on {backend.name}",
+        message=f"{len(records)} problems x (1 greedy + {params.sampling.samples} samples) on {backend.name}",
         metrics=metrics,
         outputs={"generations": config.output_uri, "shard": shard_uri},
     )

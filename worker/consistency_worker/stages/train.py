@@ -20,7 +20,6 @@ from consistency_worker.training import (
     CHECKPOINTS,
     CheckpointStore,
     TrainingDataError,
-    TrainSettings,
     build_examples,
     total_steps,
     train_lora,
@@ -47,6 +46,7 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
     params = config.params
     if not isinstance(params, TrainParams):
         raise PermanentStageError(f"train stage got params of kind {params.kind!r}")
+    knobs = params.training
     quantization = choose_quantization(params.quantization)
     device = "cuda" if cuda_available() else "cpu"
     if quantization == "nf4":
@@ -65,7 +65,7 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
         try:
             # Parse the bytes already read for the manifest: one download of the data, not two.
             rows = parse_jsonl_objects(data.decode("utf-8"), params.data_uri)
-            examples, dropped = build_examples(tokenizer, rows, params.max_seq_len, source=params.data_uri)
+            examples, dropped = build_examples(tokenizer, rows, knobs.max_seq_len, source=params.data_uri)
         except (JsonlError, TrainingDataError) as exc:
             raise PermanentStageError(str(exc)) from None
         if not examples:
@@ -82,20 +82,16 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
             from peft import prepare_model_for_kbit_training
 
             base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=True)
-        model = wrap_lora(base, params.lora, init_adapter_dir=init_adapter)
+        model = wrap_lora(base, knobs.lora, init_adapter_dir=init_adapter)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     ctx.logger.info("%d examples (%d dropped: prompt longer than maxSeqLen), %d trainable parameters",
                     len(examples), dropped, trainable)
 
-    settings = TrainSettings(
-        epochs=params.epochs, learning_rate=params.learning_rate, batch_size=params.batch_size,
-        gradient_accumulation=params.gradient_accumulation, max_seq_len=params.max_seq_len,
-        lora=params.lora, seed=config.seed, checkpoint_steps=params.checkpoint_steps,
-    )
     checkpoints = CheckpointStore(ctx.store, ctx.output(CHECKPOINTS), Path(ctx.scratch_dir) / "checkpoints")
-    steps = total_steps(len(examples), settings)
+    steps = total_steps(len(examples), knobs)
     with ctx.manifest.timed("train"), ctx.progress(steps, "train steps") as progress:
-        outcome = train_lora(model, examples, settings, pad_id=tokenizer.pad_token_id, checkpoints=checkpoints,
+        outcome = train_lora(model, examples, knobs, seed=config.seed, pad_id=tokenizer.pad_token_id,
+                             checkpoints=checkpoints,
                              quantized=quantization == "nf4", on_step=on_step_hook, progress=progress)
 
     adapter_local = Path(ctx.scratch_dir) / TRAIN_ADAPTER
