@@ -38,6 +38,7 @@ class StageName(StrEnum):
     distill = "distill"
     train = "train"
     evaluate = "evaluate"
+    report = "report"  # the campaign's last stage: report, model card, optional merged export
 
 
 class Backend(StrEnum):
@@ -307,6 +308,10 @@ class StagesResources(WireModel):
                                        description="Resources of distill (CPU only by default).")
     train: StageResources = Field(default_factory=StageResources)
     evaluate: StageResources = Field(default_factory=StageResources)
+    report: CpuStageResources = Field(
+        default_factory=CpuStageResources,
+        description="Resources of the final report stage (CPU only by default; give it the memory of the "
+        "16-bit model when export.merged is on).")
 
     def for_stage(self, stage: StageName) -> StageResources:
         return getattr(self, stage.value)
@@ -341,6 +346,15 @@ class Resources(WireModel):
         None, description="false: stage pods run in their own user namespace (pod hostUsers: false; needs "
         "Kubernetes with user namespaces); default: the operator's.")
     ttl_seconds_after_finished: int = Field(86400, ge=0, description="How long finished Jobs are kept.")
+
+
+class ExportConfig(WireModel):
+    """What the final report stage ships besides the report, the model card and the adapter."""
+
+    merged: bool = Field(
+        False, description="Also write the base model with the best adapter merged in, as 16-bit safetensors "
+        "with its tokenizer (ready for `vllm serve`), under report/merged/.")
+    dtype: Literal["bfloat16", "float16"] = Field("bfloat16", description="Weights dtype of the merged model.")
 
 
 class Throughput(WireModel):
@@ -386,6 +400,8 @@ class CampaignSpec(WireModel):
     resources: Resources = Field(default_factory=Resources, description="Pods: images, GPUs, scheduling.")
     budget: Budget = Field(default_factory=Budget, description="Price and spending limit.")
     backend: Backend = Field(Backend.auto, description="Generation engine: vllm on GPU, hf elsewhere (auto).")
+    export: ExportConfig = Field(default_factory=ExportConfig,
+                                 description="Outputs of the final report stage (merged model export).")
     seed: int = Field(1234, ge=0, description="Seed of sampling, selection and training.")
 
     @model_validator(mode="after")

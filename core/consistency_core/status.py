@@ -83,6 +83,16 @@ class Cost(WireModel):
     forecast_usd: float = Field(0.0, description="Forecast of the stage now running.")
 
 
+class Outputs(WireModel):
+    """What a succeeded campaign ships, written by its final report stage."""
+
+    adapter: str | None = Field(None, description="The best adapter (1B.2, or 1B.1 when 1B.2 is disabled) with "
+                                "its model card (README.md).")
+    report: str | None = Field(None, description="The Markdown report (PNG figures next to it).")
+    model_card: str | None = Field(None, description="The model card.")
+    merged: str | None = Field(None, description="Merged 16-bit safetensors (spec.export.merged).")
+
+
 class CampaignStatus(WireModel):
     """`status` of a ConsistencyTraining."""
 
@@ -103,6 +113,7 @@ class CampaignStatus(WireModel):
     evaluations: list[EvaluationRecord] = Field(default_factory=list)
     cost: Cost = Field(default_factory=Cost)
     adapter: str | None = Field(None, description="URI of the best adapter so far.")
+    outputs: Outputs | None = Field(None, description="Shipped outputs, once the final report stage finished.")
     observed_generation: int | None = None
 
     def current(self) -> StageRecord | None:

@@ -158,7 +158,22 @@ def test_gate_pass_promotes_to_expansion_and_succeeds(
     final = {"problems": 1483, "consistency": 0.71, "meanAgreement": 0.86, "accuracy": {"math": 0.6, "code": 0.61}}
     jobs.succeed(jobs.wait_job(NS, name, "1b2-evaluate"), final)
 
+    # The last stage: the CPU report stage, told the best adapter and a snapshot of the campaign.
+    report = jobs.wait_job(NS, name, "report")
+    pod = report["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"] == {"cpu": "2", "memory": "8Gi"}
+    assert pod["nodeSelector"] == {"pool": "cpu"}
+    assert report["spec"]["activeDeadlineSeconds"] == 3600
+    report_config = stage_config(report)
+    assert report_config.params.adapter_uri == f"s3://campaigns/runs/{NS}/{name}/1b2-train/adapter"
+    assert [e["phase"] for e in report_config.params.status["evaluations"]] == ["baseline", "1B.1", "1B.2"]
+    out = f"s3://campaigns/runs/{NS}/{name}/report"
+    jobs.succeed(report, {"figures": 4}, {"report": f"{out}/report.md", "adapter": f"{out}/adapter",
+                                          "modelCard": f"{out}/adapter/README.md"})
+
     obj = wait_status(cluster, NS, name, "Succeeded", lambda s: s["phase"] == "Succeeded")
+    assert obj["status"]["outputs"] == {"report": f"{out}/report.md", "adapter": f"{out}/adapter",
+                                        "modelCard": f"{out}/adapter/README.md"}
     status = obj["status"]
     assert condition(obj, "Complete")["status"] == "True"
     assert status["consistency"] == 0.71 and status["mathAccuracy"] == 0.6
@@ -171,7 +186,8 @@ def test_gate_pass_promotes_to_expansion_and_succeeds(
     # One Job per stage, none duplicated.
     keys = sorted(j["metadata"]["labels"]["consistency.dev/key"] for j in jobs.jobs(NS, name))
     assert keys == sorted(["prepare", "baseline-evaluate", "1b1-i1-generate", "1b1-i1-distill", "1b1-i1-train",
-                           "1b1-i1-evaluate", "1b2-generate", "1b2-distill", "1b2-train", "1b2-evaluate"])
+                           "1b1-i1-evaluate", "1b2-generate", "1b2-distill", "1b2-train", "1b2-evaluate",
+                           "report"])
     wait_events(cluster, NS, name, "GatePassed", "Promoted", "StageSucceeded", "CampaignSucceeded")
 
     # Everything written to status survives the real CRD's structural schema, and the printer columns

@@ -19,7 +19,7 @@ from types import FrameType
 
 from consistency_core.stages import EXIT_OK, EXIT_PERMANENT, EXIT_RETRYABLE, StageConfig, StageResult
 
-STAGE_CHOICES = ("prepare", "generate", "distill", "train", "evaluate")
+STAGE_CHOICES = ("prepare", "generate", "distill", "train", "evaluate", "report")
 ENV_RESULT_FILE = "CONSISTENCY_RESULT_FILE"
 DEFAULT_TERMINATION_PATH = Path("/dev/termination-log")
 _SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "HF_TOKEN")

@@ -16,7 +16,7 @@ from consistency_core.stages import StageResult
 
 from consistency_worker.stages.context import StageContext
 
-STAGES = ("prepare", "generate", "distill", "train", "evaluate")
+STAGES = ("prepare", "generate", "distill", "train", "evaluate", "report")
 
 
 class StageFailure(Exception):
