@@ -2,6 +2,8 @@
 
 The family names below are a contract: the Helm chart's Grafana dashboard and alert rules query
 them, and the packaging tests enumerate ``FAMILY_NAMES`` / ``build_metrics()`` to check that.
+Names follow Prometheus conventions (base units such as seconds, counters ending in ``_total``);
+``promtool check metrics`` on a scrape enforces them in tests/packaging/test_promtool.py.
 
 Gauges that describe a campaign (evaluation ratios, cost, budget, running stage) are recomputed from
 the CR status on every reconcile, so they are right again right after an operator restart.  Counters
@@ -29,7 +31,7 @@ FAMILY_NAMES: tuple[str, ...] = (
     "consistency_evaluation_mean_agreement_ratio",
     "consistency_evaluation_accuracy_ratio",
     "consistency_examples_produced_total",
-    "consistency_campaign_gpu_hours",
+    "consistency_campaign_gpu_seconds",
     "consistency_campaign_cost_usd",
     "consistency_campaign_budget_usd",
     "consistency_stage_start_timestamp_seconds",
@@ -54,7 +56,7 @@ class Metrics:
     mean_agreement: Gauge
     accuracy: Gauge
     examples: Counter
-    gpu_hours: Gauge
+    gpu_seconds: Gauge
     cost_usd: Gauge
     budget_usd: Gauge
     stage_start: Gauge
@@ -86,8 +88,8 @@ def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
                        [*EVAL, "domain"], registry=r),
         examples=Counter("consistency_examples_produced_total", "Training examples produced by distill.",
                          [*CAMPAIGN, "phase"], registry=r),
-        gpu_hours=Gauge("consistency_campaign_gpu_hours", "GPU-hours spent by a campaign.", list(CAMPAIGN),
-                        registry=r),
+        gpu_seconds=Gauge("consistency_campaign_gpu_seconds", "GPU time spent by a campaign (GPU-seconds).",
+                          list(CAMPAIGN), registry=r),
         cost_usd=Gauge("consistency_campaign_cost_usd", "USD spent by a campaign.", list(CAMPAIGN), registry=r),
         budget_usd=Gauge("consistency_campaign_budget_usd", "Budget of a campaign (spec.budget.maxUsd).",
                          list(CAMPAIGN), registry=r),

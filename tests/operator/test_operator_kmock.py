@@ -428,7 +428,8 @@ def test_metrics_endpoint_reports_what_happened(
     status = get_ct(cluster, NS, name)["status"]
     cost = sample(text, "consistency_campaign_cost_usd", **ids)
     assert cost == pytest.approx(status["cost"]["usd"]) and cost > 0
-    assert sample(text, "consistency_campaign_gpu_hours", **ids) == pytest.approx(status["cost"]["gpuHours"])
+    gpu_seconds = sample(text, "consistency_campaign_gpu_seconds", **ids)
+    assert gpu_seconds == pytest.approx(status["cost"]["gpuHours"] * 3600)
     assert sample(text, "consistency_campaign_budget_usd", **ids) == 500.0
     # Running-stage gauges exist for the running stage only.
     assert [s["stage"] for s in series(text, "consistency_stage_start_timestamp_seconds", **ids)] == ["1b2-generate"]

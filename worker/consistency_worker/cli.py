@@ -19,6 +19,8 @@ from types import FrameType
 
 from consistency_core.stages import EXIT_OK, EXIT_PERMANENT, EXIT_RETRYABLE, StageConfig, StageResult
 
+from consistency_worker.resources import limit_thread_pools
+
 STAGE_CHOICES = ("prepare", "generate", "distill", "train", "evaluate", "report")
 ENV_RESULT_FILE = "CONSISTENCY_RESULT_FILE"
 DEFAULT_TERMINATION_PATH = Path("/dev/termination-log")
@@ -187,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     log.info("consistency-worker %s: reading the stage config from %s", args.stage,
              args.config if not args.config.startswith("env:") else args.config.split(":", 1)[0] + ":...")
+    # Before torch, numpy or tokenizers load: their thread pools would otherwise size to the node.
+    limit_thread_pools()
 
     out_path = termination_path(args.result_file)
     text: str | None = None
