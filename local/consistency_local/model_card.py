@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from consistency_core.spec import CampaignSpec
 
-from consistency_local.report import _md_table, before_after_lines
+from consistency_local.report import _headline, _md_table, before_after_lines
 from consistency_local.report_data import ReportData
 
 
@@ -44,6 +44,17 @@ def _phases(spec: CampaignSpec, data: ReportData) -> list[str]:
     return lines
 
 
+def before_after_table(data: ReportData) -> list[str]:
+    """metric | base model | this adapter, each rate with its Wilson 95% interval and counts."""
+    if data.after is None:
+        return ["No trained model was evaluated."]
+    before = _headline(data.before) if data.before else {}
+    after = _headline(data.after)
+    metrics = dict.fromkeys([*before, *after])
+    rows = [[metric, before.get(metric, "n/a"), after.get(metric, "n/a")] for metric in metrics]
+    return _md_table(["metric", "base model", f"with this adapter ({data.after.label})"], rows)
+
+
 def render_model_card(data: ReportData) -> str:
     spec = data.spec
     datasets = [[ds.name, f"`{ds.uri}`", ds.format.value, ", ".join(r.value for r in ds.roles),
@@ -65,6 +76,7 @@ def render_model_card(data: ReportData) -> str:
         "Rates with Wilson 95% confidence intervals and counts; consistency: all "
         f"{spec.evaluation.samples} samples at temperature {spec.evaluation.temperature} agree; accuracy: the "
         "greedy answer is right.", "",
+        *before_after_table(data), "",
         "```", *before_after_lines(data), "```", "",
         f"Compute: {data.status.cost.gpu_hours:.3f} GPU-hours (${data.status.cost.usd:.2f}); seed {spec.seed}.", "",
         "## Limitations", "",

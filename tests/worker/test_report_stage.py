@@ -96,6 +96,8 @@ def test_report_stage_writes_report_model_card_adapter_and_merged_model(s3_bucke
     assert card.startswith("---\nlibrary_name: peft") and f"`{model_dir}`" in card
     assert "gsm8k-train" in card and "1B.2 expansion" in card and "Promotion gate" in card
     assert "before 40.0% [" in card and "after (1B.2) 70.0% [" in card
+    assert "| metric | base model | with this adapter (1B.2) |" in card
+    assert "| math accuracy | 40.0% [" in card
     shipped = {u.rsplit("/", 1)[1] for u in store.list(result.outputs["adapter"])}
     assert shipped == {"README.md", *(u.rsplit("/", 1)[1] for u in store.list(adapter_uri))}
     assert {"adapter_config.json", "adapter_model.safetensors"} <= shipped
