@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from consistency_core.spec import CampaignSpec, ExpansionPhase, QuickFixPhase, StageName
-from consistency_core.status import TrainingPhase
+from consistency_core.status import BASELINE, TrainingPhase
 
-BASELINE = "baseline"
 PREPARE_KEY = "prepare"
 BASELINE_KEY = f"{BASELINE}-{StageName.evaluate.value}"
 REPORT_KEY = StageName.report.value  # runs once, after the last evaluation of a campaign that succeeds

@@ -12,18 +12,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
 
 from consistency_core.names import parse_rfc3339, rfc3339
-from consistency_core.status import CampaignStatus, StageOutcome
+from consistency_core.status import CampaignStatus, EventType, Reason, StageOutcome
 
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 
 @dataclass(frozen=True)
 class QueueEvent:
-    type: Literal["Normal", "Warning"]
-    reason: str
+    type: EventType
+    reason: Reason
     message: str
 
 
@@ -41,7 +40,7 @@ def observe_job(status: CampaignStatus, *, suspended: bool, started: str | None,
         record.outcome = StageOutcome.queued
         record.queued_time = rfc3339(now)
         status.message = f"{record.key} queued: Job {record.job_name} waits for admission{where}"
-        events.append(QueueEvent("Normal", "Queued", status.message))
+        events.append(QueueEvent(EventType.normal, Reason.queued, status.message))
     elif not suspended and record.outcome == StageOutcome.queued:
         admitted = now
         if started:
@@ -52,8 +51,8 @@ def observe_job(status: CampaignStatus, *, suspended: bool, started: str | None,
         record.queued_time = None
         record.outcome = StageOutcome.running
         status.message = f"running {record.key}"
-        events.append(QueueEvent("Normal", "Admitted", f"{record.key}: Job {record.job_name} admitted{where} "
-                                                       f"after {waited:.0f}s queued"))
+        events.append(QueueEvent(EventType.normal, Reason.admitted,
+                                 f"{record.key}: Job {record.job_name} admitted{where} after {waited:.0f}s queued"))
     refresh(status)
     return events
 

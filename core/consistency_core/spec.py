@@ -1,5 +1,5 @@
 """Typed model of `ConsistencyTraining.spec`: the one source of truth for the CRD, the operator and the
-local runner. Defaults reproduce the Phase 1B plan (DESIGN.md)."""
+local runner. Defaults reproduce the Phase 1B plan the README describes."""
 
 from __future__ import annotations
 
@@ -271,14 +271,20 @@ class RetryPolicy(WireModel):
 
 
 class Toleration(WireModel):
-    key: str | None = None
-    operator: Literal["Exists", "Equal"] | None = None
-    value: str | None = None
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = None
+    """A core/v1 Toleration, copied onto stage pods."""
+
+    key: str | None = Field(None, description="Taint key to tolerate; unset with operator Exists = every taint.")
+    operator: Literal["Exists", "Equal"] | None = Field(None, description="Equal (the default) or Exists.")
+    value: str | None = Field(None, description="Taint value to match (operator Equal).")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="Taint effect to match; unset = every effect.")
+    toleration_seconds: int | None = Field(
+        None, description="How long a NoExecute taint is tolerated before eviction; unset = forever.")
 
 
 class StageResources(WireModel):
+    """Pods of one stage: size, deadline, sharding and retries."""
+
     gpus: int = Field(1, ge=0, le=64, description="GPUs per pod.")
     cpu: str = Field("4", description="CPU request and limit per pod.")
     memory: str = Field("32Gi", description="Memory request and limit per pod.")
@@ -302,15 +308,15 @@ class CpuStageResources(StageResources):
 
 class StagesResources(WireModel):
     prepare: CpuStageResources = Field(default_factory=CpuStageResources,
-                                       description="Resources of prepare (CPU only by default).")
-    generate: StageResources = Field(default_factory=StageResources)
+                                       description="Pods of prepare (CPU only by default).")
+    generate: StageResources = Field(default_factory=StageResources, description="Pods of generate.")
     distill: CpuStageResources = Field(default_factory=CpuStageResources,
-                                       description="Resources of distill (CPU only by default).")
-    train: StageResources = Field(default_factory=StageResources)
-    evaluate: StageResources = Field(default_factory=StageResources)
+                                       description="Pods of distill (CPU only by default).")
+    train: StageResources = Field(default_factory=StageResources, description="Pods of train.")
+    evaluate: StageResources = Field(default_factory=StageResources, description="Pods of evaluate.")
     report: CpuStageResources = Field(
         default_factory=CpuStageResources,
-        description="Resources of the final report stage (CPU only by default; give it the memory of the "
+        description="Pods of the final report stage (CPU only by default; give it the memory of the "
         "16-bit model when export.merged is on).")
 
     def for_stage(self, stage: StageName) -> StageResources:
@@ -319,7 +325,8 @@ class StagesResources(WireModel):
 
 class Resources(WireModel):
     worker_image: str | None = Field(None, description="Worker image; default: the operator's configured image.")
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        "IfNotPresent", description="imagePullPolicy of stage containers.")
     gpu_resource_name: str | None = Field(None, description="Extended resource for GPUs (default nvidia.com/gpu).")
     stages: StagesResources = Field(default_factory=StagesResources, description="Per-stage pod resources.")
     node_selector: dict[str, str] = Field(

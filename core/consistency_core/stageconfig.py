@@ -24,6 +24,7 @@ from consistency_core.stages import (
     PREPARE_SCAN,
     PREPARE_SELECTION,
     TRAIN_ADAPTER,
+    DistillMode,
     DistillParams,
     EvaluateParams,
     GenerateParams,
@@ -103,7 +104,7 @@ class StageConfigs:
             return DistillParams(
                 problems_uri=problems,
                 generations_uri=self.out(stage_key(step.phase, step.iteration, StageName.generate)),
-                mode="failures" if expansion else "consistent",
+                mode=DistillMode.failures if expansion else DistillMode.consistent,
                 filter=AgreementFilter.part_of(settings),
                 failures=FailureExamples.part_of(settings) if expansion else None,
             )

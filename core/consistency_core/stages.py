@@ -4,6 +4,7 @@ JSON) and what it hands back (StageResult, <= 4 KiB, via the container terminati
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
@@ -52,6 +53,11 @@ RESULT = "result.json"
 # (URIs, the adapter to continue from, shard counts) is declared here.
 
 
+class DistillMode(StrEnum):
+    consistent = "consistent"  # 1B.1: keep what majority vote agrees on
+    failures = "failures"  # 1B.2: build examples from the problems the model fails
+
+
 class PrepareParams(WireModel):
     kind: Literal["prepare"] = "prepare"
     datasets: list[DatasetSpec] = Field(description="All datasets the campaign names.")
@@ -73,7 +79,7 @@ class DistillParams(WireModel):
     kind: Literal["distill"] = "distill"
     problems_uri: str
     generations_uri: str = Field(description="Output directory of the generate stage (all shards).")
-    mode: Literal["consistent", "failures"] = Field(
+    mode: DistillMode = Field(
         description="consistent: 1B.1 self-consistency filter; failures: 1B.2 examples from failures."
     )
     filter: AgreementFilter = Field(description="The phase's agreement filter.")
@@ -82,7 +88,7 @@ class DistillParams(WireModel):
     @model_validator(mode="after")
     def _failures_with_mode(self) -> DistillParams:
         # `failures` is set exactly in mode failures, so a stage can branch on either.
-        if (self.mode == "failures") != (self.failures is not None):
+        if (self.mode == DistillMode.failures) != (self.failures is not None):
             raise ValueError("params.failures: required when params.mode is 'failures', and only then")
         return self
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
 
 from consistency_core import cost
 from consistency_core.names import job_name, parse_rfc3339, rfc3339
@@ -30,9 +29,11 @@ from consistency_core.stages import StageConfig, StageResult
 from consistency_core.status import (
     CampaignPhase,
     CampaignStatus,
-    Condition,
+    ConditionType,
     EvaluationRecord,
+    EventType,
     Outputs,
+    Reason,
     StageOutcome,
     StageRecord,
     TrainingPhase,
@@ -41,8 +42,8 @@ from consistency_core.status import (
 
 @dataclass(frozen=True)
 class Event:
-    type: Literal["Normal", "Warning"]
-    reason: str
+    type: EventType
+    reason: Reason
     message: str
 
 
@@ -70,19 +71,6 @@ class Decision:
     status: CampaignStatus
     action: Action
     events: tuple[Event, ...] = field(default=())
-
-
-def set_condition(
-    status: CampaignStatus, type_: str, value: bool, reason: str, message: str, now: datetime,
-    generation: int | None = None,
-) -> None:
-    """Upsert a condition; lastTransitionTime moves only when the status value flips."""
-    text = "True" if value else "False"
-    old = status.condition(type_)
-    when = old.last_transition_time if old and old.status == text else rfc3339(now)
-    new = Condition(type=type_, status=text, reason=reason, message=message, last_transition_time=when,
-                    observed_generation=generation)
-    status.conditions = [c for c in status.conditions if c.type != type_] + [new]
 
 
 def gate(spec: CampaignSpec, ev: EvaluationRecord) -> tuple[bool, str]:
@@ -132,7 +120,7 @@ def _step_of(spec: CampaignSpec, record: StageRecord) -> Step:
 def initial_status(now: datetime, generation: int | None = None) -> CampaignStatus:
     status = CampaignStatus(phase=CampaignPhase.running, training_phase=TrainingPhase.quick_fix, iteration=1,
                             observed_generation=generation)
-    set_condition(status, "Ready", True, "SpecValid", "spec accepted", now, generation)
+    status.set_condition(ConditionType.ready, True, Reason.spec_valid, "spec accepted", now, generation)
     return status
 
 
@@ -141,7 +129,7 @@ def invalid_spec(status: CampaignStatus | None, error: Exception, now: datetime,
     """Status for a spec that fails validation: no stage runs until the spec is fixed."""
     status = status.model_copy(deep=True) if status else CampaignStatus()
     status.message = str(error)
-    set_condition(status, "Ready", False, "InvalidSpec", str(error), now, generation)
+    status.set_condition(ConditionType.ready, False, Reason.invalid_spec, str(error), now, generation)
     return status
 
 
@@ -160,7 +148,7 @@ def decide(
     if status is None or status.phase == CampaignPhase.pending:
         # A new campaign (or one whose status was never written): start 1B.1 iteration 1.
         status = initial_status(now, generation)
-        events.append(Event("Normal", "CampaignStarted", "phase 1B.1, iteration 1"))
+        events.append(Event(EventType.normal, Reason.campaign_started, "phase 1B.1, iteration 1"))
     else:
         status = status.model_copy(deep=True)
     if status.finished:
@@ -202,15 +190,15 @@ def _record_result(
         if result.retryable and attempts <= spec.retry.stage_retries:
             # A transient failure (preemption, OOM, store outage) with tries left: _advance starts the stage
             # again, because a failed record does not count as done.
-            events.append(Event("Warning", "StageRetried",
+            events.append(Event(EventType.warning, Reason.stage_retried,
                                 f"{current.key} attempt {attempts} failed ({result.message[:200]}); retrying"))
             return None
         # A permanent failure, or no tries left: the same config would fail the same way.
         reason = f"stage {current.key} failed after {attempts} attempt(s): {result.message[:500]}"
-        events.append(Event("Warning", "StageFailed", reason))
-        return _fail(status, "StageFailed", reason, now, events)
+        events.append(Event(EventType.warning, Reason.stage_failed, reason))
+        return _fail(status, Reason.stage_failed, reason, now, events)
     current.outcome = StageOutcome.succeeded
-    events.append(Event("Normal", "StageSucceeded", f"{current.key} finished"))
+    events.append(Event(EventType.normal, Reason.stage_succeeded, f"{current.key} finished"))
     step = _step_of(spec, current)
     if step.stage == StageName.evaluate:
         _record_evaluation(spec, status, step, result, now, events)
@@ -235,12 +223,13 @@ def _record_evaluation(
     if step.phase == TrainingPhase.quick_fix:
         # Only 1B.1 is gated: its verdict decides between 1B.2, another iteration and failure (_advance).
         ev.gate_passed, detail = gate(spec, ev)
-        set_condition(status, "GatePassed", ev.gate_passed, "ThresholdsMet" if ev.gate_passed else
-                      "ThresholdsNotMet", f"1B.1 iteration {step.iteration}: {detail}", now)
+        status.set_condition(ConditionType.gate_passed, ev.gate_passed,
+                             Reason.thresholds_met if ev.gate_passed else Reason.thresholds_not_met,
+                             f"1B.1 iteration {step.iteration}: {detail}", now)
         if ev.gate_passed:
             status.adapter = result.outputs.get("adapter") or _adapter_of(status, step)
-        events.append(Event("Normal" if ev.gate_passed else "Warning",
-                            "GatePassed" if ev.gate_passed else "GateFailed",
+        events.append(Event(EventType.normal if ev.gate_passed else EventType.warning,
+                            Reason.gate_passed if ev.gate_passed else Reason.gate_failed,
                             f"iteration {step.iteration}: {detail}"))
     else:
         # 1B.2 continues from the gated adapter, so its adapter is the best one so far.
@@ -282,16 +271,16 @@ def _advance(
     if last.gate_passed:
         # Promotion: 1B.2 trains on the failures of the model that passed the gate.
         status.training_phase, status.iteration = TrainingPhase.expansion, 1
-        events.append(Event("Normal", "Promoted", f"1B.1 -> 1B.2 ({detail})"))
+        events.append(Event(EventType.normal, Reason.promoted, f"1B.1 -> 1B.2 ({detail})"))
     elif iteration < spec.retry.max_iterations:
         # Gate failed with iterations left: retry 1B.1 with more epochs and a cooler temperature (knobs).
         status.iteration = iteration + 1
         k = knobs(spec, iteration + 1)
-        events.append(Event("Normal", "IterationStarted",
+        events.append(Event(EventType.normal, Reason.iteration_started,
                             f"1B.1 iteration {iteration + 1}: epochs {k.epochs}, temperature {k.temperature}"))
     else:
         # Gate failed and the retry policy is spent: fail with the measured numbers, so users see how far off.
-        return _fail(status, "GateFailed", f"1B.1 gate failed after {iteration} iteration(s): {detail}", now,
+        return _fail(status, Reason.gate_failed, f"1B.1 gate failed after {iteration} iteration(s): {detail}", now,
                      events)
     # The new phase or iteration has stages pending now: recurse once to start its first one.
     return _advance(spec, status, campaign, namespace, now, generation, events)
@@ -313,8 +302,8 @@ def _start(
         # Stop before spending, not after: a stage cannot be half-paid.
         reason = (f"budget: {step.key} is forecast at ${forecast:.2f}; spent ${status.cost.usd:.2f} of "
                   f"${spec.budget.max_usd:.2f}")
-        events.append(Event("Warning", "BudgetExceeded", reason))
-        return _fail(status, "BudgetExceeded", reason, now, events)
+        events.append(Event(EventType.warning, Reason.budget_exceeded, reason))
+        return _fail(status, Reason.budget_exceeded, reason, now, events)
     record = StageRecord(
         key=step.key, stage=step.stage, phase=step.phase, iteration=step.iteration, attempt=attempt,
         job_name=job_name(campaign, step.key, attempt), gpus=gpus, start_time=rfc3339(now),
@@ -324,8 +313,9 @@ def _start(
     status.stage = step.key
     status.cost.forecast_usd = forecast
     status.message = f"running {step.key}"
-    set_condition(status, "Progressing", True, "StageRunning", f"{step.key} (attempt {attempt})", now, generation)
-    events.append(Event("Normal", "StageStarted", f"{step.key} as Job {record.job_name} "
+    status.set_condition(ConditionType.progressing, True, Reason.stage_running, f"{step.key} (attempt {attempt})",
+                         now, generation)
+    events.append(Event(EventType.normal, Reason.stage_started, f"{step.key} as Job {record.job_name} "
                                                   f"(forecast ${forecast:.2f})"))
     return Decision(status, RunStage(record, config, resources), tuple(events))
 
@@ -345,23 +335,24 @@ def _fmt_acc(accuracy: dict[str, float]) -> str:
     return ", ".join(f"{d} {v:.3f}" for d, v in sorted(accuracy.items())) or "n/a"
 
 
-def _fail(status: CampaignStatus, reason: str, message: str, now: datetime, events: list[Event]) -> Decision:
+def _fail(status: CampaignStatus, reason: Reason, message: str, now: datetime, events: list[Event]) -> Decision:
     status.phase, status.stage, status.message = CampaignPhase.failed, None, message
-    set_condition(status, "Progressing", False, reason, message, now)
-    set_condition(status, "Failed", True, reason, message, now)
-    events.append(Event("Warning", "CampaignFailed", message))
+    status.set_condition(ConditionType.progressing, False, reason, message, now)
+    status.set_condition(ConditionType.failed, True, reason, message, now)
+    events.append(Event(EventType.warning, Reason.campaign_failed, message))
     return Decision(status, Finish(CampaignPhase.failed, reason, message), tuple(events))
 
 
 def _succeed(status: CampaignStatus, message: str, now: datetime, events: list[Event]) -> Decision:
     status.phase, status.stage, status.message = CampaignPhase.succeeded, None, message
-    set_condition(status, "Progressing", False, "Completed", message, now)
-    set_condition(status, "Complete", True, "Completed", message, now)
-    events.append(Event("Normal", "CampaignSucceeded", message))
-    return Decision(status, Finish(CampaignPhase.succeeded, "Completed", message), tuple(events))
+    status.set_condition(ConditionType.progressing, False, Reason.completed, message, now)
+    status.set_condition(ConditionType.complete, True, Reason.completed, message, now)
+    events.append(Event(EventType.normal, Reason.campaign_succeeded, message))
+    return Decision(status, Finish(CampaignPhase.succeeded, Reason.completed, message), tuple(events))
 
 
 def _finish_of(status: CampaignStatus) -> Finish:
-    cond = status.condition("Failed") if status.phase == CampaignPhase.failed else status.condition("Complete")
+    failed = status.phase == CampaignPhase.failed
+    cond = status.condition(ConditionType.failed if failed else ConditionType.complete)
     reason = cond.reason if cond else status.phase.value
     return Finish(status.phase, reason, status.message)

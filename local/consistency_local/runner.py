@@ -52,8 +52,8 @@ def local_campaign(campaign: Campaign, gpus: int) -> Campaign:
     """One machine: one process per stage (no shards), and only the GPUs it has (0 on a laptop, so
     the cost in GPU-hours is honestly zero). Everything else is the spec as written."""
     spec = campaign.spec.model_copy(deep=True)
-    for name in StageName:
-        res = spec.resources.stages.for_stage(name)
+    for stage in StageName:
+        res = spec.resources.stages.for_stage(stage)
         res.shards = 1
         res.gpus = min(res.gpus, gpus)
     return Campaign(name=campaign.name, namespace=campaign.namespace, spec=spec, source=campaign.source)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from consistency_core.status import CampaignPhase
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 CAMPAIGN = ("namespace", "campaign")
@@ -41,8 +42,7 @@ FAMILY_NAMES: tuple[str, ...] = (
 # Stages run from minutes to a day; the buckets span that range.
 DURATION_BUCKETS = (30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 57600, 86400)
 
-JOB_OUTCOMES = ("succeeded", "failed", "retried")
-CAMPAIGN_PHASES = ("Pending", "Running", "Succeeded", "Failed")
+CAMPAIGN_PHASES = tuple(p.value for p in CampaignPhase)
 
 
 @dataclass(frozen=True)
@@ -98,14 +98,6 @@ def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
         stage_deadline=Gauge("consistency_stage_deadline_seconds",
                              "activeDeadlineSeconds of the running stage.", [*CAMPAIGN, "stage"], registry=r),
     )
-
-
-def exposed_names(metrics: Metrics) -> set[str]:
-    """Family names as scraped (counters with `_total`), to check against FAMILY_NAMES."""
-    names: set[str] = set()
-    for family in metrics.registry.collect():
-        names.add(f"{family.name}_total" if family.type == "counter" else family.name)
-    return names
 
 
 def remove_labelled(gauge: Gauge | Counter, match: dict[str, str], label_names: Iterable[str]) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from consistency_core.names import parse_rfc3339
-from consistency_core.spec import CampaignSpec
+from consistency_core.spec import CampaignSpec, StageName
 from consistency_core.stages import StageResult
 from consistency_core.status import CampaignStatus, StageOutcome, StageRecord
 
@@ -87,7 +87,7 @@ class CampaignObserver:
         if seconds is not None:
             self.m.stage_duration.labels(stage=stage, phase=record.phase.value).observe(max(seconds, 0.0))
         examples = record.result.get("metrics", {}).get("examples")
-        if record.stage.value == "distill" and record.outcome == StageOutcome.succeeded and examples:
+        if record.stage == StageName.distill and record.outcome == StageOutcome.succeeded and examples:
             self.m.examples.labels(namespace=namespace, campaign=name, phase=record.phase.value).inc(
                 float(examples))
 

@@ -1,10 +1,10 @@
 from datetime import timedelta
 
-from consistency_core.plan import BASELINE_KEY, PREPARE_KEY, knobs, max_stages
+from consistency_core.plan import BASELINE_KEY, PREPARE_KEY, knobs, max_stages, stage_key
 from consistency_core.spec import StageName
 from consistency_core.stages import StageResult
 from consistency_core.statemachine import Finish, RunStage, decide
-from consistency_core.status import CampaignPhase, StageOutcome, TrainingPhase
+from consistency_core.status import BASELINE, CampaignPhase, StageOutcome, TrainingPhase
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -280,3 +280,10 @@ def test_retryable_report_failure_is_retried():
     final, runs = drive(spec, outcome)
     assert [r.record.attempt for r in runs if r.record.key == "report"] == [1, 2]
     assert final.action.phase == CampaignPhase.succeeded
+
+
+def test_stage_keys_follow_the_glossary():
+    assert stage_key(TrainingPhase.quick_fix, 2, StageName.train) == "1b1-i2-train"
+    assert stage_key(TrainingPhase.expansion, 1, StageName.distill) == "1b2-distill"
+    assert stage_key(TrainingPhase.quick_fix, 3, StageName.prepare) == PREPARE_KEY == "prepare"
+    assert stage_key(BASELINE, 0, StageName.evaluate) == BASELINE_KEY == "baseline-evaluate"

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 from consistency_core.spec import Backend, ModelRef
-from consistency_worker.backends import derive_seed, encode_prompt, open_backend, select_backend
+from consistency_worker.backends import encode_prompt, open_backend, select_backend
 from consistency_worker.backends.hf import HFBackend
 from consistency_worker.backends.vllm import engine_kwargs, lora_rank_limit
 from consistency_worker.models import ModelError, ResolvedModel, adapter_rank, resolve_model
 from consistency_worker.prompts import render_prompt
+from consistency_worker.seeds import derive_seed
 from consistency_worker.store import open_store
 
 from tests.worker.model_fixtures import PROBLEMS, single_torch_thread, tiny_model_dir

@@ -27,7 +27,8 @@ from consistency_core.stages import (
     StageResult,
 )
 from consistency_worker.manifest import ManifestBuilder
-from consistency_worker.stages.context import Progress, StageContext, parse_shard, resolve_shard
+from consistency_worker.progress import Progress
+from consistency_worker.stages.context import StageContext, parse_shard, resolve_shard
 from consistency_worker.store import open_store
 
 from tests.conftest import REPO_ROOT, make_bucket

@@ -323,3 +323,18 @@ def test_errors_are_permanent_and_rerun_is_idempotent(tmp_path: Path) -> None:
     assert run(distill_config(tmp_path, out="ok"), tmp_path) == first
     assert (tmp_path / "ok" / DISTILL_TRAIN).stat().st_mtime_ns == stamp
     assert (tmp_path / "ok" / RESULT).is_file()
+
+
+def test_problems_file_is_read_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # One read serves both the manifest's hash and the parse (a big scan set is not downloaded twice).
+    problems, records = consistent_cases()
+    setup_dirs(tmp_path, problems, records)
+    config = distill_config(tmp_path)
+    ctx = StageContext.create(config, scratch_dir=tmp_path / "scratch")
+    reads: list[str] = []
+    real = ctx.store.read_bytes
+    monkeypatch.setattr(ctx.store, "read_bytes", lambda uri: reads.append(uri) or real(uri))
+    assert run_stage(ctx).ok
+    assert reads.count(config.params.problems_uri) == 1
+    manifest = json.loads((tmp_path / "distill" / "manifest.json").read_text())
+    assert manifest["inputs"]["problems"]["sha256"]

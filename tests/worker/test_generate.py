@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from consistency_core.spec import SamplingKnobs
 from consistency_core.stages import RESULT
+from consistency_worker.answering import SamplingSettings, answer_problems
 from consistency_worker.generations import (
     Completion,
     GenerationRecord,
@@ -20,7 +21,7 @@ from consistency_worker.generations import (
 )
 from consistency_worker.problems import Problem
 from consistency_worker.stages import PermanentStageError
-from consistency_worker.stages.generate import SamplingSettings, answer_problems, shard_slice
+from consistency_worker.stages.generate import shard_slice
 from consistency_worker.store import open_store
 
 from tests.worker.model_fixtures import (

@@ -17,11 +17,12 @@ import sys
 from pathlib import Path
 from types import FrameType
 
+from consistency_core.spec import StageName
 from consistency_core.stages import EXIT_OK, EXIT_PERMANENT, EXIT_RETRYABLE, StageConfig, StageResult
 
 from consistency_worker.resources import limit_thread_pools
 
-STAGE_CHOICES = ("prepare", "generate", "distill", "train", "evaluate", "report")
+STAGE_CHOICES = tuple(s.value for s in StageName)
 ENV_RESULT_FILE = "CONSISTENCY_RESULT_FILE"
 DEFAULT_TERMINATION_PATH = Path("/dev/termination-log")
 _SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "HF_TOKEN")

@@ -25,8 +25,9 @@ from typing import Any
 from consistency_core.spec import LoraConfig, TrainingKnobs
 from consistency_core.stages import join_uri
 
-from consistency_worker.backends import derive_seed, encode_prompt
+from consistency_worker.backends import encode_prompt
 from consistency_worker.prompts import plain_prompt
+from consistency_worker.seeds import derive_seed
 from consistency_worker.store import Store
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,6 @@ counted with its reason, per domain and stratum, in stats.json and the result's 
 
 from __future__ import annotations
 
-import hashlib
-import random
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -22,11 +20,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from consistency_core.spec import AgreementFilter, FailureExamples
-from consistency_core.stages import DISTILL_TRAIN, DistillParams, StageConfig, StageResult
+from consistency_core.stages import DISTILL_TRAIN, DistillMode, DistillParams, StageConfig, StageResult
 
 from consistency_worker.generations import Completion, GenerationRecord
 from consistency_worker.grading import extract_code
 from consistency_worker.problems import Problem
+from consistency_worker.seeds import derive_rng
 from consistency_worker.stages import PermanentStageError
 from consistency_worker.stages.context import StageContext
 from consistency_worker.voting import Vote, failure, majority_vote, normalise_code
@@ -41,7 +40,6 @@ LOW_AGREEMENT = "low_agreement"
 NO_CORRECT_SAMPLE = "no_correct_sample"
 NOT_FAILURE = "not_failure"
 NO_TARGET = "no_target"
-ALL_DUPLICATES = "all_duplicates"
 # Candidate-level drops (why a completion is not a target).
 WRONG = "wrong"
 NOT_MODAL = "not_modal"
@@ -56,12 +54,6 @@ _SPACE = re.compile(r"\s+")
 def normalise_completion(text: str) -> str:
     """Dedupe key: whitespace-insensitive, so reflowed copies of one answer count once."""
     return _SPACE.sub(" ", text).strip()
-
-
-def problem_rng(seed: int, problem_id: str) -> random.Random:
-    """Per-problem stream: the choice for one problem is independent of record order and sharding."""
-    digest = hashlib.sha256(f"{seed}:distill:{problem_id}".encode()).digest()
-    return random.Random(int.from_bytes(digest[:8], "big"))
 
 
 @dataclass
@@ -122,7 +114,8 @@ def _filter_candidates(record: GenerationRecord, modal: str | None, gold: bool,
 def _choose(texts: list[tuple[str, Source]], record: GenerationRecord, limit: int, seed: int,
             dropped: Counter[str]) -> list[Example]:
     """Seeded order, then dedupe by normalised text, then the per-problem cap."""
-    problem_rng(seed, record.problem_id).shuffle(texts)
+    # Per-problem stream: the choice for one problem is independent of record order and sharding.
+    derive_rng(seed, "distill", record.problem_id).shuffle(texts)
     chosen: list[Example] = []
     seen: set[str] = set()
     for text, source in texts:
@@ -216,7 +209,7 @@ def cap_total(examples: list[Example], max_examples: int | None, seed: int) -> t
     groups: dict[tuple[str, str], list[int]] = defaultdict(list)
     for i, ex in enumerate(examples):
         groups[(ex.domain, ex.stratum)].append(i)
-    rng = random.Random(int.from_bytes(hashlib.sha256(f"{seed}:distill-cap".encode()).digest()[:8], "big"))
+    rng = derive_rng(seed, "distill-cap")
     queues: list[list[int]] = []
     for key in sorted(groups):
         problems = sorted({examples[i].problem_id for i in groups[key]})
@@ -282,17 +275,6 @@ class Stats:
         return out
 
 
-def _load_problems(ctx: StageContext, uri: str) -> dict[str, Problem]:
-    problems: dict[str, Problem] = {}
-    for i, row in enumerate(ctx.store.read_jsonl(uri), start=1):
-        try:
-            problem = Problem.model_validate(row)
-        except ValueError as exc:
-            raise PermanentStageError(f"{uri}:{i}: not a problem record: {exc}") from None
-        problems[problem.id] = problem
-    return problems
-
-
 def _training_line(problem: Problem, example: Example) -> dict[str, Any]:
     from consistency_worker.prompts import build_messages
 
@@ -307,12 +289,11 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
     from consistency_worker.generations import GenerationsError, read_generations
 
     with ctx.manifest.timed("read"):
-        problems = _load_problems(ctx, params.problems_uri)
+        problems = {p.id: p for p in ctx.read_problems(params.problems_uri)}
         try:
             records = read_generations(ctx.store, params.generations_uri)
         except GenerationsError as exc:
             raise PermanentStageError(str(exc)) from None
-    ctx.manifest.add_input("problems", params.problems_uri)
     ctx.manifest.add_input("generations", params.generations_uri)
     unknown = [r.problem_id for r in records if r.problem_id not in problems]
     if unknown:
@@ -364,7 +345,7 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
         "droppedCandidates": stats.total("droppedCandidates"),
         "perDomain": _per_domain(kept),
     }
-    if params.mode == "failures":
+    if params.mode == DistillMode.failures:
         metrics.update(failures=stats.total("failures"), fromSamples=stats.total("fromSamples"),
                        fromReference=stats.total("fromReference"))
     return StageResult(key=config.key, ok=True, metrics=metrics,

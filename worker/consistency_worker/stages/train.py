@@ -14,7 +14,6 @@ from consistency_core.stages import TRAIN_ADAPTER, StageConfig, StageResult, Tra
 from consistency_worker.models import cuda_available, fetch_adapter, load_model, load_tokenizer, resolve_model
 from consistency_worker.stages import PermanentStageError
 from consistency_worker.stages.context import StageContext
-from consistency_worker.stages.generate import cache_dir
 from consistency_worker.store import JsonlError, parse_jsonl_objects
 from consistency_worker.training import (
     CHECKPOINTS,
@@ -59,7 +58,7 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
 
     data = ctx.store.read_bytes(params.data_uri)
     ctx.manifest.add_input("data", params.data_uri, data=data)
-    model_ref = resolve_model(config.model, ctx.store, cache_dir(ctx))
+    model_ref = resolve_model(config.model, ctx.store, ctx.cache_dir)
     with ctx.manifest.timed("load"):
         tokenizer = load_tokenizer(model_ref)
         try:
@@ -73,7 +72,7 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
         init_adapter = None
         if params.init_adapter_uri:
             ctx.manifest.add_input("initAdapter", params.init_adapter_uri)
-            init_adapter = fetch_adapter(params.init_adapter_uri, ctx.store, cache_dir(ctx))
+            init_adapter = fetch_adapter(params.init_adapter_uri, ctx.store, ctx.cache_dir)
         import torch
 
         torch.manual_seed(config.seed)
