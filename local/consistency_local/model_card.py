@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from consistency_core.spec import CampaignSpec
 
-from consistency_local.report import _headline, _md_table, before_after_lines
+from consistency_local.report import _headline, _md_table
 from consistency_local.report_data import ReportData
 
 
@@ -26,7 +26,8 @@ def _front_matter(spec: CampaignSpec) -> list[str]:
 def _phases(spec: CampaignSpec, data: ReportData) -> list[str]:
     qf, ex = spec.quick_fix, spec.expansion
     iterations = max((e.record.iteration for e in data.evaluations if e.record.phase == "1B.1"), default=0)
-    lines = [f"- **1B.1 quick fix** ({iterations} iteration(s)): {qf.samples} samples per problem at temperature "
+    tries = f" ({iterations} iteration(s))" if iterations else ""
+    lines = [f"- **1B.1 quick fix**{tries}: {qf.samples} samples per problem at temperature "
              f"{qf.temperature}; kept answers with agreement >= {qf.min_agreement}; LoRA r={qf.lora.r}, "
              f"alpha={qf.lora.alpha}, {qf.epochs} epoch(s) (+{spec.retry.epochs_step} per retry), learning rate "
              f"{qf.learning_rate}."]
@@ -55,6 +56,15 @@ def before_after_table(data: ReportData) -> list[str]:
     return _md_table(["metric", "base model", f"with this adapter ({data.after.label})"], rows)
 
 
+def _transitions(data: ReportData) -> list[str]:
+    moves = data.before_after()
+    if not moves or data.after is None:
+        return []
+    return [f"Per problem, base model -> {data.after.label}: {moves['failureToSuccess']} failure -> success, "
+            f"{moves['successToFailure']} success -> failure, {moves['stillFailure']} still failing "
+            f"(of {moves['matched']} matched).", ""]
+
+
 def render_model_card(data: ReportData) -> str:
     spec = data.spec
     datasets = [[ds.name, f"`{ds.uri}`", ds.format.value, ", ".join(r.value for r in ds.roles),
@@ -76,8 +86,7 @@ def render_model_card(data: ReportData) -> str:
         "Rates with Wilson 95% confidence intervals and counts; consistency: all "
         f"{spec.evaluation.samples} samples at temperature {spec.evaluation.temperature} agree; accuracy: the "
         "greedy answer is right.", "",
-        *before_after_table(data), "",
-        "```", *before_after_lines(data), "```", "",
+        *before_after_table(data), "", *_transitions(data),
         f"Compute: {data.status.cost.gpu_hours:.3f} GPU-hours (${data.status.cost.usd:.2f}); seed {spec.seed}.", "",
         "## Limitations", "",
         "Self-consistency training makes answers agree more; it can make a model agree on a wrong answer. "

@@ -88,7 +88,7 @@ def test_killed_run_resumes_and_completes_with_report(assets, tmp_path: Path, ca
     # The report stage shipped the 1B.2 adapter with its model card, and the report, into the store.
     outputs = after["outputs"]
     card = Path(outputs["modelCard"].removeprefix("file://")).read_text()
-    assert "library_name: peft" in card and str(model) in card and "after (1B.2)" in card
+    assert "library_name: peft" in card and str(model) in card and "with this adapter (1B.2)" in card
     assert (Path(outputs["adapter"].removeprefix("file://")) / "adapter_config.json").is_file()
     assert "## Before / after" in Path(outputs["report"].removeprefix("file://")).read_text()
 

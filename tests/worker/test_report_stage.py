@@ -95,7 +95,7 @@ def test_report_stage_writes_report_model_card_adapter_and_merged_model(s3_bucke
     card = store.read_text(result.outputs["modelCard"])
     assert card.startswith("---\nlibrary_name: peft") and f"`{model_dir}`" in card
     assert "gsm8k-train" in card and "1B.2 expansion" in card and "Promotion gate" in card
-    assert "before 40.0% [" in card and "after (1B.2) 70.0% [" in card
+    assert "Per problem, base model -> 1B.2: 40 failure -> success, 0 success -> failure" in card
     assert "| metric | base model | with this adapter (1B.2) |" in card
     assert "| math accuracy | 40.0% [" in card
     shipped = {u.rsplit("/", 1)[1] for u in store.list(result.outputs["adapter"])}
