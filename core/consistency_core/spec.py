@@ -56,6 +56,7 @@ class StageName(StrEnum):
     distill = "distill"
     train = "train"
     evaluate = "evaluate"
+    report = "report"  # the campaign's last stage: report, model card, optional merged export
 
 
 class Backend(StrEnum):
@@ -79,6 +80,12 @@ class ModelRef(WireModel):
         "auto", description="Weights dtype for generation and LoRA training (QLoRA always uses NF4 + bf16 compute)."
     )
     max_model_len: int = Field(4096, ge=128, description="Context length given to the inference engine.")
+    token_secret: str | None = Field(
+        None, min_length=1, max_length=253, pattern=r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$",
+        description="Name of a Secret in the campaign's namespace whose key HF_TOKEN is a Hugging Face "
+        "token, for gated or private hf:// models; reaches stage pods as the HF_TOKEN env var through "
+        "secretKeyRef, never copied into the Job spec, status, logs or results. Locally (`consistency run`) "
+        "the HF_TOKEN environment variable is used instead.")
 
 
 class ArtifactStore(WireModel):
@@ -334,16 +341,28 @@ class StageResources(WireModel):
     backoff_limit: int = Field(2, ge=0, le=20, description="Pod retries inside one Job.")
 
 
-def _cpu_stage() -> StageResources:
-    return StageResources(gpus=0, cpu="2", memory="8Gi", deadline_seconds=3600)
+class CpuStageResources(StageResources):
+    """A stage that needs no GPU (prepare, distill): its own defaults, so a partial override such as
+    `prepare: {memory: 16Gi}` keeps 0 GPUs and 2 CPUs instead of inheriting the GPU stages' defaults."""
+
+    gpus: int = Field(0, ge=0, le=64, description="GPUs per pod.")
+    cpu: str = Field("2", description="CPU request and limit per pod.")
+    memory: str = Field("8Gi", description="Memory request and limit per pod.")
+    deadline_seconds: int = Field(3600, ge=60, description="activeDeadlineSeconds of the Job.")
 
 
 class StagesResources(WireModel):
-    prepare: StageResources = Field(default_factory=_cpu_stage, description="Pods of prepare (CPU only).")
+    prepare: CpuStageResources = Field(default_factory=CpuStageResources,
+                                       description="Pods of prepare (CPU only by default).")
     generate: StageResources = Field(default_factory=StageResources, description="Pods of generate.")
-    distill: StageResources = Field(default_factory=_cpu_stage, description="Pods of distill (CPU only).")
+    distill: CpuStageResources = Field(default_factory=CpuStageResources,
+                                       description="Pods of distill (CPU only by default).")
     train: StageResources = Field(default_factory=StageResources, description="Pods of train.")
     evaluate: StageResources = Field(default_factory=StageResources, description="Pods of evaluate.")
+    report: CpuStageResources = Field(
+        default_factory=CpuStageResources,
+        description="Pods of the final report stage (CPU only by default; give it the memory of the "
+        "16-bit model when export.merged is on).")
 
     def for_stage(self, stage: StageName) -> StageResources:
         return getattr(self, stage.value)
@@ -355,11 +374,39 @@ class Resources(WireModel):
         "IfNotPresent", description="imagePullPolicy of stage containers.")
     gpu_resource_name: str | None = Field(None, description="Extended resource for GPUs (default nvidia.com/gpu).")
     stages: StagesResources = Field(default_factory=StagesResources, description="Per-stage pod resources.")
-    node_selector: dict[str, str] = Field(default_factory=dict, description="Node selector for stage pods.")
-    tolerations: list[Toleration] = Field(default_factory=list, description="Tolerations for stage pods.")
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node selector for stage pods that request GPUs.")
+    tolerations: list[Toleration] = Field(
+        default_factory=list, description="Tolerations for stage pods that request GPUs.")
+    cpu_node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node selector for stage pods without GPUs (prepare, distill, any "
+        "stage set to 0 GPUs); nodeSelector and tolerations never apply to them, so they stay off GPU nodes.")
+    cpu_tolerations: list[Toleration] = Field(
+        default_factory=list, description="Tolerations for stage pods without GPUs.")
     priority_class_name: str | None = Field(None, description="PriorityClass of stage pods.")
+    queue_name: str | None = Field(
+        None, min_length=1, max_length=63, pattern=r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$",
+        description="Kueue LocalQueue of every stage Job (label kueue.x-k8s.io/queue-name; default: the "
+        "operator's). Jobs start suspended; until admitted a stage shows as Queued and its wait is not "
+        "counted as stage time or cost.")
     service_account_name: str | None = Field(None, description="ServiceAccount of stage pods.")
+    runtime_class_name: str | None = Field(
+        None, min_length=1, max_length=253, pattern=r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$",
+        description="RuntimeClass of stage pods, e.g. gvisor (a sandboxed kernel around model-written code); "
+        "default: the operator's.")
+    host_users: bool | None = Field(
+        None, description="false: stage pods run in their own user namespace (pod hostUsers: false; needs "
+        "Kubernetes with user namespaces); default: the operator's.")
     ttl_seconds_after_finished: int = Field(86400, ge=0, description="How long finished Jobs are kept.")
+
+
+class ExportConfig(WireModel):
+    """What the final report stage ships besides the report, the model card and the adapter."""
+
+    merged: bool = Field(
+        False, description="Also write the base model with the best adapter merged in, as 16-bit safetensors "
+        "with its tokenizer (ready for `vllm serve`), under report/merged/.")
+    dtype: Literal["bfloat16", "float16"] = Field("bfloat16", description="Weights dtype of the merged model.")
 
 
 class Throughput(WireModel):
@@ -405,6 +452,8 @@ class CampaignSpec(WireModel):
     resources: Resources = Field(default_factory=Resources, description="Pods: images, GPUs, scheduling.")
     budget: Budget = Field(default_factory=Budget, description="Price and spending limit.")
     backend: Backend = Field(Backend.auto, description="Generation engine: vllm on GPU, hf elsewhere (auto).")
+    export: ExportConfig = Field(default_factory=ExportConfig,
+                                 description="Outputs of the final report stage (merged model export).")
     seed: int = Field(1234, ge=0, description="Seed of sampling, selection and training.")
 
     @model_validator(mode="after")

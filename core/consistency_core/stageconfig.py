@@ -8,7 +8,7 @@ a spec knob has no other copy to keep in step.
 from __future__ import annotations
 
 from consistency_core import cost
-from consistency_core.plan import BASELINE_KEY, PREPARE_KEY, Step, phase_settings, stage_key
+from consistency_core.plan import BASELINE_KEY, PREPARE_KEY, REPORT_KEY, Step, phase_settings, stage_key
 from consistency_core.spec import (
     AgreementFilter,
     CampaignSpec,
@@ -29,12 +29,13 @@ from consistency_core.stages import (
     EvaluateParams,
     GenerateParams,
     PrepareParams,
+    ReportParams,
     StageConfig,
     StageParams,
     TrainParams,
     join_uri,
 )
-from consistency_core.status import CampaignStatus, TrainingPhase
+from consistency_core.status import CampaignPhase, CampaignStatus, Cost, TrainingPhase
 
 
 class StageConfigs:
@@ -75,6 +76,9 @@ class StageConfigs:
                 scan_datasets=spec.expansion.scan_datasets if spec.expansion.enabled else [],
                 eval_datasets=spec.evaluation.datasets,
             )
+        if step.stage == StageName.report:
+            # A snapshot: the report stage renders the campaign as it stood when it started.
+            return ReportParams(spec=spec, status=self.report_snapshot(), adapter_uri=self.status.adapter)
         if step.stage == StageName.evaluate:
             return EvaluateParams(
                 problems_uri=join_uri(prepared, PREPARE_EVAL),
@@ -111,6 +115,20 @@ class StageConfigs:
             training=TrainingKnobs.part_of(settings),
             init_adapter_uri=continue_from,
         )
+
+    def report_snapshot(self) -> dict:
+        """The campaign as the report shows it: everything before the report stage, as succeeded. Built
+        from finished records only, so it is the same on every pass (a restart rebuilds the same config)."""
+        st = self.status
+        gate = st.condition("GatePassed")
+        snapshot = CampaignStatus(
+            phase=CampaignPhase.succeeded, training_phase=st.training_phase, iteration=st.iteration,
+            message="succeeded", consistency=st.consistency, math_accuracy=st.math_accuracy,
+            conditions=[gate] if gate else [], stages=[r for r in st.stages if r.key != REPORT_KEY],
+            evaluations=st.evaluations, cost=Cost(gpu_hours=st.cost.gpu_hours, usd=st.cost.usd),
+            adapter=st.adapter,
+        )
+        return snapshot.to_wire()
 
     def _own_adapter(self, step: Step) -> str:
         """The adapter an iteration's evaluate measures: the one its own train stage wrote."""

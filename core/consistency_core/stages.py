@@ -14,6 +14,7 @@ from consistency_core.spec import (
     AgreementFilter,
     ArtifactStore,
     Backend,
+    CampaignSpec,
     DatasetSpec,
     FailureCriteria,
     FailureExamples,
@@ -37,6 +38,12 @@ PREPARE_EVAL = "eval.jsonl"
 DISTILL_TRAIN = "train.jsonl"
 TRAIN_ADAPTER = "adapter"
 EVALUATE_REPORT = "report.json"
+REPORT_MARKDOWN = "report.md"  # report stage: the Markdown report (PNG figures next to it)
+REPORT_STATUS = "status.json"  # report stage: the status snapshot it rendered (for `consistency report --store`)
+REPORT_SPEC = "spec.json"
+REPORT_ADAPTER = "adapter"  # report stage: the best adapter with its model card (README.md)
+MODEL_CARD = "README.md"
+REPORT_MERGED = "merged"  # report stage: merged 16-bit safetensors (spec.export.merged)
 MANIFEST = "manifest.json"
 RESULT = "result.json"
 
@@ -110,8 +117,17 @@ class EvaluateParams(WireModel):
                                      description="What counts as a failed problem (spec.expansion.failure).")
 
 
+class ReportParams(WireModel):
+    """The campaign as it stands when its last stage starts: the report is rendered from this snapshot."""
+
+    kind: Literal["report"] = "report"
+    spec: CampaignSpec = Field(description="The campaign's spec (model card: base model, datasets, phases).")
+    status: dict[str, Any] = Field(description="Snapshot of the campaign status (CampaignStatus wire form).")
+    adapter_uri: str | None = Field(None, description="The best adapter (1B.2, or 1B.1 when 1B.2 is disabled).")
+
+
 StageParams = Annotated[
-    PrepareParams | GenerateParams | DistillParams | TrainParams | EvaluateParams,
+    PrepareParams | GenerateParams | DistillParams | TrainParams | EvaluateParams | ReportParams,
     Field(discriminator="kind"),
 ]
 

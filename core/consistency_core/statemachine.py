@@ -22,7 +22,7 @@ from datetime import datetime
 
 from consistency_core import cost
 from consistency_core.names import job_name, parse_rfc3339, rfc3339
-from consistency_core.plan import BASELINE_KEY, Step, knobs, plan, stage_key
+from consistency_core.plan import BASELINE_KEY, REPORT_KEY, Step, knobs, plan, report_step, stage_key
 from consistency_core.spec import CampaignSpec, StageName, StageResources
 from consistency_core.stageconfig import StageConfigs
 from consistency_core.stages import StageConfig, StageResult
@@ -32,6 +32,7 @@ from consistency_core.status import (
     ConditionType,
     EvaluationRecord,
     EventType,
+    Outputs,
     Reason,
     StageOutcome,
     StageRecord,
@@ -127,6 +128,8 @@ def _per_domain(values: object) -> dict[str, float]:
 
 
 def _step_of(spec: CampaignSpec, record: StageRecord) -> Step:
+    if record.key == REPORT_KEY:
+        return report_step(record.phase, record.iteration)
     return next(s for s in plan(spec, record.phase, record.iteration) if s.key == record.key)
 
 
@@ -215,6 +218,10 @@ def _record_result(
     step = _step_of(spec, current)
     if step.stage == StageName.evaluate:
         _record_evaluation(spec, status, step, result, now, events)
+    if step.stage == StageName.report:
+        out = result.outputs
+        status.outputs = Outputs(adapter=out.get("adapter"), report=out.get("report"),
+                                 model_card=out.get("modelCard"), merged=out.get("merged"))
     return None
 
 
@@ -264,13 +271,19 @@ def _advance(
         return _start(spec, status, pending[0], campaign, namespace, now, generation, events)
     if phase == TrainingPhase.expansion:
         # 1B.2 is the last phase and is not gated: its evaluation is the campaign's result.
+        if status.last_success(REPORT_KEY) is None:
+            return _start(spec, status, report_step(phase, iteration), campaign, namespace, now, generation,
+                          events)
         ev = status.evaluations[-1]
         msg = f"1B.2 done: consistency {_fmt(ev.consistency)}, accuracy {_fmt_acc(ev.accuracy)}"
         return _succeed(status, msg, now, events)
     last = status.evaluations[-1]
     _, detail = gate(spec, last)
     if last.gate_passed and not spec.expansion.enabled:
-        # The user asked for the quick fix only: a passed gate is the end.
+        # The user asked for the quick fix only: a passed gate is the end, after the report stage.
+        if status.last_success(REPORT_KEY) is None:
+            return _start(spec, status, report_step(phase, iteration), campaign, namespace, now, generation,
+                          events)
         return _succeed(status, f"1B.1 gate passed ({detail}); 1B.2 disabled", now, events)
     if last.gate_passed:
         # Promotion: 1B.2 trains on the failures of the model that passed the gate.

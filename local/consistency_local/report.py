@@ -148,8 +148,9 @@ def open_campaign_store(spec: Any) -> Any:
     return open_store(spec.store)
 
 
-def write_report(run_dir: RunDir, name: str, namespace: str, spec: Any, status: Any) -> tuple[Path, ReportData]:
-    data = gather(name, namespace, spec, status, open_campaign_store(spec))
+def write_report(run_dir: RunDir, name: str, namespace: str, spec: Any, status: Any,
+                 store: Any = None) -> tuple[Path, ReportData]:
+    data = gather(name, namespace, spec, status, store if store is not None else open_campaign_store(spec))
     figures = draw_all(data, run_dir.report_dir)
     path = run_dir.report_dir / REPORT_FILE
     atomic_write(path, render_markdown(data, figures))

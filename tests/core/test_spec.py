@@ -36,6 +36,7 @@ def test_wire_format_is_camel_case_and_round_trips():
         ({"quickFix": {"temperature": 0.01}}, "spec.quickFix.temperature"),
         ({"evaluation": {"temperature": 0}}, "spec.evaluation.temperature"),
         ({"expansion": {"temperature": 0.04}}, "spec.expansion.temperature"),
+        ({"model": {"uri": "hf://org/m", "tokenSecret": "Not_A_Name"}}, "spec.model.tokenSecret"),
     ],
 )
 def test_validation_errors_name_the_field(patch, field):
@@ -61,6 +62,16 @@ def test_duplicate_dataset_names_rejected():
     ds = {"name": "a", "uri": "/x", "format": "gsm8k", "roles": ["train"]}
     with pytest.raises(SpecError, match=r"spec.datasets\[1\].name"):
         minimal_spec(datasets=[ds, ds])
+
+
+def test_cpu_stages_keep_their_defaults_under_partial_overrides():
+    spec = minimal_spec(resources={"stages": {"prepare": {"memory": "16Gi"}, "distill": {"cpu": "3"},
+                                              "train": {"memory": "64Gi"}}})
+    stages = spec.resources.stages
+    prepare, distill, train = stages.prepare, stages.distill, stages.train
+    assert (prepare.gpus, prepare.cpu, prepare.memory, prepare.deadline_seconds) == (0, "2", "16Gi", 3600)
+    assert (distill.gpus, distill.cpu, distill.memory, distill.deadline_seconds) == (0, "3", "8Gi", 3600)
+    assert (train.gpus, train.cpu, train.memory, train.deadline_seconds) == (1, "4", "64Gi", 6 * 3600)
 
 
 def test_epochs_of_the_last_iteration_must_stay_valid():

@@ -36,7 +36,7 @@ def test_happy_path_promotes_and_succeeds():
     assert keys(runs) == [
         "prepare", "baseline-evaluate",
         "1b1-i1-generate", "1b1-i1-distill", "1b1-i1-train", "1b1-i1-evaluate",
-        "1b2-generate", "1b2-distill", "1b2-train", "1b2-evaluate",
+        "1b2-generate", "1b2-distill", "1b2-train", "1b2-evaluate", "report",
     ]
     assert final.action.phase == CampaignPhase.succeeded
     status = final.status
@@ -54,7 +54,7 @@ def test_happy_path_promotes_and_succeeds():
     assert by_key[BASELINE_KEY].params.adapter_uri is None
     assert status.consistency == 0.8 and status.math_accuracy == 0.65
     # actual cost: 10 minutes per GPU stage at 1 GPU, $2.5/h; prepare and distill are CPU-only
-    gpu_stages = [k for k in keys(runs) if not k.endswith(("prepare", "distill"))]
+    gpu_stages = [k for k in keys(runs) if not k.endswith(("prepare", "distill", "report"))]
     assert abs(status.cost.gpu_hours - len(gpu_stages) * 600 / 3600) < 1e-4
     assert abs(status.cost.usd - status.cost.gpu_hours * 2.5) < 1e-3
 
@@ -94,7 +94,7 @@ def test_gate_never_passing_fails_with_measured_numbers():
 
 def test_disabled_expansion_succeeds_at_the_gate():
     final, runs = drive(minimal_spec(expansion={"enabled": False}), succeed_with([(0.9, 0.9)]))
-    assert final.action.phase == CampaignPhase.succeeded and keys(runs)[-1] == "1b1-i1-evaluate"
+    assert final.action.phase == CampaignPhase.succeeded and keys(runs)[-2:] == ["1b1-i1-evaluate", "report"]
 
 
 def test_missing_gated_metric_fails_the_gate():
@@ -288,6 +288,56 @@ def test_expansion_replays_the_passing_1b1_iterations_training_data():
     _, runs = drive(minimal_spec(expansion={"replayFraction": 0}), succeed_with([(0.9, 0.9)]))
     params = {r.record.key: r.config.params for r in runs}["1b2-distill"]
     assert params.replay_uri is None and params.failures.replay_fraction == 0
+
+
+def test_report_stage_runs_last_on_cpu_with_a_snapshot_and_sets_the_outputs():
+    spec = minimal_spec()
+    final, runs = drive(spec, succeed_with([(0.7, 0.6), (0.8, 0.65)]))
+    report = runs[-1]
+    assert report.record.key == "report" and report.config.stage == StageName.report
+    assert report.resources.gpus == 0 and report.record.gpus == 0 and report.record.forecast_usd == 0
+    params = report.config.params
+    assert params.adapter_uri == "s3://bucket/campaigns/default/demo/1b2-train/adapter"
+    assert params.spec == spec
+    snapshot = [s["key"] for s in params.status["stages"]]
+    assert snapshot[-1] == "1b2-evaluate" and "report" not in snapshot  # the campaign before its report
+    assert [e["phase"] for e in params.status["evaluations"]] == ["baseline", "1B.1", "1B.2"]
+    outputs = final.status.outputs
+    assert outputs.report == "s3://bucket/campaigns/default/demo/report/report.md"
+    assert outputs.adapter == "s3://bucket/campaigns/default/demo/report/adapter"
+    assert outputs.model_card == "s3://bucket/campaigns/default/demo/report/adapter/README.md"
+    assert outputs.merged is None
+
+
+def test_quick_fix_only_campaign_reports_the_1b1_adapter():
+    spec = minimal_spec(expansion={"enabled": False})
+    final, runs = drive(spec, succeed_with([(0.3, 0.4), (0.9, 0.9)]))
+    assert keys(runs)[-2:] == ["1b1-i2-evaluate", "report"]
+    assert runs[-1].config.params.adapter_uri.endswith("1b1-i2-train/adapter")
+    assert final.action.phase == CampaignPhase.succeeded and final.status.outputs is not None
+
+
+def test_failed_campaign_runs_no_report():
+    spec = minimal_spec(retry={"maxIterations": 1})
+    final, runs = drive(spec, succeed_with([(0.1, 0.1)]))
+    assert final.action.phase == CampaignPhase.failed and "report" not in keys(runs)
+    assert final.status.outputs is None
+
+
+def test_retryable_report_failure_is_retried():
+    spec = minimal_spec(expansion={"enabled": False})
+    ok = succeed_with([(0.9, 0.9)])
+    failed_once: list[str] = []
+
+    def outcome(run):
+        if run.record.key == "report" and not failed_once:
+            failed_once.append("x")
+            return StageResult(key="report", ok=False, retryable=True, message="store timeout")
+        return ok(run)
+
+    final, runs = drive(spec, outcome)
+    assert [r.record.attempt for r in runs if r.record.key == "report"] == [1, 2]
+    assert final.action.phase == CampaignPhase.succeeded
 
 
 def test_stage_keys_follow_the_glossary():

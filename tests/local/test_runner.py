@@ -78,7 +78,7 @@ def test_killed_run_resumes_and_completes_with_report(assets, tmp_path: Path, ca
     keys = [s["key"] for s in after["stages"]]
     # Every stage ran exactly once (no duplicates), in plan order, through 1B.1, the gate and 1B.2.
     assert keys == ["prepare", "baseline-evaluate", "1b1-i1-generate", "1b1-i1-distill", "1b1-i1-train",
-                    "1b1-i1-evaluate", "1b2-generate", "1b2-distill", "1b2-train", "1b2-evaluate"]
+                    "1b1-i1-evaluate", "1b2-generate", "1b2-distill", "1b2-train", "1b2-evaluate", "report"]
     # What had finished before the kill was not rerun: same records, same result files.
     assert after["stages"][: len(done_before)] == before["stages"][: len(done_before)]
     for name, mtime in results_before.items():
@@ -86,6 +86,12 @@ def test_killed_run_resumes_and_completes_with_report(assets, tmp_path: Path, ca
     gate = next(c for c in after["conditions"] if c["type"] == "GatePassed")
     assert gate["status"] == "True"
     assert [e["phase"] for e in after["evaluations"]] == ["baseline", "1B.1", "1B.2"]
+    # The report stage shipped the 1B.2 adapter with its model card, and the report, into the store.
+    outputs = after["outputs"]
+    card = Path(outputs["modelCard"].removeprefix("file://")).read_text()
+    assert "library_name: peft" in card and str(model) in card and "with this adapter (1B.2)" in card
+    assert (Path(outputs["adapter"].removeprefix("file://")) / "adapter_config.json").is_file()
+    assert "## Before / after" in Path(outputs["report"].removeprefix("file://")).read_text()
 
     report = (run_dir / "report" / "report.md").read_text()
     for figure in ("metrics.png", "strata.png", "transitions.png", "stages.png"):
