@@ -283,7 +283,7 @@ class CheckpointStore:
         uri = join_uri(self.root, LATEST)
         return self.store.read_json(uri) if self.store.is_file(uri) else None
 
-    def save(self, model: Any, state: dict[str, Any], fingerprint: dict[str, Any]) -> str:
+    def save(self, model: Any, state: dict[str, Any], fingerprint: dict[str, Any], processes: int = 1) -> str:
         import torch
 
         step = state["step"]
@@ -299,7 +299,8 @@ class CheckpointStore:
         torch.save(state, local / STATE_FILE)
         uri = join_uri(self.root, f"step-{step:06d}")
         self.store.upload_dir(local, uri)
-        self.store.write_json(join_uri(self.root, LATEST), {"step": step, "uri": uri, "fingerprint": fingerprint})
+        self.store.write_json(join_uri(self.root, LATEST),
+                              {"step": step, "uri": uri, "fingerprint": fingerprint, "processes": processes})
         shutil.rmtree(local, ignore_errors=True)
         self._prune(keep_uri=uri)
         return uri
@@ -410,6 +411,11 @@ def train_lora(
         log.warning("ignoring checkpoint %s: made for %s, this run is %s", pointer.get("uri"),
                     pointer.get("fingerprint"), fingerprint)
         pointer = None
+    if pointer is not None and pointer.get("processes", 1) != world.size:
+        # A step takes batch_size x accumulation examples per process: another process count is another schedule.
+        log.warning("ignoring checkpoint %s: made by %s process(es), this run has %d", pointer.get("uri"),
+                    pointer.get("processes", 1), world.size)
+        pointer = None
     if pointer is not None and checkpoints is not None:
         state = checkpoints.load(model, pointer)
         optimizer.load_state_dict(state["optimizer"])
@@ -427,7 +433,7 @@ def train_lora(
             checkpoints.save(model, {
                 "step": step, "losses": losses, "rng": _rng_state(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            }, fingerprint)
+            }, fingerprint, world.size)
 
     model.train()
     tokens, started = 0, time.monotonic()
