@@ -53,7 +53,7 @@ def main() -> int:
     args = parser.parse_args()
 
     import torch
-    from consistency_core.spec import LoraConfig, ModelRef
+    from consistency_core.spec import LoraConfig, ModelRef, TrainingKnobs
     from consistency_worker import training
     from consistency_worker.models import load_model, load_tokenizer, resolve_model
     from consistency_worker.tinymodel import build_tiny_model, smollm2_gguf_path
@@ -86,11 +86,12 @@ def main() -> int:
         return out
 
     training._collate = counting_collate  # type: ignore[assignment]
-    settings = training.TrainSettings(
+    knobs = TrainingKnobs(
         epochs=1, learning_rate=1e-4, batch_size=args.batch_size, gradient_accumulation=args.gradient_accumulation,
-        max_seq_len=args.max_seq_len, lora=LoraConfig(r=8, alpha=16, dropout=0.0), seed=0, checkpoint_steps=10**6)
+        max_seq_len=args.max_seq_len, lora=LoraConfig(r=8, alpha=16, dropout=0.0), checkpoint_steps=10**6,
+        method="lora")
     started, cpu_started = time.perf_counter(), time.process_time()
-    outcome = training.train_lora(model, examples, settings, pad_id=tokenizer.pad_token_id, checkpoints=None,
+    outcome = training.train_lora(model, examples, knobs, seed=0, pad_id=tokenizer.pad_token_id, checkpoints=None,
                                   quantized=False)
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     figures = {

@@ -1,5 +1,5 @@
 """Typed model of `ConsistencyTraining.spec`: the one source of truth for the CRD, the operator and the
-local runner. Defaults reproduce the Phase 1B plan (DESIGN.md)."""
+local runner. Defaults reproduce the Phase 1B plan the README describes."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 
 DOMAINS = ("math", "code", "reasoning")
+MAX_EPOCHS = 100
 Domain = Literal["math", "code", "reasoning"]
 
 
@@ -144,7 +145,10 @@ class LoraConfig(WireModel):
 
 
 class TrainingKnobs(WireModel):
-    epochs: int = Field(2, ge=1, le=100, description="Training epochs.")
+    """How the train stage fits the adapter (the train stage's params carry this model as is)."""
+
+    epochs: int = Field(2, ge=1, le=MAX_EPOCHS, description="Training epochs (1B.1: of iteration 1; later iterations "
+                        "add retry.epochsStep).")
     learning_rate: float = Field(2e-4, gt=0.0, le=1.0, description="Peak learning rate.")
     batch_size: int = Field(8, ge=1, description="Per-device batch size.")
     gradient_accumulation: int = Field(2, ge=1, description="Gradient accumulation steps.")
@@ -159,20 +163,18 @@ class TrainingKnobs(WireModel):
         "(every weight; the output is a whole model, for small models such as a from-scratch demo one).")
 
 
-class QuickFixPhase(TrainingKnobs):
-    """Phase 1B.1: sample, keep what majority vote agrees on, train, evaluate, gate."""
+class SamplingKnobs(WireModel):
+    """How generate and evaluate sample answers (their params carry this model as is)."""
 
-    selection: list[Selection] = Field(
-        default_factory=lambda: [
-            Selection(dataset="gsm8k-train", count=500),
-            Selection(dataset="mbpp-train", count=164),
-        ],
-        min_length=1,
-        description="Training problems per dataset (default: 500 math stratified by difficulty, 164 code).",
-    )
     samples: int = Field(5, ge=1, le=64, description="Sampled answers per problem (k), besides one greedy.")
-    temperature: Temperature = Field(0.7, description="Sampling temperature of iteration 1.")
+    temperature: Temperature = Field(0.7, description="Sampling temperature (1B.1: of iteration 1; later "
+                                     "iterations follow retry.temperatureSchedule).")
     max_new_tokens: int = Field(512, ge=8, description="Generation budget per answer.")
+
+
+class AgreementFilter(WireModel):
+    """Which sampled answers distill turns into training examples (its params carry this model as is)."""
+
     min_agreement: Probability = Field(
         0.6, description="Keep a problem only if this share of samples agrees on the modal answer."
     )
@@ -186,7 +188,30 @@ class FailureCriteria(WireModel):
     include_wrong: bool = Field(True, description="A wrong greedy answer is a failure.")
 
 
-class ExpansionPhase(TrainingKnobs):
+class FailureExamples(WireModel):
+    """How 1B.2's distill finds failures and builds examples from them (its params carry this model as is)."""
+
+    failure: FailureCriteria = Field(default_factory=FailureCriteria, description="What counts as a failure.")
+    max_examples: int = Field(2500, ge=1, description="Cap on training examples built from failures.")
+    use_reference_solutions: bool = Field(
+        True, description="For a failure with no correct sample, train on the dataset's reference solution."
+    )
+
+
+class QuickFixPhase(TrainingKnobs, SamplingKnobs, AgreementFilter):
+    """Phase 1B.1: sample, keep what majority vote agrees on, train, evaluate, gate."""
+
+    selection: list[Selection] = Field(
+        default_factory=lambda: [
+            Selection(dataset="gsm8k-train", count=500),
+            Selection(dataset="mbpp-train", count=164),
+        ],
+        min_length=1,
+        description="Training problems per dataset (default: 500 math stratified by difficulty, 164 code).",
+    )
+
+
+class ExpansionPhase(TrainingKnobs, SamplingKnobs, AgreementFilter, FailureExamples):
     """Phase 1B.2: scan train/validation sets for failures, build examples from them, continue training."""
 
     enabled: bool = Field(True, description="Run 1B.2 after a passed 1B.1 gate (else Succeeded at the gate).")
@@ -195,30 +220,19 @@ class ExpansionPhase(TrainingKnobs):
         min_length=1,
         description="Datasets (role scan) to run the 1B.1 model over.",
     )
-    samples: int = Field(5, ge=1, le=64, description="Samples per scanned problem.")
-    temperature: Temperature = Field(0.7, description="Sampling temperature of the scan.")
-    max_new_tokens: int = Field(512, ge=8, description="Generation budget per answer.")
-    failure: FailureCriteria = Field(default_factory=FailureCriteria, description="What counts as a failure.")
+    # 1B.2 differs from 1B.1 here: failures rarely have a majority, and it continues an adapter already trained.
     min_agreement: Probability = Field(
         0.0, description="Without a gold answer, keep targets only if this share of samples agrees."
-    )
-    max_examples: int = Field(2500, ge=1, description="Cap on training examples built from failures.")
-    max_per_problem: int = Field(2, ge=1, description="At most this many examples per failed problem.")
-    use_reference_solutions: bool = Field(
-        True, description="For a failure with no correct sample, train on the dataset's reference solution."
     )
     learning_rate: float = Field(1e-4, gt=0.0, le=1.0, description="Peak learning rate.")
 
 
-class EvaluationConfig(WireModel):
+class EvaluationConfig(SamplingKnobs):
     datasets: list[str] = Field(
         default_factory=lambda: ["gsm8k-test", "humaneval"],
         min_length=1,
         description="Datasets (role eval) to evaluate on. Never trained on.",
     )
-    samples: int = Field(5, ge=1, le=64, description="Samples per problem for the consistency measure.")
-    temperature: Temperature = Field(0.7, description="Sampling temperature for the consistency measure.")
-    max_new_tokens: int = Field(512, ge=8, description="Generation budget per answer.")
     baseline: bool = Field(True, description="Evaluate the base model first, for before/after comparisons.")
 
 
@@ -254,14 +268,20 @@ class RetryPolicy(WireModel):
 
 
 class Toleration(WireModel):
-    key: str | None = None
-    operator: Literal["Exists", "Equal"] | None = None
-    value: str | None = None
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = None
+    """A core/v1 Toleration, copied onto stage pods."""
+
+    key: str | None = Field(None, description="Taint key to tolerate; unset with operator Exists = every taint.")
+    operator: Literal["Exists", "Equal"] | None = Field(None, description="Equal (the default) or Exists.")
+    value: str | None = Field(None, description="Taint value to match (operator Equal).")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="Taint effect to match; unset = every effect.")
+    toleration_seconds: int | None = Field(
+        None, description="How long a NoExecute taint is tolerated before eviction; unset = forever.")
 
 
 class StageResources(WireModel):
+    """Pods of one stage: size, deadline, sharding and retries."""
+
     gpus: int = Field(1, ge=0, le=64, description="GPUs per pod.")
     cpu: str = Field("4", description="CPU request and limit per pod.")
     memory: str = Field("32Gi", description="Memory request and limit per pod.")
@@ -278,11 +298,11 @@ def _cpu_stage() -> StageResources:
 
 
 class StagesResources(WireModel):
-    prepare: StageResources = Field(default_factory=_cpu_stage)
-    generate: StageResources = Field(default_factory=StageResources)
-    distill: StageResources = Field(default_factory=_cpu_stage)
-    train: StageResources = Field(default_factory=StageResources)
-    evaluate: StageResources = Field(default_factory=StageResources)
+    prepare: StageResources = Field(default_factory=_cpu_stage, description="Pods of prepare (CPU only).")
+    generate: StageResources = Field(default_factory=StageResources, description="Pods of generate.")
+    distill: StageResources = Field(default_factory=_cpu_stage, description="Pods of distill (CPU only).")
+    train: StageResources = Field(default_factory=StageResources, description="Pods of train.")
+    evaluate: StageResources = Field(default_factory=StageResources, description="Pods of evaluate.")
 
     def for_stage(self, stage: StageName) -> StageResources:
         return getattr(self, stage.value)
@@ -290,7 +310,8 @@ class StagesResources(WireModel):
 
 class Resources(WireModel):
     worker_image: str | None = Field(None, description="Worker image; default: the operator's configured image.")
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        "IfNotPresent", description="imagePullPolicy of stage containers.")
     gpu_resource_name: str | None = Field(None, description="Extended resource for GPUs (default nvidia.com/gpu).")
     stages: StagesResources = Field(default_factory=StagesResources, description="Per-stage pod resources.")
     node_selector: dict[str, str] = Field(default_factory=dict, description="Node selector for stage pods.")
@@ -359,6 +380,10 @@ class CampaignSpec(WireModel):
             if role not in by_name[name].roles:
                 raise ValueError(f"{path}: dataset {name!r} lacks role {role.value!r}")
 
+        last_epochs = self.quick_fix.epochs + (self.retry.max_iterations - 1) * self.retry.epochs_step
+        if last_epochs > MAX_EPOCHS:
+            raise ValueError(f"spec.retry.epochsStep: 1B.1 iteration {self.retry.max_iterations} would train "
+                             f"{last_epochs} epochs (quickFix.epochs + epochsStep per iteration); at most {MAX_EPOCHS}")
         for i, sel in enumerate(self.quick_fix.selection):
             check(f"spec.quickFix.selection[{i}].dataset", sel.dataset, DatasetRole.train)
         if self.expansion.enabled:

@@ -3,13 +3,19 @@ operator restart (or a local re-run) recomputes the same next action from the st
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
 from consistency_core.model import WireModel
+from consistency_core.names import rfc3339
 from consistency_core.spec import StageName
+
+# The phase a StageConfig and an EvaluationRecord name for the evaluation of the base model before 1B.1
+# (its stage key is `baseline-evaluate`); it is not a TrainingPhase: nothing is trained in it.
+BASELINE = "baseline"
 
 
 class CampaignPhase(StrEnum):
@@ -22,8 +28,55 @@ class CampaignPhase(StrEnum):
 
 
 class TrainingPhase(StrEnum):
+    """What `status.trainingPhase` (and a stage record's phase) means: 1B.1 = quick fix (iterated, gated,
+    stage keys `1b1-i<n>-<stage>`), 1B.2 = expansion (runs once after a passed gate, keys `1b2-<stage>`)."""
+
     quick_fix = "1B.1"
     expansion = "1B.2"
+
+
+class ConditionType(StrEnum):
+    """`status.conditions[].type` values."""
+
+    ready = "Ready"  # the spec is valid
+    progressing = "Progressing"  # a stage is running (False once the campaign finished)
+    gate_passed = "GatePassed"  # the latest 1B.1 evaluation met the thresholds
+    complete = "Complete"  # the campaign succeeded
+    failed = "Failed"  # the campaign failed
+    spec_change_rejected = "SpecChangeRejected"  # a pinned field changed while the campaign runs
+
+
+class Reason(StrEnum):
+    """CamelCase reasons of conditions, Kubernetes Events and the final verdict."""
+
+    spec_valid = "SpecValid"
+    invalid_spec = "InvalidSpec"
+    pinned_field_changed = "PinnedFieldChanged"
+    spec_consistent = "SpecConsistent"
+    campaign_started = "CampaignStarted"
+    stage_started = "StageStarted"
+    stage_running = "StageRunning"
+    stage_succeeded = "StageSucceeded"
+    stage_retried = "StageRetried"
+    stage_failed = "StageFailed"
+    thresholds_met = "ThresholdsMet"
+    thresholds_not_met = "ThresholdsNotMet"
+    gate_passed = "GatePassed"
+    gate_failed = "GateFailed"
+    promoted = "Promoted"
+    iteration_started = "IterationStarted"
+    budget_exceeded = "BudgetExceeded"
+    completed = "Completed"
+    campaign_succeeded = "CampaignSucceeded"
+    campaign_failed = "CampaignFailed"
+    spec_change_rejected = "SpecChangeRejected"
+
+
+class EventType(StrEnum):
+    """Kubernetes Event types."""
+
+    normal = "Normal"
+    warning = "Warning"
 
 
 class StageOutcome(StrEnum):
@@ -64,7 +117,7 @@ class StageRecord(WireModel):
 
 
 class EvaluationRecord(WireModel):
-    phase: TrainingPhase | Literal["baseline"]
+    phase: TrainingPhase | Literal["baseline"] = Field(description="1B.1, 1B.2 or baseline (the base model).")
     iteration: int = Field(ge=0)
     consistency: float | None = None
     mean_agreement: float | None = None
@@ -106,6 +159,16 @@ class CampaignStatus(WireModel):
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)
+
+    def set_condition(self, type_: ConditionType, value: bool, reason: Reason, message: str, now: datetime,
+                      generation: int | None = None) -> None:
+        """Upsert a condition; lastTransitionTime moves only when the status value flips."""
+        text = "True" if value else "False"
+        old = self.condition(type_)
+        when = old.last_transition_time if old and old.status == text else rfc3339(now)
+        new = Condition(type=type_.value, status=text, reason=reason.value, message=message,
+                        last_transition_time=when, observed_generation=generation)
+        self.conditions = [c for c in self.conditions if c.type != type_] + [new]
 
     def last_success(self, key: str) -> StageRecord | None:
         for record in reversed(self.stages):

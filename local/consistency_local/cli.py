@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from consistency_core.status import CampaignPhase
+from consistency_core.status import CampaignPhase, StageOutcome
 
 from consistency_local.campaign_file import Campaign, CampaignFileError, load_campaign
 from consistency_local.console import LiveConsole, render_status
@@ -46,7 +46,7 @@ def run_and_report(campaign: Campaign, run_dir: Path, *, fresh: bool = False) ->
     path, data = write_report(RunDir(run_dir), campaign.name, campaign.namespace, campaign.spec, status)
     print(terminal_summary(data, path))
     if status.phase == CampaignPhase.failed:
-        failed = [s for s in status.stages if s.outcome.value == "Failed"]
+        failed = [s for s in status.stages if s.outcome == StageOutcome.failed]
         if failed:
             log = RunDir(run_dir).log_path(failed[-1])
             print(f"Last failed stage log: {log}", file=sys.stderr)

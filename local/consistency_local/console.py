@@ -12,7 +12,7 @@ from typing import TextIO
 
 from consistency_core.names import parse_rfc3339
 from consistency_core.statemachine import Event
-from consistency_core.status import CampaignStatus
+from consistency_core.status import CampaignStatus, EventType
 
 from consistency_local.rundir import RunDir
 from consistency_local.stage_process import Tick
@@ -78,7 +78,7 @@ class LiveConsole:
 
     def event(self, event: Event) -> None:
         self._clear()
-        mark = "!" if event.type == "Warning" else "-"
+        mark = "!" if event.type == EventType.warning else "-"
         self.stream.write(f"{datetime.now(UTC):%H:%M:%S} {mark} {event.reason}: {event.message}\n")
         self.stream.flush()
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from consistency_core.status import ConditionType
+
 from consistency_local.console import duration
 from consistency_local.plots import draw_all
 from consistency_local.report_data import EvalView, ReportData, gather
@@ -79,7 +81,7 @@ def render_markdown(data: ReportData, figures: list[str]) -> str:
                      *[_rate(e.accuracy.get(d), e.record.accuracy.get(d)) for d in domains], gate])
     md += _md_table(["evaluation", "problems", "consistency", "mean agreement",
                      *[f"{d} accuracy" for d in domains], "gate"], rows)
-    gate = st.condition("GatePassed")
+    gate = st.condition(ConditionType.gate_passed)
     if gate:
         md += ["", f"Gate: {gate.message}"]
     md += [""]

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from consistency_core.names import parse_rfc3339
 from consistency_core.spec import CampaignSpec
-from consistency_core.status import CampaignStatus, EvaluationRecord
+from consistency_core.status import BASELINE, CampaignStatus, EvaluationRecord, TrainingPhase
 
 from consistency_local.stats import Rate, wilson
 
@@ -55,11 +54,11 @@ class ReportData:
 
     @property
     def before(self) -> EvalView | None:
-        return next((e for e in self.evaluations if e.record.phase == "baseline"), None)
+        return next((e for e in self.evaluations if e.record.phase == BASELINE), None)
 
     @property
     def after(self) -> EvalView | None:
-        rest = [e for e in self.evaluations if e.record.phase != "baseline"]
+        rest = [e for e in self.evaluations if e.record.phase != BASELINE]
         return rest[-1] if rest else None
 
     def before_after(self) -> dict[str, int] | None:
@@ -76,10 +75,9 @@ class ReportData:
 
 
 def label_of(record: EvaluationRecord) -> str:
-    if record.phase == "baseline":
-        return "baseline"
-    phase = getattr(record.phase, "value", record.phase)
-    return f"{phase} i{record.iteration}" if phase == "1B.1" else str(phase)
+    if record.phase == BASELINE:
+        return BASELINE
+    return f"{record.phase} i{record.iteration}" if record.phase == TrainingPhase.quick_fix else str(record.phase)
 
 
 def rates_from_rows(rows: list[dict[str, Any]]) -> tuple[Rate, dict[str, Rate], dict[str, dict[str, Rate]]]:
@@ -152,8 +150,3 @@ def gather(name: str, namespace: str, spec: CampaignSpec, status: CampaignStatus
         ))
     return ReportData(name=name, namespace=namespace, status=status, evaluations=evaluations, stages=stages,
                       spec=spec)
-
-
-def started_at(status: CampaignStatus) -> datetime | None:
-    starts = [parse_rfc3339(s.start_time) for s in status.stages if s.start_time]
-    return min(starts) if starts else None

@@ -21,7 +21,7 @@ import kopf
 from consistency_core import statemachine as sm
 from consistency_core.spec import CampaignSpec, SpecError, parse_spec
 from consistency_core.stages import StageResult
-from consistency_core.status import CampaignStatus
+from consistency_core.status import CampaignPhase, CampaignStatus, ConditionType, EventType, Reason
 from pydantic import ValidationError
 
 from consistency_operator import specrules
@@ -102,14 +102,14 @@ class Reconciler:
 
         try:
             spec = parse_spec(cr.get("spec") or {})
-            if status is not None and status.phase.value != "Pending":
+            if status is not None and status.phase != CampaignPhase.pending:
                 spec, rejected = specrules.apply_pins(spec, meta.get("annotations") or {})
             else:
                 rejected = []
         except (SpecError, ValueError) as exc:
             return await self._invalid(cr, raw_status, status, exc, now, generation)
 
-        if status is None or status.phase.value == "Pending":
+        if status is None or status.phase == CampaignPhase.pending:
             # Pin before the first Job exists so the rule holds from the first stage on.
             pins = specrules.pinned_values(spec)
             if (meta.get("annotations") or {}).get(specrules.PINNED_ANNOTATION) != pins:
@@ -147,7 +147,7 @@ class Reconciler:
         for event in decision.events:
             self.emit(cr, event.type, event.reason, event.message)
         if rejected and self._newly_rejected(raw_status, rejected):
-            self.emit(cr, "Warning", "SpecChangeRejected",
+            self.emit(cr, EventType.warning, Reason.spec_change_rejected,
                       f"{', '.join(rejected)} cannot change while the campaign runs; keeping the original values")
 
         self.observer.transitions(namespace, name, status, new_status, result)
@@ -162,7 +162,7 @@ class Reconciler:
         if patch:
             await self.kube.patch_campaign_status(meta["namespace"], meta["name"], patch)
         if raw_status.get("message") != new_status.message:
-            self.emit(cr, "Warning", "InvalidSpec", str(exc))
+            self.emit(cr, EventType.warning, Reason.invalid_spec, str(exc))
             self.observer.error("invalid_spec")
         self.observer.observe(meta["namespace"], meta["name"], None, new_status)
         return Outcome(new_status.phase.value, None, bool(patch))
@@ -170,23 +170,23 @@ class Reconciler:
     @staticmethod
     def _spec_conditions(status: CampaignStatus, rejected: list[str], now: datetime,
                          generation: int | None) -> None:
-        ready = status.condition("Ready")
-        if ready is not None and ready.status == "False" and ready.reason == "InvalidSpec":
-            sm.set_condition(status, "Ready", True, "SpecValid", "spec accepted", now, generation)
+        ready = status.condition(ConditionType.ready)
+        if ready is not None and ready.status == "False" and ready.reason == Reason.invalid_spec:
+            status.set_condition(ConditionType.ready, True, Reason.spec_valid, "spec accepted", now, generation)
             status.message = f"running {status.stage}" if status.stage else ""
         if rejected:
-            sm.set_condition(status, specrules.CONDITION, True, "PinnedFieldChanged",
-                             f"{', '.join(rejected)} cannot change while the campaign runs; "
-                             "the campaign keeps the original values", now, generation)
-        elif status.condition(specrules.CONDITION) is not None:
-            sm.set_condition(status, specrules.CONDITION, False, "SpecConsistent",
-                             "pinned fields match the running campaign", now, generation)
+            status.set_condition(ConditionType.spec_change_rejected, True, Reason.pinned_field_changed,
+                                 f"{', '.join(rejected)} cannot change while the campaign runs; "
+                                 "the campaign keeps the original values", now, generation)
+        elif status.condition(ConditionType.spec_change_rejected) is not None:
+            status.set_condition(ConditionType.spec_change_rejected, False, Reason.spec_consistent,
+                                 "pinned fields match the running campaign", now, generation)
         status.observed_generation = generation
 
     @staticmethod
     def _newly_rejected(raw_status: dict[str, Any], rejected: list[str]) -> bool:
         for cond in raw_status.get("conditions") or []:
-            if cond.get("type") == specrules.CONDITION and cond.get("status") == "True":
+            if cond.get("type") == ConditionType.spec_change_rejected and cond.get("status") == "True":
                 return not all(field in cond.get("message", "") for field in rejected)
         return True
 

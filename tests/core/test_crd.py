@@ -12,7 +12,7 @@ def test_committed_crd_is_fresh():
 
 def test_stale_crd_is_detected(tmp_path):
     stale = tmp_path / "crd.yaml"
-    stale.write_text(crd.render().replace("Training epochs.", "Epochs."))
+    stale.write_text(crd.render().replace("Peak learning rate.", "Learning rate."))
     assert crd.main(["--check", str(stale)]) == 1
 
 

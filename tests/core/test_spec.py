@@ -57,3 +57,10 @@ def test_duplicate_dataset_names_rejected():
     ds = {"name": "a", "uri": "/x", "format": "gsm8k", "roles": ["train"]}
     with pytest.raises(SpecError, match=r"spec.datasets\[1\].name"):
         minimal_spec(datasets=[ds, ds])
+
+
+def test_epochs_of_the_last_iteration_must_stay_valid():
+    # Iteration n trains quickFix.epochs + (n-1) * epochsStep epochs; the train stage would reject > 100.
+    minimal_spec(quickFix={"epochs": 98}, retry={"maxIterations": 3, "epochsStep": 1})
+    with pytest.raises(SpecError, match=r"spec\.retry\.epochsStep: 1B\.1 iteration 3 would train 101 epochs"):
+        minimal_spec(quickFix={"epochs": 99}, retry={"maxIterations": 3, "epochsStep": 1})

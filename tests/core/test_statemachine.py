@@ -1,17 +1,10 @@
 from datetime import timedelta
 
+from consistency_core.plan import BASELINE_KEY, PREPARE_KEY, knobs, max_stages, stage_key
 from consistency_core.spec import StageName
 from consistency_core.stages import StageResult
-from consistency_core.statemachine import (
-    BASELINE_KEY,
-    PREPARE_KEY,
-    Finish,
-    RunStage,
-    decide,
-    knobs,
-    max_stages,
-)
-from consistency_core.status import CampaignPhase, StageOutcome, TrainingPhase
+from consistency_core.statemachine import Finish, RunStage, decide
+from consistency_core.status import BASELINE, CampaignPhase, StageOutcome, TrainingPhase
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -69,8 +62,8 @@ def test_training_knobs_reach_the_train_stage_config():
     spec = minimal_spec(quickFix={"checkpointSteps": 7, "lora": {"r": 4}}, expansion={"checkpointSteps": 9})
     _, runs = drive(spec, succeed_with([(0.9, 0.9)]))
     by_key = {r.record.key: r.config.params for r in runs}
-    assert (by_key["1b1-i1-train"].checkpoint_steps, by_key["1b1-i1-train"].lora.r) == (7, 4)
-    assert by_key["1b2-train"].checkpoint_steps == 9
+    assert (by_key["1b1-i1-train"].training.checkpoint_steps, by_key["1b1-i1-train"].training.lora.r) == (7, 4)
+    assert by_key["1b2-train"].training.checkpoint_steps == 9
 
 
 def test_gate_failure_iterates_with_adjusted_knobs_then_passes():
@@ -79,9 +72,9 @@ def test_gate_failure_iterates_with_adjusted_knobs_then_passes():
     by_key = {r.record.key: r.config for r in runs}
     assert "1b1-i2-train" in by_key and "1b1-i3-train" not in by_key
     assert "prepare" in by_key and "1b1-i2-prepare" not in by_key  # prepare runs once
-    assert by_key["1b1-i1-train"].params.epochs == 2 and by_key["1b1-i2-train"].params.epochs == 3
-    assert by_key["1b1-i1-generate"].params.temperature == 0.7
-    assert by_key["1b1-i2-generate"].params.temperature == 0.2
+    assert by_key["1b1-i1-train"].params.training.epochs == 2 and by_key["1b1-i2-train"].params.training.epochs == 3
+    assert by_key["1b1-i1-generate"].params.sampling.temperature == 0.7
+    assert by_key["1b1-i2-generate"].params.sampling.temperature == 0.2
     assert by_key["1b2-train"].params.init_adapter_uri.endswith("1b1-i2-train/adapter")
     assert final.action.phase == CampaignPhase.succeeded
     assert [e.gate_passed for e in final.status.evaluations if e.phase == TrainingPhase.quick_fix] == [False, True]
@@ -237,3 +230,10 @@ def test_invariants(p):
         assert status.condition("GatePassed").status == "True"
     if spec.budget.max_usd is not None:
         assert all(spent + forecast <= spec.budget.max_usd + 1e-9 for spent, forecast in starts)
+
+
+def test_stage_keys_follow_the_glossary():
+    assert stage_key(TrainingPhase.quick_fix, 2, StageName.train) == "1b1-i2-train"
+    assert stage_key(TrainingPhase.expansion, 1, StageName.distill) == "1b2-distill"
+    assert stage_key(TrainingPhase.quick_fix, 3, StageName.prepare) == PREPARE_KEY == "prepare"
+    assert stage_key(BASELINE, 0, StageName.evaluate) == BASELINE_KEY == "baseline-evaluate"

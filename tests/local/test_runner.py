@@ -125,8 +125,8 @@ def test_failing_gate_takes_the_iterate_path_then_fails(assets, tmp_path: Path, 
     gen2 = json.loads((run_dir / "configs" / "1b1-i2-generate-a1.json").read_text())
     train2 = json.loads((run_dir / "configs" / "1b1-i2-train-a1.json").read_text())
     train1 = json.loads((run_dir / "configs" / "1b1-i1-train-a1.json").read_text())
-    assert gen2["params"]["temperature"] == 0.3
-    assert train2["params"]["epochs"] == train1["params"]["epochs"] + 1
+    assert gen2["params"]["sampling"]["temperature"] == 0.3
+    assert train2["params"]["training"]["epochs"] == train1["params"]["training"]["epochs"] + 1
     report = (run_dir / "report" / "report.md").read_text()
     assert "1B.1 i2" in report and "Missing data" not in report  # evaluation reports were read back from S3
 

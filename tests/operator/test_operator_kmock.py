@@ -193,12 +193,12 @@ def test_gate_fail_starts_iteration_two_with_adjusted_knobs(
     assert gate["status"] == "False" and "consistency 0.310 < 0.60" in gate["message"]
 
     generate = stage_config(jobs.wait_job(NS, name, "1b1-i2-generate"))
-    assert generate.params.temperature == 0.2  # first entry of the default schedule (iteration 1: 0.7)
+    assert generate.params.sampling.temperature == 0.2  # first entry of the default schedule (iteration 1: 0.7)
     assert generate.iteration == 2
     jobs.succeed(jobs.wait_job(NS, name, "1b1-i2-generate"), GENERATE)
     jobs.succeed(jobs.wait_job(NS, name, "1b1-i2-distill"), DISTILL)
     train = jobs.wait_job(NS, name, "1b1-i2-train")
-    assert stage_config(train).params.epochs == 3  # 2 + epochsStep
+    assert stage_config(train).params.training.epochs == 3  # 2 + epochsStep
     assert train["metadata"]["labels"]["consistency.dev/iteration"] == "2"
     jobs.succeed(train, TRAIN)
     # maxIterations is 2 in these campaigns: a second failed gate fails the campaign with the numbers.
@@ -343,7 +343,7 @@ def test_spec_edits_mid_run_follow_the_documented_rules(
     jobs.succeed(generate, GENERATE)
     distill = stage_config(jobs.wait_job(NS, name, "1b1-i1-distill"))
     assert distill.model.uri == "hf://HuggingFaceTB/SmolLM2-135M-Instruct"
-    assert distill.params.min_agreement == 0.8 and distill.params.max_per_problem == 1
+    assert distill.params.filter.min_agreement == 0.8 and distill.params.filter.max_per_problem == 1
 
     # Reverting the pinned field clears the condition.
     cluster.patch(CT, CTS, NS, name, {"spec": {"model": {"uri": "hf://HuggingFaceTB/SmolLM2-135M-Instruct"}}})
@@ -408,7 +408,8 @@ def test_metrics_endpoint_reports_what_happened(
     status = get_ct(cluster, NS, name)["status"]
     cost = sample(text, "consistency_campaign_cost_usd", **ids)
     assert cost == pytest.approx(status["cost"]["usd"]) and cost > 0
-    assert sample(text, "consistency_campaign_gpu_hours", **ids) == pytest.approx(status["cost"]["gpuHours"])
+    gpu_seconds = sample(text, "consistency_campaign_gpu_seconds", **ids)
+    assert gpu_seconds == pytest.approx(status["cost"]["gpuHours"] * 3600)
     assert sample(text, "consistency_campaign_budget_usd", **ids) == 500.0
     # Running-stage gauges exist for the running stage only.
     assert [s["stage"] for s in series(text, "consistency_stage_start_timestamp_seconds", **ids)] == ["1b2-generate"]

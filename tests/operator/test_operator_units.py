@@ -17,7 +17,7 @@ from consistency_core.stages import StageResult
 from consistency_operator import specrules
 from consistency_operator.config import OperatorConfig, parse_config
 from consistency_operator.jobs import build_job
-from consistency_operator.metrics import FAMILY_NAMES, build_metrics, exposed_names
+from consistency_operator.metrics import FAMILY_NAMES, Metrics, build_metrics
 from consistency_operator.observe import CampaignObserver
 from consistency_operator.reconcile import merge_patch
 from consistency_operator.results import read_result
@@ -186,6 +186,14 @@ def test_pinned_fields_are_restored_and_named() -> None:
 
 
 # ---- metrics -------------------------------------------------------------------------------------------
+
+def exposed_names(metrics: Metrics) -> set[str]:
+    """Family names as scraped (counters with `_total`), to check against FAMILY_NAMES."""
+    names: set[str] = set()
+    for family in metrics.registry.collect():
+        names.add(f"{family.name}_total" if family.type == "counter" else family.name)
+    return names
+
 
 def test_every_documented_family_is_exposed() -> None:
     metrics = build_metrics()

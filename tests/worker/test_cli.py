@@ -27,7 +27,8 @@ from consistency_core.stages import (
     StageResult,
 )
 from consistency_worker.manifest import ManifestBuilder
-from consistency_worker.stages.context import Progress, StageContext, parse_shard, resolve_shard
+from consistency_worker.progress import Progress
+from consistency_worker.stages.context import StageContext, parse_shard, resolve_shard
 from consistency_worker.store import open_store
 
 from tests.conftest import REPO_ROOT, make_bucket
@@ -266,8 +267,8 @@ def generate_config(tmp_path: Path, shards: int) -> StageConfig:
     return StageConfig.model_validate({
         "campaign": "c", "key": "1b1-i1-generate", "stage": "generate", "phase": "1B.1", "iteration": 1,
         "seed": 1, "store": {"uri": str(tmp_path)}, "outputUri": str(tmp_path / "gen"), "model": {"uri": "m"},
-        "params": {"kind": "generate", "problemsUri": "p.jsonl", "samples": 2, "temperature": 0.5,
-                   "maxNewTokens": 8, "shards": shards},
+        "params": {"kind": "generate", "problemsUri": "p.jsonl", "shards": shards, "tensorParallelSize": 1,
+                   "sampling": {"samples": 2, "temperature": 0.5, "maxNewTokens": 8}},
     })
 
 

@@ -14,6 +14,9 @@ from consistency_worker.prompts import build_messages
 from consistency_worker.stages import PermanentStageError, run_stage
 from consistency_worker.stages.context import StageContext
 from consistency_worker.stages.distill import STATS, Example, cap_total, format_reference
+from pydantic import ValidationError
+
+from tests.worker.model_fixtures import nest_params
 
 
 def c(text: str, answer: str | None = None, correct: bool | None = None) -> Completion:
@@ -87,13 +90,15 @@ def setup_dirs(tmp_path: Path, problems: list[Problem], records: list[Generation
         (gen / shard_file_name(i, shards)).write_bytes(dump_records(records[i::shards]))
 
 
-def distill_config(tmp_path: Path, out: str = "distill", seed: int = 3, **params: Any) -> StageConfig:
+def distill_config(tmp_path: Path, out: str = "distill", seed: int = 3, **settings: Any) -> StageConfig:
+    """A distill config; `settings` are spec-style flat knobs (nest_params puts them in their sections)."""
+    params = nest_params("distill", {"problemsUri": str(tmp_path / "prep/problems.jsonl"),
+                                     "generationsUri": str(tmp_path / "gen"), "minAgreement": 0.6,
+                                     "maxPerProblem": 2, "mode": "consistent", **settings})
     return StageConfig.model_validate({
         "campaign": "c", "key": f"k-{out}", "stage": "distill", "phase": "1B.1", "iteration": 1, "seed": seed,
         "store": {"uri": str(tmp_path)}, "outputUri": str(tmp_path / out), "model": {"uri": "m"},
-        "params": {"kind": "distill", "problemsUri": str(tmp_path / "prep/problems.jsonl"),
-                   "generationsUri": str(tmp_path / "gen"), "minAgreement": 0.6, "maxPerProblem": 2,
-                   "mode": "consistent", **params},
+        "params": {"kind": "distill", **params},
     })
 
 
@@ -302,8 +307,8 @@ def test_errors_are_permanent_and_rerun_is_idempotent(tmp_path: Path) -> None:
         run(distill_config(tmp_path), tmp_path)
 
     setup_dirs(tmp_path, problems, records, shards=3)
-    with pytest.raises(PermanentStageError, match=r"params\.failure: required"):
-        run(distill_config(tmp_path, mode="failures"), tmp_path)
+    with pytest.raises(ValidationError, match=r"params\.failures: required"):
+        distill_config(tmp_path, mode="failures")
 
     only_bad = [r for r in records if r.problem_id in ("split", "all-wrong")]
     setup_dirs(tmp_path, problems, only_bad, shards=1)
@@ -318,3 +323,18 @@ def test_errors_are_permanent_and_rerun_is_idempotent(tmp_path: Path) -> None:
     assert run(distill_config(tmp_path, out="ok"), tmp_path) == first
     assert (tmp_path / "ok" / DISTILL_TRAIN).stat().st_mtime_ns == stamp
     assert (tmp_path / "ok" / RESULT).is_file()
+
+
+def test_problems_file_is_read_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # One read serves both the manifest's hash and the parse (a big scan set is not downloaded twice).
+    problems, records = consistent_cases()
+    setup_dirs(tmp_path, problems, records)
+    config = distill_config(tmp_path)
+    ctx = StageContext.create(config, scratch_dir=tmp_path / "scratch")
+    reads: list[str] = []
+    real = ctx.store.read_bytes
+    monkeypatch.setattr(ctx.store, "read_bytes", lambda uri: reads.append(uri) or real(uri))
+    assert run_stage(ctx).ok
+    assert reads.count(config.params.problems_uri) == 1
+    manifest = json.loads((tmp_path / "distill" / "manifest.json").read_text())
+    assert manifest["inputs"]["problems"]["sha256"]

@@ -7,7 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from consistency_core.spec import SamplingKnobs
 from consistency_core.stages import RESULT
+from consistency_worker.answering import SamplingSettings, answer_problems
 from consistency_worker.generations import (
     Completion,
     GenerationRecord,
@@ -19,7 +21,7 @@ from consistency_worker.generations import (
 )
 from consistency_worker.problems import Problem
 from consistency_worker.stages import PermanentStageError
-from consistency_worker.stages.generate import SamplingSettings, answer_problems, shard_slice
+from consistency_worker.stages.generate import shard_slice
 from consistency_worker.store import open_store
 
 from tests.worker.model_fixtures import (
@@ -198,8 +200,8 @@ def test_answers_are_graded_by_domain_including_sandboxed_code() -> None:
                       "```python\ndef add(a, b):\n    while True: pass\n```"],
         "mammal": ["Answer: B", "Answer: B", "Answer: C"],
     })
-    records = answer_problems(backend, problems, SamplingSettings(samples=2, temperature=0.7, max_new_tokens=8,
-                                                                   seed=1, code_timeout_s=2.0))
+    records = answer_problems(backend, problems, SamplingSettings(
+        SamplingKnobs(samples=2, temperature=0.7, max_new_tokens=8), seed=1, code_timeout_s=2.0))
     by_id = {r.problem_id: r for r in records}
     assert by_id["m1"].greedy == Completion(text="2 + 3 = 5\n#### 5", answer="5", correct=True)
     assert [(s.answer, s.correct) for s in by_id["m1"].samples] == [("5", True), ("6", False)]

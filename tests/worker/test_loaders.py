@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from consistency_worker.loaders import MBPP_SPLITS, DatasetError, EmptyDatasetError, LoadReport, load_problems
-from consistency_worker.problems import Problem, read_jsonl, write_jsonl
+from consistency_worker.problems import Problem, ProblemFileError, parse_problems
 
 DATA = Path(__file__).parent / "data"
 
@@ -308,12 +308,15 @@ def test_hf_hub_unreachable_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) ->
 # ---------------------------------------------------------------------------------------- records
 
 
-def test_problem_round_trips_through_jsonl(tmp_path: Path) -> None:
+def test_problem_round_trips_through_jsonl() -> None:
     p = Problem(id="x/1", domain="reasoning", prompt="Q?", choices=("a", "b", "c", "d"), answer="A")
-    path = tmp_path / "p.jsonl"
-    write_jsonl([p, p.model_copy(update={"id": "x/2"})], str(path))
-    back = read_jsonl(str(path))
+    text = "".join(q.to_jsonl() + "\n\n" for q in (p, p.model_copy(update={"id": "x/2"})))
+    back = parse_problems(text, "p.jsonl")
     assert back[0] == p and back[1].id == "x/2"
+    with pytest.raises(ProblemFileError, match=r"p\.jsonl:3: duplicate problem id 'x/1'"):
+        parse_problems(p.to_jsonl() + "\n\n" + p.to_jsonl(), "p.jsonl")
+    with pytest.raises(ProblemFileError, match=r"p\.jsonl:2: not a problem record"):
+        parse_problems(p.to_jsonl() + "\n{}", "p.jsonl")
     assert back[1].content_hash == p.content_hash  # the hash ignores the id
     assert "\n" not in p.to_jsonl()
     with pytest.raises(ValueError, match="needs an answer"):

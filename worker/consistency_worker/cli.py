@@ -17,9 +17,12 @@ import sys
 from pathlib import Path
 from types import FrameType
 
+from consistency_core.spec import StageName
 from consistency_core.stages import EXIT_OK, EXIT_PERMANENT, EXIT_RETRYABLE, StageConfig, StageResult
 
-STAGE_CHOICES = ("prepare", "generate", "distill", "train", "evaluate")
+from consistency_worker.resources import limit_thread_pools
+
+STAGE_CHOICES = tuple(s.value for s in StageName)
 ENV_RESULT_FILE = "CONSISTENCY_RESULT_FILE"
 DEFAULT_TERMINATION_PATH = Path("/dev/termination-log")
 _SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "HF_TOKEN")
@@ -203,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     log.info("consistency-worker %s: reading the stage config from %s", args.stage,
              args.config if not args.config.startswith("env:") else args.config.split(":", 1)[0] + ":...")
+    # Before torch, numpy or tokenizers load: their thread pools would otherwise size to the node.
+    limit_thread_pools()
 
     out_path = termination_path(args.result_file)
     text: str | None = None

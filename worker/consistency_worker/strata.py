@@ -17,9 +17,6 @@ from .problems import Problem
 
 log = logging.getLogger(__name__)
 
-STRATA = ("easy", "medium", "hard")
-
-
 def gsm8k_steps(solution: str) -> int:
     """Number of non-empty lines before the ``####`` line of a worked solution."""
     body = solution.split("####", 1)[0]

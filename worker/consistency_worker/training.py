@@ -30,12 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from consistency_core.spec import LoraConfig
+from consistency_core.spec import LoraConfig, TrainingKnobs
 from consistency_core.stages import join_uri
 
-from consistency_worker.backends import derive_seed, encode_prompt
+from consistency_worker.backends import encode_prompt
 from consistency_worker.distributed import World, all_reduce_gradients, broadcast_parameters
 from consistency_worker.prompts import plain_prompt
+from consistency_worker.seeds import derive_seed
 from consistency_worker.store import Store
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ LATEST = "latest.json"
 STATE_FILE = "trainer_state.pt"
 FULL_WEIGHTS = "model.safetensors"
 ROLES = ("system", "user", "assistant")
+WARMUP_RATIO = 0.03  # share of optimizer steps with a linearly rising learning rate
 # Length grouping sorts examples within windows of this many optimizer steps: wide enough that most
 # micro-batches find similar lengths, narrow enough that the data order stays random across the epoch.
 MEGA_BATCH_STEPS = 8
@@ -59,19 +61,6 @@ class TrainingDataError(ValueError):
 class Example:
     input_ids: list[int]
     labels: list[int]
-
-
-@dataclass
-class TrainSettings:
-    epochs: int
-    learning_rate: float
-    batch_size: int
-    gradient_accumulation: int
-    max_seq_len: int
-    lora: LoraConfig
-    seed: int
-    checkpoint_steps: int = 50
-    warmup_ratio: float = 0.03
 
 
 @dataclass
@@ -339,12 +328,12 @@ class CheckpointStore:
 # ------------------------------------------------------------------------------------------ loop
 
 
-def total_steps(n_examples: int, settings: TrainSettings, world_size: int = 1) -> int:
+def total_steps(n_examples: int, knobs: TrainingKnobs, world_size: int = 1) -> int:
     """Optimizer steps of a whole run: a partial last batch and a partial accumulation group still count.
     With data parallelism a step takes batch_size x gradient_accumulation examples on each of world_size
     ranks (batch_size is per device)."""
-    batches_per_epoch = math.ceil(n_examples / settings.batch_size)
-    return math.ceil(batches_per_epoch / (settings.gradient_accumulation * world_size)) * settings.epochs
+    batches_per_epoch = math.ceil(n_examples / knobs.batch_size)
+    return math.ceil(batches_per_epoch / (knobs.gradient_accumulation * world_size)) * knobs.epochs
 
 
 def forward_precision(device: Any) -> contextlib.AbstractContextManager[Any]:
@@ -368,8 +357,9 @@ def enable_tf32() -> None:
 def train_lora(
     model: Any,
     examples: list[Example],
-    settings: TrainSettings,
+    knobs: TrainingKnobs,
     *,
+    seed: int,
     pad_id: int,
     checkpoints: CheckpointStore | None,
     quantized: bool,
@@ -390,20 +380,20 @@ def train_lora(
     device = next(p for p in model.parameters()).device
     if device.type == "cuda":
         enable_tf32()
-    all_steps = total_steps(len(examples), settings, world.size)
-    steps_per_epoch = all_steps // settings.epochs
-    micro_per_step = settings.gradient_accumulation * world.size
+    all_steps = total_steps(len(examples), knobs, world.size)
+    steps_per_epoch = all_steps // knobs.epochs
+    micro_per_step = knobs.gradient_accumulation * world.size
     lengths = [len(e.input_ids) for e in examples]
     trainable = [p for p in model.parameters() if p.requires_grad]
     broadcast_parameters(trainable, world)
-    optimizer = make_optimizer(trainable, settings.learning_rate, paged=quantized and device.type == "cuda")
-    scheduler = make_scheduler(optimizer, all_steps, settings.warmup_ratio)
+    optimizer = make_optimizer(trainable, knobs.learning_rate, paged=quantized and device.type == "cuda")
+    scheduler = make_scheduler(optimizer, all_steps, WARMUP_RATIO)
 
     # What a checkpoint must match to be resumed: the same data size and schedule-defining knobs.
     fingerprint = {
-        "examples": len(examples), "epochs": settings.epochs, "batchSize": settings.batch_size,
-        "gradientAccumulation": settings.gradient_accumulation, "learningRate": settings.learning_rate,
-        "seed": settings.seed, "r": settings.lora.r,
+        "examples": len(examples), "epochs": knobs.epochs, "batchSize": knobs.batch_size,
+        "gradientAccumulation": knobs.gradient_accumulation, "learningRate": knobs.learning_rate,
+        "seed": seed, "r": knobs.lora.r,
     }
     step, losses, resumed_from = 0, [], None
     pointer = checkpoints.latest() if checkpoints else None
@@ -423,10 +413,10 @@ def train_lora(
         _restore_rng(state["rng"])
         step, losses, resumed_from = state["step"], state["losses"], state["step"]
         if world.rank:  # the checkpoint holds rank 0's RNG; other ranks draw their own dropout masks
-            torch.manual_seed(derive_seed("rank", settings.seed, world.rank, step))
+            torch.manual_seed(derive_seed("rank", seed, world.rank, step))
         log.info("resumed from checkpoint %s at step %d of %d", pointer["uri"], step, all_steps)
     else:
-        torch.manual_seed(derive_seed("rank", settings.seed, world.rank, 0) if world.rank else settings.seed)
+        torch.manual_seed(derive_seed("rank", seed, world.rank, 0) if world.rank else seed)
 
     def checkpoint() -> None:
         if checkpoints is not None and world.is_writer:
@@ -439,8 +429,8 @@ def train_lora(
     tokens, started = 0, time.monotonic()
     if progress is not None:
         progress.update(step)
-    for epoch in range(step // steps_per_epoch, settings.epochs):
-        steps = epoch_steps(lengths, settings.batch_size, micro_per_step, settings.seed, epoch)
+    for epoch in range(step // steps_per_epoch, knobs.epochs):
+        steps = epoch_steps(lengths, knobs.batch_size, micro_per_step, seed, epoch)
         first_step = step - epoch * steps_per_epoch  # > 0 only in the epoch a resume lands in
         for step_in_epoch in range(first_step, steps_per_epoch):
             group = steps[step_in_epoch]
@@ -468,7 +458,7 @@ def train_lora(
             if progress is not None:
                 progress.update(1)
             end_of_epoch = step_in_epoch == steps_per_epoch - 1
-            if end_of_epoch or step % settings.checkpoint_steps == 0:
+            if end_of_epoch or step % knobs.checkpoint_steps == 0:
                 checkpoint()
             if on_step is not None:
                 on_step(step)

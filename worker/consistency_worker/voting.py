@@ -1,4 +1,4 @@
-"""Self-consistency: answer normalisation, majority vote, agreement, failure criteria, aggregation.
+"""Self-consistency: code normalisation, majority vote, agreement, failure criteria, aggregation.
 
 Pure functions over already-graded samples; no model, no I/O.
 """
@@ -9,23 +9,6 @@ import ast
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-
-from .grading import extract_choice, extract_math_answer
-
-
-def normalise_answer(domain: str, completion: str, *, test_passed: bool | None = None) -> str | None:
-    """The answer a sample votes for. math: canonical number; reasoning: letter; code: "pass"/"fail"
-    from running its tests (two programs agree when they behave the same on the tests; ``test_passed``
-    must be given). None: the sample gave no usable answer."""
-    if domain == "math":
-        return extract_math_answer(completion)
-    if domain == "reasoning":
-        return extract_choice(completion)
-    if domain == "code":
-        if test_passed is None:
-            raise ValueError("code answers are test outcomes: pass test_passed")
-        return "pass" if test_passed else "fail"
-    raise ValueError(f"unknown domain {domain!r}")
 
 
 def normalise_code(code: str) -> str:
@@ -62,14 +45,6 @@ def majority_vote(answers: Sequence[str | None], *, prefer: str | None = None) -
     winner = prefer if prefer in tied else tied[0]
     return Vote(answer=winner, count=top, total=total, agreement=top / total, consistent=top == total,
                 distribution=dict(counts))
-
-
-def agreement(answers: Sequence[str | None]) -> float:
-    return majority_vote(answers).agreement
-
-
-def is_consistent(answers: Sequence[str | None]) -> bool:
-    return majority_vote(answers).consistent
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from consistency_worker.backends import derive_seed, encode_prompt
+from consistency_worker.backends import encode_prompt
 from consistency_worker.models import ResolvedModel, cuda_available, load_model, load_tokenizer
+from consistency_worker.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 

@@ -13,19 +13,19 @@ counted with its reason, per domain and stratum, in stats.json and the result's 
 
 from __future__ import annotations
 
-import hashlib
-import random
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from consistency_core.stages import DISTILL_TRAIN, DistillParams, StageConfig, StageResult
+from consistency_core.spec import AgreementFilter, FailureExamples
+from consistency_core.stages import DISTILL_TRAIN, DistillMode, DistillParams, StageConfig, StageResult
 
 from consistency_worker.generations import Completion, GenerationRecord
 from consistency_worker.grading import extract_code
 from consistency_worker.problems import Problem
+from consistency_worker.seeds import derive_rng
 from consistency_worker.stages import PermanentStageError
 from consistency_worker.stages.context import StageContext
 from consistency_worker.voting import Vote, failure, majority_vote, normalise_code
@@ -40,7 +40,6 @@ LOW_AGREEMENT = "low_agreement"
 NO_CORRECT_SAMPLE = "no_correct_sample"
 NOT_FAILURE = "not_failure"
 NO_TARGET = "no_target"
-ALL_DUPLICATES = "all_duplicates"
 # Candidate-level drops (why a completion is not a target).
 WRONG = "wrong"
 NOT_MODAL = "not_modal"
@@ -55,12 +54,6 @@ _SPACE = re.compile(r"\s+")
 def normalise_completion(text: str) -> str:
     """Dedupe key: whitespace-insensitive, so reflowed copies of one answer count once."""
     return _SPACE.sub(" ", text).strip()
-
-
-def problem_rng(seed: int, problem_id: str) -> random.Random:
-    """Per-problem stream: the choice for one problem is independent of record order and sharding."""
-    digest = hashlib.sha256(f"{seed}:distill:{problem_id}".encode()).digest()
-    return random.Random(int.from_bytes(digest[:8], "big"))
 
 
 @dataclass
@@ -121,7 +114,8 @@ def _filter_candidates(record: GenerationRecord, modal: str | None, gold: bool,
 def _choose(texts: list[tuple[str, Source]], record: GenerationRecord, limit: int, seed: int,
             dropped: Counter[str]) -> list[Example]:
     """Seeded order, then dedupe by normalised text, then the per-problem cap."""
-    problem_rng(seed, record.problem_id).shuffle(texts)
+    # Per-problem stream: the choice for one problem is independent of record order and sharding.
+    derive_rng(seed, "distill", record.problem_id).shuffle(texts)
     chosen: list[Example] = []
     seen: set[str] = set()
     for text, source in texts:
@@ -136,7 +130,7 @@ def _choose(texts: list[tuple[str, Source]], record: GenerationRecord, limit: in
     return chosen
 
 
-def decide_consistent(record: GenerationRecord, params: DistillParams, seed: int) -> Decision:
+def decide_consistent(record: GenerationRecord, rule: AgreementFilter, seed: int) -> Decision:
     if not record.samples:
         return Decision(record, 0.0, None, reason=NO_SAMPLES)
     vote = _vote(record)
@@ -144,7 +138,7 @@ def decide_consistent(record: GenerationRecord, params: DistillParams, seed: int
     decision = Decision(record, agreement, modal)
     if modal is None:
         decision.reason = NO_ANSWER
-    elif agreement < params.min_agreement:
+    elif agreement < rule.min_agreement:
         decision.reason = LOW_AGREEMENT
     else:
         gold = _has_gold(record)
@@ -153,7 +147,7 @@ def decide_consistent(record: GenerationRecord, params: DistillParams, seed: int
             decision.reason = NO_CORRECT_SAMPLE if gold else NO_TARGET
         else:
             texts: list[tuple[str, Source]] = [(c.text, "sample") for c in candidates]
-            decision.examples = _choose(texts, record, params.max_per_problem, seed, decision.dropped)
+            decision.examples = _choose(texts, record, rule.max_per_problem, seed, decision.dropped)
     return decision
 
 
@@ -176,11 +170,9 @@ def format_reference(problem: Problem) -> str | None:
     return None
 
 
-def decide_failure(record: GenerationRecord, problem: Problem | None, params: DistillParams,
-                   seed: int) -> Decision:
-    criteria = params.failure
-    if criteria is None:
-        raise PermanentStageError("params.failure: required when params.mode is 'failures'")
+def decide_failure(record: GenerationRecord, problem: Problem | None, rule: AgreementFilter,
+                   failures: FailureExamples, seed: int) -> Decision:
+    criteria = failures.failure
     vote = _vote(record)
     modal, agreement = vote.answer, vote.agreement
     decision = Decision(record, agreement, modal)
@@ -193,14 +185,14 @@ def decide_failure(record: GenerationRecord, problem: Problem | None, params: Di
 
     gold = _has_gold(record)
     texts: list[tuple[str, Source]] = []
-    if gold or (modal is not None and agreement >= params.min_agreement):
+    if gold or (modal is not None and agreement >= rule.min_agreement):
         texts = [(c.text, "sample") for c in _filter_candidates(record, modal, gold, decision.dropped)]
     elif record.samples:
         decision.dropped[NOT_MODAL] += len(record.samples)
     if texts:
-        decision.examples = _choose(texts, record, params.max_per_problem, seed, decision.dropped)
+        decision.examples = _choose(texts, record, rule.max_per_problem, seed, decision.dropped)
         return decision
-    reference = format_reference(problem) if (params.use_reference_solutions and problem) else None
+    reference = format_reference(problem) if (failures.use_reference_solutions and problem) else None
     if reference is not None:
         decision.examples = [Example(record.problem_id, record.domain, record.stratum, reference, "reference", 0)]
     else:
@@ -217,7 +209,7 @@ def cap_total(examples: list[Example], max_examples: int | None, seed: int) -> t
     groups: dict[tuple[str, str], list[int]] = defaultdict(list)
     for i, ex in enumerate(examples):
         groups[(ex.domain, ex.stratum)].append(i)
-    rng = random.Random(int.from_bytes(hashlib.sha256(f"{seed}:distill-cap".encode()).digest()[:8], "big"))
+    rng = derive_rng(seed, "distill-cap")
     queues: list[list[int]] = []
     for key in sorted(groups):
         problems = sorted({examples[i].problem_id for i in groups[key]})
@@ -283,17 +275,6 @@ class Stats:
         return out
 
 
-def _load_problems(ctx: StageContext, uri: str) -> dict[str, Problem]:
-    problems: dict[str, Problem] = {}
-    for i, row in enumerate(ctx.store.read_jsonl(uri), start=1):
-        try:
-            problem = Problem.model_validate(row)
-        except ValueError as exc:
-            raise PermanentStageError(f"{uri}:{i}: not a problem record: {exc}") from None
-        problems[problem.id] = problem
-    return problems
-
-
 def _training_line(problem: Problem, example: Example) -> dict[str, Any]:
     from consistency_worker.prompts import build_messages
 
@@ -305,17 +286,14 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
     params = config.params
     if not isinstance(params, DistillParams):
         raise PermanentStageError(f"distill got params of kind {params.kind!r}")
-    if params.mode == "failures" and params.failure is None:
-        raise PermanentStageError("params.failure: required when params.mode is 'failures'")
     from consistency_worker.generations import GenerationsError, read_generations
 
     with ctx.manifest.timed("read"):
-        problems = _load_problems(ctx, params.problems_uri)
+        problems = {p.id: p for p in ctx.read_problems(params.problems_uri)}
         try:
             records = read_generations(ctx.store, params.generations_uri)
         except GenerationsError as exc:
             raise PermanentStageError(str(exc)) from None
-    ctx.manifest.add_input("problems", params.problems_uri)
     ctx.manifest.add_input("generations", params.generations_uri)
     unknown = [r.problem_id for r in records if r.problem_id not in problems]
     if unknown:
@@ -328,14 +306,15 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
     examples: list[Example] = []
     with ctx.manifest.timed("filter"), ctx.progress(len(records), "distill") as progress:
         for record in records:
-            if params.mode == "consistent":
-                decision = decide_consistent(record, params, config.seed)
+            if params.failures is None:
+                decision = decide_consistent(record, params.filter, config.seed)
             else:
-                decision = decide_failure(record, problems[record.problem_id], params, config.seed)
+                decision = decide_failure(record, problems[record.problem_id], params.filter, params.failures,
+                                          config.seed)
             stats.add(decision)
             examples.extend(decision.examples)
             progress.update()
-    kept, capped = cap_total(examples, params.max_examples, config.seed)
+    kept, capped = cap_total(examples, params.failures.max_examples if params.failures else None, config.seed)
     stats.add_examples(kept, capped)
 
     train_uri = ctx.output(DISTILL_TRAIN)
@@ -366,7 +345,7 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
         "droppedCandidates": stats.total("droppedCandidates"),
         "perDomain": _per_domain(kept),
     }
-    if params.mode == "failures":
+    if params.mode == DistillMode.failures:
         metrics.update(failures=stats.total("failures"), fromSamples=stats.total("fromSamples"),
                        fromReference=stats.total("fromReference"))
     return StageResult(key=config.key, ok=True, metrics=metrics,

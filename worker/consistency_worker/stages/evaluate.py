@@ -18,10 +18,10 @@ from typing import Any
 
 from consistency_core.stages import EVALUATE_REPORT, EvaluateParams, StageConfig, StageResult, join_uri
 
+from consistency_worker.answering import SamplingSettings, generate_records, load_backend
 from consistency_worker.generations import GenerationRecord
 from consistency_worker.stages import PermanentStageError
 from consistency_worker.stages.context import StageContext
-from consistency_worker.stages.generate import SamplingSettings, generate_records, load_backend, read_problems
 from consistency_worker.store import Store
 from consistency_worker.voting import Outcome, aggregate, failure, majority_vote
 
@@ -120,12 +120,11 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
     params = config.params
     if not isinstance(params, EvaluateParams):
         raise PermanentStageError(f"evaluate stage got params of kind {params.kind!r}")
-    ctx.manifest.add_input("problems", params.problems_uri, data=ctx.store.read_bytes(params.problems_uri))
-    problems = read_problems(ctx.store, params.problems_uri)
+    problems = ctx.read_problems(params.problems_uri)
     baseline = read_baseline(ctx.store, params.baseline_report_uri) if params.baseline_report_uri else None
     if params.adapter_uri:
         ctx.manifest.add_input("adapter", params.adapter_uri)
-    settings = SamplingSettings(params.samples, params.temperature, params.max_new_tokens, config.seed)
+    settings = SamplingSettings(params.sampling, config.seed)
     with ctx.manifest.timed("load"):
         backend = load_backend(config, ctx, params.adapter_uri)
     try:
@@ -145,9 +144,7 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
         "adapterUri": params.adapter_uri,
         "model": config.model.uri,
         "backend": backend.name,
-        "samples": params.samples,
-        "temperature": params.temperature,
-        "maxNewTokens": params.max_new_tokens,
+        **params.sampling.to_wire(),
         "seed": config.seed,
         "phase": config.phase,
         "iteration": config.iteration,

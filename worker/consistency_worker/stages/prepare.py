@@ -6,7 +6,6 @@ Outputs in the stage's directory: selection.jsonl, scan.jsonl, eval.jsonl (Probl
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter
 from dataclasses import asdict, is_dataclass
@@ -24,6 +23,7 @@ from consistency_core.stages import (
 )
 
 from consistency_worker.problems import Problem
+from consistency_worker.seeds import rng_seed
 from consistency_worker.stages import PermanentStageError
 from consistency_worker.stages.context import StageContext
 
@@ -115,18 +115,13 @@ def _select(params: PrepareParams, problems: dict[str, list[Problem]], seed: int
         weights = sel.strata.model_dump() if sel.strata is not None else None
         try:
             # Each selection gets its own seed stream, so adding a dataset leaves the others unchanged.
-            drawn = stratified_sample(pool, sel.count, weights, seed=hash_seed(seed, sel.dataset))
+            drawn = stratified_sample(pool, sel.count, weights, seed=rng_seed(seed, sel.dataset))
         except ValueError as exc:
             raise PermanentStageError(
                 f"params.selection[{i}] ({sel.dataset}, count {sel.count}): {exc}"
             ) from None
         selection.extend(drawn)
     return selection
-
-
-def hash_seed(seed: int, name: str) -> int:
-    """A seed derived from (seed, name) that is stable across processes (unlike hash())."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "big")
 
 
 def _unique(problems: list[Problem], what: str) -> list[Problem]:
