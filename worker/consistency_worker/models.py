@@ -213,6 +213,8 @@ def load_model(
     import torch
     from transformers import AutoModelForCausalLM
 
+    if quantize_4bit and model.gguf_file:
+        return _load_gguf_4bit(model, device)
     kwargs = _hub_kwargs(model)
     if quantize_4bit:
         from transformers import BitsAndBytesConfig
@@ -244,6 +246,26 @@ def load_model(
     if not quantize_4bit:
         loaded.to(device)
     return loaded
+
+
+def _load_gguf_4bit(model: ResolvedModel, device: str) -> Any:
+    """transformers cannot quantise while it reads a GGUF file: dequantise it (as for LoRA), write that as
+    a safetensors checkpoint in a temporary directory, and load the checkpoint in 4-bit."""
+    import tempfile
+
+    from safetensors.torch import save_model
+
+    dense = load_model(model, device="cpu")
+    with tempfile.TemporaryDirectory(prefix="gguf-dense-") as tmp:
+        # save_pretrained refuses a GGUF-loaded model; its weights and config are ordinary once dequantised.
+        config = dense.config.to_dict()
+        config.pop("quantization_config", None)
+        Path(tmp, "config.json").write_text(json.dumps(config))
+        save_model(dense, str(Path(tmp) / "model.safetensors"))
+        del dense
+        checkpoint = ResolvedModel(tmp, None, None, is_local=True, dtype=model.dtype,
+                                   max_model_len=model.max_model_len)
+        return load_model(checkpoint, device=device, quantize_4bit=True)
 
 
 def _has_dtype_kwarg() -> bool:
