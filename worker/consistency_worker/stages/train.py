@@ -17,7 +17,13 @@ from typing import Any
 from consistency_core.spec import LoraConfig
 from consistency_core.stages import TRAIN_ADAPTER, StageConfig, StageResult, TrainParams
 
-from consistency_worker.distributed import World, current_world, init_process_group, rank_zero_first
+from consistency_worker.distributed import (
+    World,
+    current_world,
+    destroy_process_group,
+    init_process_group,
+    rank_zero_first,
+)
 from consistency_worker.models import (
     ModelError,
     ResolvedModel,
@@ -168,6 +174,7 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
                              checkpoints=checkpoints,
                              quantized=method == "qlora", on_step=on_step_hook,
                              progress=progress if world.is_writer else None, world=world)
+    destroy_process_group()  # the ranks' last collective was the final step's all-reduce
 
     quantization = "nf4" if method == "qlora" else "none"
     metrics: dict[str, Any] = {
