@@ -14,7 +14,14 @@ from pathlib import Path
 import pytest
 from consistency_core.stages import EXIT_OK, EXIT_PERMANENT
 
-from tests.worker.model_fixtures import run, single_torch_thread, stage_config, tiny_model_dir, write_train_data
+from tests.worker.model_fixtures import (
+    PROBLEMS,
+    run,
+    single_torch_thread,
+    stage_config,
+    tiny_model_dir,
+    write_train_data,
+)
 
 torch = pytest.importorskip("torch")
 safetensors = pytest.importorskip("safetensors.torch")
@@ -46,7 +53,9 @@ def run_cli(cfg, tmp: Path) -> tuple[int, dict, str]:
 
 def test_two_gloo_ranks_give_the_adapter_of_one_process_with_the_same_global_batch(tmp_path: Path) -> None:
     store = tmp_path / "store"
-    data = str(write_train_data(tmp_path / "train.jsonl", copies=3))  # 12 examples, uneven lengths
+    # 9 examples of uneven lengths: 5 micro-batches of <= 2 per epoch, so each epoch's last step has one
+    # micro-batch and rank 1 sits it out (contributing zero gradients to the sum).
+    data = str(write_train_data(tmp_path / "train.jsonl", problems=PROBLEMS[:3], copies=3))
     # One process: 2 micro-batches of 2 per step. Two ranks: one micro-batch of 2 each. Global batch 4.
     single = run(config(store, data, "one", gradientAccumulation=2), tmp_path / "s1")
     assert single.metrics["steps"] == 6 and single.metrics["processes"] == 1
