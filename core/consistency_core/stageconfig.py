@@ -114,6 +114,7 @@ class StageConfigs:
             data_uri=join_uri(self.out(stage_key(step.phase, step.iteration, StageName.distill)), DISTILL_TRAIN),
             training=TrainingKnobs.part_of(settings),
             init_adapter_uri=continue_from,
+            processes=spec.resources.stages.train.gpus or 1,
         )
 
     def report_snapshot(self) -> dict:

@@ -102,9 +102,8 @@ class TrainParams(WireModel):
     training: TrainingKnobs = Field(description="The phase's training settings (1B.1 epochs adjusted per "
                                     "iteration).")
     init_adapter_uri: str | None = Field(None, description="Continue from this adapter (1B.2 from 1B.1).")
-    quantization: Literal["auto", "nf4", "none"] = Field(
-        "auto", description="auto: QLoRA NF4 when CUDA is present, plain LoRA otherwise."
-    )
+    processes: int = Field(1, ge=1, description="Data-parallel training processes (torchrun), one per GPU: "
+                           "spec.resources.stages.train.gpus.")
 
 
 class EvaluateParams(WireModel):
@@ -163,7 +162,7 @@ class StageResult(WireModel):
     `metrics` per stage (keys the state machine reads):
     prepare: selection, scan, eval (problem counts), malformed, ngramOverlap {count, examples};
     generate: problems, completions; distill: examples (newExamples + replayed);
-    train: steps, finalLoss, quantization; evaluate: problems, consistency (pooled), meanAgreement,
+    train: steps, finalLoss, method, quantization; evaluate: problems, consistency (pooled), meanAgreement,
     accuracy {domain: float}, consistencyByDomain, consistencyGivenCorrect, passAt1 {domain: float},
     failureToSuccess, successToFailure, paired {figure: {difference, low, high, pValue, better, worse, n}}.
     """

@@ -2,7 +2,7 @@ from datetime import timedelta
 
 import pytest
 from consistency_core.plan import BASELINE_KEY, PREPARE_KEY, knobs, max_stages, stage_key
-from consistency_core.spec import StageName
+from consistency_core.spec import SpecError, StageName
 from consistency_core.stages import StageResult
 from consistency_core.statemachine import Finish, RunStage, decide
 from consistency_core.status import BASELINE, CampaignPhase, StageOutcome, TrainingPhase
@@ -65,6 +65,24 @@ def test_training_knobs_reach_the_train_stage_config():
     by_key = {r.record.key: r.config.params for r in runs}
     assert (by_key["1b1-i1-train"].training.checkpoint_steps, by_key["1b1-i1-train"].training.lora.r) == (7, 4)
     assert by_key["1b2-train"].training.checkpoint_steps == 9
+
+
+def test_train_method_and_gpu_count_reach_the_train_stage():
+    default = {r.record.key: r.config.params for r in drive(minimal_spec(), succeed_with([(0.9, 0.9)]))[1]}
+    assert default["1b1-i1-train"].training.method == "qlora" and default["1b1-i1-train"].processes == 1
+    spec = minimal_spec(quickFix={"method": "lora"}, expansion={"method": "full"},
+                        resources={"stages": {"train": {"gpus": 4}}})
+    by_key = {r.record.key: r.config.params for r in drive(spec, succeed_with([(0.9, 0.9)]))[1]}
+    assert (by_key["1b1-i1-train"].training.method, by_key["1b2-train"].training.method) == ("lora", "full")
+    # gpus > 1: the worker runs the train stage data-parallel in that many torchrun processes.
+    assert by_key["1b1-i1-train"].processes == by_key["1b2-train"].processes == 4
+
+
+def test_full_fine_tuning_in_1b1_needs_it_in_1b2():
+    with pytest.raises(SpecError, match=r"spec\.expansion\.method: must be full when spec\.quickFix\.method is full"):
+        minimal_spec(quickFix={"method": "full"})
+    assert minimal_spec(quickFix={"method": "full"}, expansion={"method": "full"}).quick_fix.method == "full"
+    assert minimal_spec(quickFix={"method": "full"}, expansion={"enabled": False}).expansion.method == "qlora"
 
 
 def test_gate_failure_iterates_with_adjusted_knobs_then_passes():
