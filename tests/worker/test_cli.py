@@ -229,8 +229,11 @@ def test_sigterm_while_running_is_retryable(tmp_path: Path) -> None:
     )
     try:
         assert proc.stderr is not None
-        # The first log line comes after the SIGTERM handler is installed.
-        assert "reading the stage config from -" in proc.stderr.readline()
+        # This log line comes right after the SIGTERM handler is installed (thread-pool lines may precede it).
+        lines = [proc.stderr.readline()]
+        while "reading the stage config from -" not in lines[-1]:
+            assert lines[-1], f"worker stopped logging before reading its config: {lines}"
+            lines.append(proc.stderr.readline())
         proc.terminate()
         _, stderr = proc.communicate(timeout=30)
     finally:

@@ -214,12 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     # botocore logs request details at DEBUG; keep it quiet even at --log-level DEBUG.
     for noisy in ("botocore", "boto3", "s3transfer", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Before torch, numpy or tokenizers load: their thread pools would otherwise size to the node. Before the
+    # SIGTERM handler too, which raises Preempted: raised here, outside the try below, it would exit 1, not 75.
+    limit_thread_pools()
     signal.signal(signal.SIGTERM, _on_sigterm)
     log.info("consistency-worker %s: reading the stage config from %s", args.stage,
              args.config if not args.config.startswith("env:") else args.config.split(":", 1)[0] + ":...")
-    # Before torch, numpy or tokenizers load: their thread pools would otherwise size to the node.
-    limit_thread_pools()
-
     out_path = termination_path(args.result_file)
     text: str | None = None
     scratch: Path | None = None
