@@ -324,12 +324,14 @@ class Interrupted(Exception):
 
 def train_params(data: Path, sizes: Sizes, *, quantization: str, epochs: int | None = None,
                  learning_rate: float = 2e-3, **extra: Any) -> dict[str, Any]:
+    """`quantization` nf4: method qlora (4-bit base); none: method lora (the CPU mode's choice, for speed)."""
     training = {
         "epochs": epochs or sizes.train_epochs, "learningRate": learning_rate, "batchSize": sizes.batch_size,
         "gradientAccumulation": 1, "maxSeqLen": 512, "checkpointSteps": sizes.checkpoint_steps,
         "lora": {"r": sizes.lora_r, "alpha": 2 * sizes.lora_r, "dropout": 0.0},
+        "method": "qlora" if quantization == "nf4" else "lora",
     }
-    return {"dataUri": str(data), "training": training, "quantization": quantization, **extra}
+    return {"dataUri": str(data), "training": training, **extra}
 
 
 def step_qlora(work: Path, sizes: Sizes, rep: Report) -> None:
@@ -357,6 +359,9 @@ def step_qlora(work: Path, sizes: Sizes, rep: Report) -> None:
         dtypes.close()
     seconds = time.perf_counter() - start
     rep.figure("reference_final_loss", reference.metrics["finalLoss"])
+    rep.figure("stage_method", reference.metrics.get("method"))
+    rep.check("four_bit_as_asked", reference.metrics.get("quantization") == quantization,
+              str(reference.metrics.get("methodFallback", "")))
     # The training loop's own clock (no model load or upload) when the manifest has it, else the stage's.
     extra = read_json(work / "store" / "qlora-ref" / "manifest.json").get("extra", {})
     train_s = extra.get("trainSeconds") or seconds

@@ -15,6 +15,7 @@ from consistency_core.status import BASELINE, TrainingPhase
 
 PREPARE_KEY = "prepare"
 BASELINE_KEY = f"{BASELINE}-{StageName.evaluate.value}"
+REPORT_KEY = StageName.report.value  # runs once, after the last evaluation of a campaign that succeeds
 
 StagePhase = TrainingPhase | Literal["baseline"]
 _ITERATION_STAGES = (StageName.generate, StageName.distill, StageName.train, StageName.evaluate)
@@ -83,8 +84,13 @@ def plan(spec: CampaignSpec, phase: TrainingPhase, iteration: int) -> list[Step]
     return steps
 
 
+def report_step(phase: TrainingPhase, iteration: int) -> Step:
+    """The final report stage, recorded under the phase and iteration that produced the shipped adapter."""
+    return Step(REPORT_KEY, StageName.report, phase, iteration)
+
+
 def max_stages(spec: CampaignSpec) -> int:
     """Upper bound on Jobs a campaign can start (used by tests and as a safety net)."""
     per_try = spec.retry.stage_retries + 1
     quick = sum(len(plan(spec, TrainingPhase.quick_fix, i)) for i in range(1, spec.retry.max_iterations + 1))
-    return (quick + len(plan(spec, TrainingPhase.expansion, 1))) * per_try
+    return (quick + len(plan(spec, TrainingPhase.expansion, 1)) + 1) * per_try

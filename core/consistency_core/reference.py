@@ -101,7 +101,9 @@ def _stage_sections(model: type[BaseModel]) -> type[BaseModel] | None:
     if set(fields) != {s.value for s in StageName}:
         return None
     kinds = {nested_model(info.annotation) for info in fields.values()}
-    return kinds.pop() if len(kinds) == 1 else None
+    # CPU stages use a subclass with other defaults (same fields): the shared section is the base class.
+    return next((k for k in kinds if k is not None and all(o is not None and issubclass(o, k) for o in kinds)),
+                None)
 
 
 def _per_stage_default(values: dict[str, str]) -> str:

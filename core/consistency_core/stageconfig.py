@@ -8,7 +8,7 @@ a spec knob has no other copy to keep in step.
 from __future__ import annotations
 
 from consistency_core import cost
-from consistency_core.plan import BASELINE_KEY, PREPARE_KEY, Step, phase_settings, stage_key
+from consistency_core.plan import BASELINE_KEY, PREPARE_KEY, REPORT_KEY, Step, phase_settings, stage_key
 from consistency_core.spec import (
     AgreementFilter,
     CampaignSpec,
@@ -29,12 +29,13 @@ from consistency_core.stages import (
     EvaluateParams,
     GenerateParams,
     PrepareParams,
+    ReportParams,
     StageConfig,
     StageParams,
     TrainParams,
     join_uri,
 )
-from consistency_core.status import CampaignStatus, TrainingPhase
+from consistency_core.status import CampaignPhase, CampaignStatus, Cost, TrainingPhase
 
 
 class StageConfigs:
@@ -75,12 +76,16 @@ class StageConfigs:
                 scan_datasets=spec.expansion.scan_datasets if spec.expansion.enabled else [],
                 eval_datasets=spec.evaluation.datasets,
             )
+        if step.stage == StageName.report:
+            # A snapshot: the report stage renders the campaign as it stood when it started.
+            return ReportParams(spec=spec, status=self.report_snapshot(), adapter_uri=self.status.adapter)
         if step.stage == StageName.evaluate:
             return EvaluateParams(
                 problems_uri=join_uri(prepared, PREPARE_EVAL),
                 sampling=SamplingKnobs.part_of(spec.evaluation),
                 adapter_uri=None if step.key == BASELINE_KEY else self._own_adapter(step),
                 baseline_report_uri=self._compare_with(step),
+                failure=spec.expansion.failure,
             )
         settings = phase_settings(spec, step.phase, step.iteration)
         expansion = step.phase == TrainingPhase.expansion
@@ -103,16 +108,40 @@ class StageConfigs:
                 mode=DistillMode.failures if expansion else DistillMode.consistent,
                 filter=AgreementFilter.part_of(settings),
                 failures=FailureExamples.part_of(settings) if expansion else None,
+                replay_uri=self._passing_distill() if expansion and spec.expansion.replay_fraction > 0 else None,
             )
         return TrainParams(
             data_uri=join_uri(self.out(stage_key(step.phase, step.iteration, StageName.distill)), DISTILL_TRAIN),
             training=TrainingKnobs.part_of(settings),
             init_adapter_uri=continue_from,
+            processes=spec.resources.stages.train.gpus or 1,
         )
+
+    def report_snapshot(self) -> dict:
+        """The campaign as the report shows it: everything before the report stage, as succeeded. Built
+        from finished records only, so it is the same on every pass (a restart rebuilds the same config)."""
+        st = self.status
+        gate = st.condition("GatePassed")
+        snapshot = CampaignStatus(
+            phase=CampaignPhase.succeeded, training_phase=st.training_phase, iteration=st.iteration,
+            message="succeeded", consistency=st.consistency, math_accuracy=st.math_accuracy,
+            conditions=[gate] if gate else [], stages=[r for r in st.stages if r.key != REPORT_KEY],
+            evaluations=st.evaluations, cost=Cost(gpu_hours=st.cost.gpu_hours, usd=st.cost.usd),
+            adapter=st.adapter,
+        )
+        return snapshot.to_wire()
 
     def _own_adapter(self, step: Step) -> str:
         """The adapter an iteration's evaluate measures: the one its own train stage wrote."""
         return join_uri(self.out(stage_key(step.phase, step.iteration, StageName.train)), TRAIN_ADAPTER)
+
+    def _passing_distill(self) -> str | None:
+        """Training data of the 1B.1 iteration whose gate passed (what 1B.2 replays)."""
+        passed = [e for e in self.status.evaluations if e.phase == TrainingPhase.quick_fix and e.gate_passed]
+        if not passed:
+            return None
+        return join_uri(self.out(stage_key(TrainingPhase.quick_fix, passed[-1].iteration, StageName.distill)),
+                        DISTILL_TRAIN)
 
     def _baseline_report(self) -> str | None:
         return join_uri(self.out(BASELINE_KEY), EVALUATE_REPORT) if self.spec.evaluation.baseline else None

@@ -14,7 +14,9 @@ from consistency_core.spec import (
     AgreementFilter,
     ArtifactStore,
     Backend,
+    CampaignSpec,
     DatasetSpec,
+    FailureCriteria,
     FailureExamples,
     ModelRef,
     SamplingKnobs,
@@ -36,6 +38,12 @@ PREPARE_EVAL = "eval.jsonl"
 DISTILL_TRAIN = "train.jsonl"
 TRAIN_ADAPTER = "adapter"
 EVALUATE_REPORT = "report.json"
+REPORT_MARKDOWN = "report.md"  # report stage: the Markdown report (PNG figures next to it)
+REPORT_STATUS = "status.json"  # report stage: the status snapshot it rendered (for `consistency report --store`)
+REPORT_SPEC = "spec.json"
+REPORT_ADAPTER = "adapter"  # report stage: the best adapter with its model card (README.md)
+MODEL_CARD = "README.md"
+REPORT_MERGED = "merged"  # report stage: merged 16-bit safetensors (spec.export.merged)
 MANIFEST = "manifest.json"
 RESULT = "result.json"
 
@@ -77,6 +85,8 @@ class DistillParams(WireModel):
     )
     filter: AgreementFilter = Field(description="The phase's agreement filter.")
     failures: FailureExamples | None = Field(None, description="1B.2's failure settings (mode failures only).")
+    replay_uri: str | None = Field(None, description="Training JSONL of an earlier distill (1B.1's) to mix back in, "
+                                   "failures.replayFraction of the output (mode failures only).")
 
     @model_validator(mode="after")
     def _failures_with_mode(self) -> DistillParams:
@@ -92,9 +102,8 @@ class TrainParams(WireModel):
     training: TrainingKnobs = Field(description="The phase's training settings (1B.1 epochs adjusted per "
                                     "iteration).")
     init_adapter_uri: str | None = Field(None, description="Continue from this adapter (1B.2 from 1B.1).")
-    quantization: Literal["auto", "nf4", "none"] = Field(
-        "auto", description="auto: QLoRA NF4 when CUDA is present, plain LoRA otherwise."
-    )
+    processes: int = Field(1, ge=1, description="Data-parallel training processes (torchrun), one per GPU: "
+                           "spec.resources.stages.train.gpus.")
 
 
 class EvaluateParams(WireModel):
@@ -103,10 +112,21 @@ class EvaluateParams(WireModel):
     sampling: SamplingKnobs = Field(description="spec.evaluation's sampling settings.")
     adapter_uri: str | None = None
     baseline_report_uri: str | None = Field(None, description="Earlier report, for per-problem before/after.")
+    failure: FailureCriteria = Field(default_factory=FailureCriteria,
+                                     description="What counts as a failed problem (spec.expansion.failure).")
+
+
+class ReportParams(WireModel):
+    """The campaign as it stands when its last stage starts: the report is rendered from this snapshot."""
+
+    kind: Literal["report"] = "report"
+    spec: CampaignSpec = Field(description="The campaign's spec (model card: base model, datasets, phases).")
+    status: dict[str, Any] = Field(description="Snapshot of the campaign status (CampaignStatus wire form).")
+    adapter_uri: str | None = Field(None, description="The best adapter (1B.2, or 1B.1 when 1B.2 is disabled).")
 
 
 StageParams = Annotated[
-    PrepareParams | GenerateParams | DistillParams | TrainParams | EvaluateParams,
+    PrepareParams | GenerateParams | DistillParams | TrainParams | EvaluateParams | ReportParams,
     Field(discriminator="kind"),
 ]
 
@@ -140,10 +160,11 @@ class StageResult(WireModel):
     """Compact result of a finished stage, as written to the termination message.
 
     `metrics` per stage (keys the state machine reads):
-    prepare: selection, scan, eval (problem counts), malformed;
-    generate: problems, completions; distill: examples;
-    train: steps, finalLoss, quantization; evaluate: problems, consistency, meanAgreement,
-    accuracy {domain: float}, failureToSuccess, successToFailure.
+    prepare: selection, scan, eval (problem counts), malformed, ngramOverlap {count, examples};
+    generate: problems, completions; distill: examples (newExamples + replayed);
+    train: steps, finalLoss, method, quantization; evaluate: problems, consistency (pooled), meanAgreement,
+    accuracy {domain: float}, consistencyByDomain, consistencyGivenCorrect, passAt1 {domain: float},
+    failureToSuccess, successToFailure, paired {figure: {difference, low, high, pValue, better, worse, n}}.
     """
 
     model_config = ConfigDict(**{**WireModel.model_config, "extra": "ignore"})

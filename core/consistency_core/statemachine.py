@@ -22,7 +22,7 @@ from datetime import datetime
 
 from consistency_core import cost
 from consistency_core.names import job_name, parse_rfc3339, rfc3339
-from consistency_core.plan import BASELINE_KEY, Step, knobs, plan, stage_key
+from consistency_core.plan import BASELINE_KEY, REPORT_KEY, Step, knobs, plan, report_step, stage_key
 from consistency_core.spec import CampaignSpec, StageName, StageResources
 from consistency_core.stageconfig import StageConfigs
 from consistency_core.stages import StageConfig, StageResult
@@ -32,6 +32,7 @@ from consistency_core.status import (
     ConditionType,
     EvaluationRecord,
     EventType,
+    Outputs,
     Reason,
     StageOutcome,
     StageRecord,
@@ -72,6 +73,14 @@ class Decision:
     events: tuple[Event, ...] = field(default=())
 
 
+def gated_consistency(spec: CampaignSpec, ev: EvaluationRecord) -> list[tuple[str, float | None]]:
+    """(domain, consistency) for each domain the gate's consistency threshold applies to. A result without
+    per-domain figures (from a worker before they existed) gives its pooled rate, labelled ""."""
+    if not ev.consistency_by_domain:
+        return [("", ev.consistency)]
+    return [(d, ev.consistency_by_domain.get(d)) for d in spec.thresholds.consistency_domains]
+
+
 def gate(spec: CampaignSpec, ev: EvaluationRecord) -> tuple[bool, str]:
     """Promotion check: every set threshold must be met; returns (passed, measured-vs-required text)."""
     th = spec.thresholds
@@ -88,7 +97,8 @@ def gate(spec: CampaignSpec, ev: EvaluationRecord) -> tuple[bool, str]:
         parts.append(f"{label} {measured:.3f} {'>=' if passed else '<'} {required:.2f}")
 
     if th.consistency is not None:
-        check("consistency", ev.consistency, th.consistency)
+        for domain, measured in gated_consistency(spec, ev):
+            check(f"{domain} consistency" if domain else "consistency", measured, th.consistency)
     if th.mean_agreement is not None:
         check("mean agreement", ev.mean_agreement, th.mean_agreement)
     for domain, required in sorted(th.accuracy.items()):
@@ -105,12 +115,21 @@ def _evaluation(step: Step, result: StageResult) -> EvaluationRecord:
         consistency=metrics.get("consistency"),
         mean_agreement=metrics.get("meanAgreement"),
         accuracy=accuracy,
+        consistency_by_domain=_per_domain(metrics.get("consistencyByDomain")),
+        pass_at_1=_per_domain(metrics.get("passAt1")),
         problems=int(metrics.get("problems", 0) or 0),
         report=result.outputs.get("report"),
+        paired=metrics.get("paired") or {},
     )
 
 
+def _per_domain(values: object) -> dict[str, float]:
+    return {str(k): float(v) for k, v in values.items() if v is not None} if isinstance(values, dict) else {}
+
+
 def _step_of(spec: CampaignSpec, record: StageRecord) -> Step:
+    if record.key == REPORT_KEY:
+        return report_step(record.phase, record.iteration)
     return next(s for s in plan(spec, record.phase, record.iteration) if s.key == record.key)
 
 
@@ -199,6 +218,10 @@ def _record_result(
     step = _step_of(spec, current)
     if step.stage == StageName.evaluate:
         _record_evaluation(spec, status, step, result, now, events)
+    if step.stage == StageName.report:
+        out = result.outputs
+        status.outputs = Outputs(adapter=out.get("adapter"), report=out.get("report"),
+                                 model_card=out.get("modelCard"), merged=out.get("merged"))
     return None
 
 
@@ -211,7 +234,8 @@ def _record_evaluation(
         # The base model's numbers are a reference for comparisons, never the campaign's headline figures.
         status.evaluations = [*status.evaluations, ev]
         return
-    status.consistency = ev.consistency
+    measured = [v for _, v in gated_consistency(spec, ev) if v is not None]
+    status.consistency = min(measured) if measured else None
     status.math_accuracy = ev.accuracy.get("math")
     if step.phase == TrainingPhase.quick_fix:
         # Only 1B.1 is gated: its verdict decides between 1B.2, another iteration and failure (_advance).
@@ -247,13 +271,19 @@ def _advance(
         return _start(spec, status, pending[0], campaign, namespace, now, generation, events)
     if phase == TrainingPhase.expansion:
         # 1B.2 is the last phase and is not gated: its evaluation is the campaign's result.
+        if status.last_success(REPORT_KEY) is None:
+            return _start(spec, status, report_step(phase, iteration), campaign, namespace, now, generation,
+                          events)
         ev = status.evaluations[-1]
         msg = f"1B.2 done: consistency {_fmt(ev.consistency)}, accuracy {_fmt_acc(ev.accuracy)}"
         return _succeed(status, msg, now, events)
     last = status.evaluations[-1]
     _, detail = gate(spec, last)
     if last.gate_passed and not spec.expansion.enabled:
-        # The user asked for the quick fix only: a passed gate is the end.
+        # The user asked for the quick fix only: a passed gate is the end, after the report stage.
+        if status.last_success(REPORT_KEY) is None:
+            return _start(spec, status, report_step(phase, iteration), campaign, namespace, now, generation,
+                          events)
         return _succeed(status, f"1B.1 gate passed ({detail}); 1B.2 disabled", now, events)
     if last.gate_passed:
         # Promotion: 1B.2 trains on the failures of the model that passed the gate.

@@ -70,6 +70,8 @@ class Reason(StrEnum):
     campaign_succeeded = "CampaignSucceeded"
     campaign_failed = "CampaignFailed"
     spec_change_rejected = "SpecChangeRejected"
+    queued = "Queued"  # the stage's Job waits for admission (suspended, e.g. by Kueue)
+    admitted = "Admitted"  # the queue admitted it: the stage's time and cost start now
 
 
 class EventType(StrEnum):
@@ -80,6 +82,7 @@ class EventType(StrEnum):
 
 
 class StageOutcome(StrEnum):
+    queued = "Queued"  # its Job exists but is suspended / not admitted yet (e.g. by Kueue)
     running = "Running"
     succeeded = "Succeeded"
     failed = "Failed"
@@ -106,9 +109,11 @@ class StageRecord(WireModel):
     attempt: int = Field(1, ge=1)
     job_name: str = Field(description="Name of the batch/v1 Job that runs it.")
     gpus: int = Field(0, ge=0, description="GPUs per pod times pods (for cost).")
-    start_time: str | None = None
+    start_time: str | None = Field(None, description="When it started running (admission, for a queued Job).")
     end_time: str | None = None
     outcome: StageOutcome = StageOutcome.running
+    queued_time: str | None = Field(None, description="When its Job was last seen waiting for admission.")
+    queued_seconds: float = Field(0.0, ge=0, description="Time spent queued; not counted as stage time or cost.")
     message: str = ""
     forecast_usd: float = Field(0.0, ge=0)
     gpu_hours: float = Field(0.0, ge=0)
@@ -121,16 +126,36 @@ class EvaluationRecord(WireModel):
     iteration: int = Field(ge=0)
     consistency: float | None = None
     mean_agreement: float | None = None
-    accuracy: dict[str, float] = Field(default_factory=dict)
+    accuracy: dict[str, float] = Field(default_factory=dict, description="Greedy accuracy per domain.")
+    consistency_by_domain: dict[str, float] = Field(
+        default_factory=dict, description="Consistency per domain (math: same number, reasoning: same letter, "
+        "code: same test-outcome signature).")
+    pass_at_1: dict[str, float] = Field(
+        default_factory=dict, description="Unbiased pass@1 per domain from the k samples (mean share correct).")
     problems: int = 0
     gate_passed: bool | None = None
     report: str | None = Field(None, description="URI of the full evaluation report.")
+    paired: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description='Paired change against the reference evaluation (baseline, or the passing 1B.1 one) per '
+        'figure ("math accuracy", "code consistency", "success", ...): difference, low/high (95% interval), '
+        'pValue (exact McNemar), better/worse (discordant problems), n.')
 
 
 class Cost(WireModel):
     gpu_hours: float = 0.0
     usd: float = 0.0
     forecast_usd: float = Field(0.0, description="Forecast of the stage now running.")
+
+
+class Outputs(WireModel):
+    """What a succeeded campaign ships, written by its final report stage."""
+
+    adapter: str | None = Field(None, description="The best adapter (1B.2, or 1B.1 when 1B.2 is disabled) with "
+                                "its model card (README.md).")
+    report: str | None = Field(None, description="The Markdown report (PNG figures next to it).")
+    model_card: str | None = Field(None, description="The model card.")
+    merged: str | None = Field(None, description="Merged 16-bit safetensors (spec.export.merged).")
 
 
 class CampaignStatus(WireModel):
@@ -143,18 +168,22 @@ class CampaignStatus(WireModel):
     training_phase: TrainingPhase | None = Field(None, description="1B.1 or 1B.2.")
     iteration: int = Field(0, ge=0, description="1B.1 iteration (1-based); 1B.2 runs once.")
     stage: str | None = Field(None, description="Stage now running.")
+    stage_status: StageOutcome | None = Field(
+        None, description="Queued while the current stage's Job waits for admission (suspended), then Running.")
     message: str = ""
-    consistency: float | None = Field(None, description="Latest evaluated consistency rate.")
+    consistency: float | None = Field(None, description="Latest evaluated consistency rate of the domains the "
+                                      "gate checks (thresholds.consistencyDomains; the lowest of them).")
     math_accuracy: float | None = Field(None, description="Latest evaluated math accuracy.")
     conditions: list[Condition] = Field(default_factory=list)
     stages: list[StageRecord] = Field(default_factory=list)
     evaluations: list[EvaluationRecord] = Field(default_factory=list)
     cost: Cost = Field(default_factory=Cost)
     adapter: str | None = Field(None, description="URI of the best adapter so far.")
+    outputs: Outputs | None = Field(None, description="Shipped outputs, once the final report stage finished.")
     observed_generation: int | None = None
 
     def current(self) -> StageRecord | None:
-        running = [s for s in self.stages if s.outcome == StageOutcome.running]
+        running = [s for s in self.stages if s.outcome in (StageOutcome.running, StageOutcome.queued)]
         return running[-1] if running else None
 
     def condition(self, type_: str) -> Condition | None:

@@ -14,7 +14,7 @@ from consistency_core.names import parse_rfc3339
 from consistency_core.spec import CampaignSpec
 from consistency_core.status import BASELINE, CampaignStatus, EvaluationRecord, TrainingPhase
 
-from consistency_local.stats import Rate, wilson
+from consistency_local.stats import Paired, Rate, paired, wilson
 
 
 @dataclass
@@ -24,6 +24,8 @@ class EvalView:
     consistency: Rate | None = None
     accuracy: dict[str, Rate] = field(default_factory=dict)  # greedy accuracy per domain
     strata: dict[str, dict[str, Rate]] = field(default_factory=dict)  # "math/easy" -> {accuracy, consistency}
+    domain_consistency: dict[str, Rate] = field(default_factory=dict)  # per domain, in the domain's sense
+    pass_at_1: dict[str, float] = field(default_factory=dict)  # unbiased, from the k samples
     comparison: dict[str, Any] | None = None
     report_uri: str | None = None
     error: str | None = None
@@ -69,6 +71,13 @@ class ReportData:
             return None
         return transitions(before.rows, after.rows)
 
+    def paired_changes(self) -> dict[str, Paired]:
+        """Baseline -> final model on the problems both evaluated, each figure as a paired comparison."""
+        before, after = self.before, self.after
+        if before is None or after is None or not before.rows or not after.rows:
+            return {}
+        return paired_from_rows(before.rows, after.rows)
+
     @property
     def total_seconds(self) -> float:
         return sum(s.seconds or 0.0 for s in self.stages)
@@ -97,6 +106,44 @@ def rates_from_rows(rows: list[dict[str, Any]]) -> tuple[Rate, dict[str, Rate], 
         if marks:
             strata[key]["accuracy"] = wilson(sum(marks), len(marks))
     return consistency, accuracy, strata
+
+
+def domain_figures(rows: list[dict[str, Any]]) -> tuple[dict[str, Rate], dict[str, float]]:
+    """Consistency per domain (Wilson) and the unbiased pass@1 from the k samples (mean share of correct
+    samples per problem) per domain, from per-problem rows."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[row["domain"]].append(row)
+    consistency = {d: wilson(sum(bool(r.get("consistent")) for r in g), len(g)) for d, g in sorted(groups.items())}
+    pass1 = {}
+    for d, g in sorted(groups.items()):
+        shares = [r["samplesCorrect"] / r["samplesGraded"] for r in g if r.get("samplesGraded")]
+        if shares:
+            pass1[d] = sum(shares) / len(shares)
+    return consistency, pass1
+
+
+def paired_from_rows(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> dict[str, Paired]:
+    """{"consistency", "<domain> accuracy", "<domain> consistency", "success": Paired} over the problems
+    in both row sets (per-problem rows of two evaluations)."""
+    old = {r["problemId"]: r for r in before}
+    matched = [(old[r["problemId"]], r) for r in after if r["problemId"] in old]
+
+    def flags(pairs: list[tuple[dict, dict]], key: str) -> list[tuple[bool, bool]]:
+        return [(bool(b[key]), bool(a[key])) for b, a in pairs if b.get(key) is not None and a.get(key) is not None]
+
+    out: dict[str, Paired] = {}
+    if matched:
+        out["consistency"] = paired(flags(matched, "consistent"))
+    for domain in sorted({a["domain"] for _, a in matched}):
+        mine = [(b, a) for b, a in matched if a["domain"] == domain]
+        graded = flags(mine, "greedyCorrect")
+        if graded:
+            out[f"{domain} accuracy"] = paired(graded)
+        out[f"{domain} consistency"] = paired(flags(mine, "consistent"))
+    if matched:
+        out["success"] = paired(flags(matched, "success"))
+    return out
 
 
 def transitions(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> dict[str, int]:
@@ -128,6 +175,7 @@ def _eval_view(record: EvaluationRecord, store: Any) -> EvalView:
     view.rows = rows
     if rows:
         view.consistency, view.accuracy, view.strata = rates_from_rows(rows)
+        view.domain_consistency, view.pass_at_1 = domain_figures(rows)
     view.comparison = report.get("comparison")
     return view
 

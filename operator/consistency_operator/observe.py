@@ -51,7 +51,9 @@ class CampaignObserver:
         remove_labelled(self.m.stage_start, ids, (*CAMPAIGN, "stage"))
         remove_labelled(self.m.stage_deadline, ids, (*CAMPAIGN, "stage"))
         current = status.current()
-        if current is not None and current.start_time and not status.finished:
+        # A queued stage has not started: its deadline (and the over-deadline alert) counts from admission.
+        if current is not None and current.start_time and not status.finished and \
+                current.outcome != StageOutcome.queued:
             labels = {**ids, "stage": current.key}
             self.m.stage_start.labels(**labels).set(parse_rfc3339(current.start_time).timestamp())
             if spec is not None:
@@ -63,9 +65,9 @@ class CampaignObserver:
         """Count stage records that finished in this pass (each exactly once: the status guards it)."""
         before = {(s.key, s.attempt): s.outcome for s in (old.stages if old else [])}
         for record in new.stages:
-            if record.outcome == StageOutcome.running:
+            if record.outcome in (StageOutcome.running, StageOutcome.queued):
                 continue
-            if before.get((record.key, record.attempt)) not in (None, StageOutcome.running):
+            if before.get((record.key, record.attempt)) not in (None, StageOutcome.running, StageOutcome.queued):
                 continue
             self._finished(namespace, name, new, record, result)
 

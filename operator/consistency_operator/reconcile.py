@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+from consistency_core import queueing
 from consistency_core import statemachine as sm
 from consistency_core.spec import CampaignSpec, SpecError, parse_spec
 from consistency_core.stages import StageResult
@@ -26,7 +27,7 @@ from pydantic import ValidationError
 
 from consistency_operator import specrules
 from consistency_operator.config import OperatorConfig
-from consistency_operator.jobs import LABEL_CAMPAIGN, build_job
+from consistency_operator.jobs import LABEL_CAMPAIGN, build_job, job_suspended, queue_name
 from consistency_operator.kube import Conflict, Kube
 from consistency_operator.observe import CampaignObserver
 from consistency_operator.results import job_finished, read_result
@@ -128,6 +129,13 @@ class Reconciler:
                 for problem in problems:
                     log.warning("%s/%s: %s", namespace, name, problem)
                     self.observer.error("result")
+        queue = queue_name(spec, self.settings)
+        queue_events: list[queueing.QueueEvent] = []
+        if status is not None and current_job is not None:
+            # Before deciding, so a Job admitted and finished between two passes still has its wait split off.
+            queue_events += queueing.observe_job(
+                status, suspended=job_suspended(current_job) and result is None,
+                started=(current_job.get("status") or {}).get("startTime"), now=now, queue=queue)
 
         decision = sm.decide(spec, status, result, campaign=name, namespace=namespace, now=now,
                              generation=generation)
@@ -140,11 +148,15 @@ class Reconciler:
             already = current_job is not None and current is not None and action.record.job_name == current.job_name
             if not already:
                 created = await self._ensure_job(cr, spec, action)
+                if created is not None and queue:
+                    new_events = queueing.observe_job(new_status, suspended=True, started=None, now=now, queue=queue)
+                    queue_events += new_events
+        queueing.refresh(new_status)
 
         patch = merge_patch(raw_status, new_status.to_wire(), _STATUS_KEYS)
         if patch:
             await self.kube.patch_campaign_status(namespace, name, patch)
-        for event in decision.events:
+        for event in (*decision.events, *queue_events):
             self.emit(cr, event.type, event.reason, event.message)
         if rejected and self._newly_rejected(raw_status, rejected):
             self.emit(cr, EventType.warning, Reason.spec_change_rejected,

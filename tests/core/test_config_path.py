@@ -12,7 +12,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import pytest
 from consistency_core.model import nested_model
-from consistency_core.plan import plan
+from consistency_core.plan import plan, report_step
 from consistency_core.spec import CampaignSpec
 from consistency_core.stageconfig import StageConfigs
 from consistency_core.stages import StageConfig
@@ -31,6 +31,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "datasets": ("prepare",),
     "seed": ("",),
     "backend": ("",),
+    "export": ("report",),
 }
 # Consumed by the control plane, not by stages (each has its own tests).
 NOT_STAGE_INPUTS = {
@@ -47,6 +48,7 @@ RENAMED = {"evaluation.datasets": "evalDatasets"}
 VALUES: dict[str, Any] = {
     "expansion.scan_datasets": ["gsm8k-train"],
     "evaluation.datasets": ["humaneval"],
+    "model.token_secret": "hf-token",
 }
 
 
@@ -116,7 +118,7 @@ def _configs(spec: CampaignSpec) -> list[StageConfig]:
     """Every stage config of a campaign that runs two 1B.1 iterations and 1B.2."""
     builder = StageConfigs(spec, CampaignStatus(adapter="s3://bucket/adapter"), "c", "ns")
     steps = [*plan(spec, TrainingPhase.quick_fix, 1), *plan(spec, TrainingPhase.quick_fix, 2),
-             *plan(spec, TrainingPhase.expansion, 1)]
+             *plan(spec, TrainingPhase.expansion, 1), report_step(TrainingPhase.expansion, 1)]
     return [builder.config(step, 1) for step in steps]
 
 

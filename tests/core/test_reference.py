@@ -110,7 +110,7 @@ def test_every_row_is_described_without_python_internals() -> None:
 def test_constrained_and_optional_types_read_as_types() -> None:
     by_path = {r.path: r for r in ROWS}
     assert by_path["spec.thresholds.consistency"].type == "float (>= 0.0, <= 1.0)"
-    assert by_path["spec.retry.temperatureSchedule"].type == "list of float (>= 0.0, <= 2.0)"
+    assert by_path["spec.retry.temperatureSchedule"].type == "list of float (>= 0.05, <= 2.0)"
     assert by_path["spec.thresholds.accuracy"].type == "map of float (>= 0.0, <= 1.0)"
     assert by_path["spec.quickFix.samples"].type == "int (>= 1, <= 64)"
 
@@ -119,6 +119,6 @@ def test_per_stage_rows_are_collapsed_with_each_stages_default() -> None:
     paths = [r.path for r in ROWS]
     assert not any(f"stages.{s}" in p for p in paths for s in STAGES)
     gpus = next(r for r in ROWS if r.path == "spec.resources.stages.<stage>.gpus")
-    # prepare and distill are CPU stages (their own default_factory), the others get one GPU.
+    # prepare, distill and report are CPU stages (their own defaults), the others get one GPU.
     assert _parse_per_stage(gpus.default) == {"prepare": "`0`", "generate": "`1`", "distill": "`0`",
-                                              "train": "`1`", "evaluate": "`1`"}
+                                              "train": "`1`", "evaluate": "`1`", "report": "`0`"}

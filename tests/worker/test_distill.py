@@ -325,6 +325,53 @@ def test_errors_are_permanent_and_rerun_is_idempotent(tmp_path: Path) -> None:
     assert (tmp_path / "ok" / RESULT).is_file()
 
 
+def _gsm8k_training_lines(shared: Path, n: int) -> list[dict[str, Any]]:
+    """What a 1B.1 distill writes, for real GSM8K problems: chat lines whose target is the worked solution."""
+    from consistency_worker.loaders import load_problems
+    from consistency_worker.stages.distill import format_reference
+
+    problems = load_problems({"name": "gsm8k-train", "uri": str(shared / "gsm8k" / "train.jsonl"),
+                              "format": "gsm8k", "limit": n}).problems
+    return [{"messages": [*build_messages(p), {"role": "assistant", "content": format_reference(p)}],
+             "problemId": p.id, "source": "sample"} for p in problems]
+
+
+def test_failures_mode_replays_a_share_of_the_1b1_examples(tmp_path: Path, shared_datasets: Path) -> None:
+    from consistency_worker.stages.distill import replay_count
+
+    problems, records = failure_cases()
+    setup_dirs(tmp_path, problems, records)
+    replay_file = tmp_path / "1b1-distill" / DISTILL_TRAIN
+    replay_file.parent.mkdir()
+    lines = _gsm8k_training_lines(shared_datasets, 40)
+    lines[0]["problemId"] = "shaky"  # 1B.1 trained "shaky" too: its new 1B.2 targets replace the old one
+    replay_file.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    params = failures_params(replayUri=str(replay_file), replayFraction=0.2)
+    result = run(distill_config(tmp_path, **params), tmp_path)
+    m = result.metrics
+    # 11 new examples; 0.2 of the output replayed: round(11 * 0.2 / 0.8) = 3, so 3 of 14 lines
+    assert (m["newExamples"], m["replayed"], m["examples"]) == (11, 3, 14)
+    out = train_lines(tmp_path)
+    replayed = [x for x in out if x["source"] == "replay"]
+    assert len(replayed) == 3 and all(x["problemId"].startswith("gsm8k-train/") for x in replayed)
+    assert all(x["messages"][-1]["content"].rstrip().split("#### ")[-1].isdigit() for x in replayed)
+    stats = json.loads((tmp_path / "distill" / STATS).read_text())
+    assert (stats["replayed"], stats["replayAvailable"]) == (3, 39)
+    assert "3 replayed" in result.message
+    # seeded: the same lines again
+    again = run(distill_config(tmp_path, out="again", **params), tmp_path)
+    assert again.metrics["replayed"] == 3
+    assert [x for x in train_lines(tmp_path, "again") if x["source"] == "replay"] == replayed
+    # off, and bounded by what exists
+    off = run(distill_config(tmp_path, out="off", **failures_params(replayUri=str(replay_file), replayFraction=0)),
+              tmp_path)
+    assert off.metrics["replayed"] == 0 and off.metrics["examples"] == 11
+    assert replay_count(11, 0.5, 39) == 11 and replay_count(100, 0.9, 39) == 39 and replay_count(0, 0.2, 5) == 0
+    with pytest.raises(PermanentStageError, match="replayUri"):
+        run(distill_config(tmp_path, out="missing",
+                           **failures_params(replayUri=str(tmp_path / "nope.jsonl"), replayFraction=0.2)), tmp_path)
+
+
 def test_problems_file_is_read_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # One read serves both the manifest's hash and the parse (a big scan set is not downloaded twice).
     problems, records = consistent_cases()

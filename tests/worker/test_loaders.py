@@ -197,6 +197,37 @@ def test_mmlu_jsonl_hf_style(tmp_path: Path) -> None:
     assert "four options" in report.malformed[0][1]
 
 
+def _mmlu_validation_like(tmp_path: Path) -> Path:
+    """cais/mmlu's layout (question, subject, choices, answer index), sorted by subject as that split
+    is: the fixture's real questions spread over three subjects of 40, 25 and 10 rows."""
+    base = load_problems({"uri": str(DATA / "mmlu_sample.csv"), "format": "mmlu"}).problems
+    rows, n = [], 0
+    for subject, size in (("abstract_algebra", 40), ("anatomy", 25), ("astronomy", 10)):
+        for _ in range(size):
+            p = base[n % len(base)]
+            rows.append({"question": f"{p.prompt} (#{n})", "subject": subject, "choices": list(p.choices),
+                         "answer": "ABCD".index(p.answer or "A")})
+            n += 1
+    return _write_jsonl(tmp_path / "mmlu-validation.jsonl", rows)
+
+
+def test_mmlu_limit_is_a_seeded_sample_stratified_by_subject(tmp_path: Path) -> None:
+    from collections import Counter
+
+    uri = str(_mmlu_validation_like(tmp_path))
+    spec = {"name": "mmlu-validation", "uri": uri, "format": "mmlu", "limit": 15}
+    drawn = load_problems(spec, seed=7).problems
+    # proportional to the subjects (40:25:10 of 75), not the first 15 rows (all abstract_algebra)
+    assert Counter(p.stratum for p in drawn) == {"abstract_algebra": 8, "anatomy": 5, "astronomy": 2}
+    assert [p.id for p in drawn] == [p.id for p in load_problems(spec, seed=7).problems]  # seeded
+    assert {p.id for p in drawn} != {p.id for p in load_problems(spec, seed=8).problems}
+    assert [p.id for p in drawn] != [f"mmlu-validation/{i}" for i in range(15)]
+    # other formats keep the first N (GSM8K, MBPP are not sorted by anything that matters)
+    gsm = load_problems({"name": "g", "uri": str(_write_jsonl(tmp_path / "g.jsonl", GSM_ROWS)), "format": "gsm8k",
+                         "limit": 2}, seed=7).problems
+    assert [p.id for p in gsm] == ["g/0", "g/1"]
+
+
 # ------------------------------------------------------------------------------------------ jsonl
 
 

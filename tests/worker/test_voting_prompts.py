@@ -121,3 +121,14 @@ def test_render_prompt_falls_back_to_plain_text() -> None:
     text = render_prompt(_tokenizer(None), MMLU)
     assert "<|" not in text and "Question: Which is a mammal?" in text and "D) Crab" in text
     assert text.rstrip().endswith("Answer:")
+
+
+def test_pass_at_k_unbiased_estimator() -> None:
+    from consistency_worker.voting import pass_at_k
+
+    assert pass_at_k(5, 2, 1) == pytest.approx(0.4)
+    assert pass_at_k(5, 0, 1) == 0.0 and pass_at_k(5, 5, 1) == 1.0
+    assert pass_at_k(10, 3, 5) == pytest.approx(1 - 21 / 252)  # 1 - C(7,5)/C(10,5)
+    assert pass_at_k(4, 3, 2) == 1.0
+    with pytest.raises(ValueError):
+        pass_at_k(3, 4, 1)

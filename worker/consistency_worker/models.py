@@ -101,6 +101,37 @@ def cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
+_BNB_4BIT: dict[str, str | None] = {}
+
+
+def bnb_4bit_unsupported(device: str) -> str | None:
+    """None when bitsandbytes runs NF4 4-bit layers (double quantisation) on `device`, else why not.
+
+    A real probe, not a version table: quantise and dequantise a small block on the device, since
+    bitsandbytes' CPU support depends on its build and version (CPU kernels since 0.48)."""
+    kind = device.split(":", 1)[0]
+    if kind not in _BNB_4BIT:
+        _BNB_4BIT[kind] = _probe_bnb_4bit(device)
+    return _BNB_4BIT[kind]
+
+
+def _probe_bnb_4bit(device: str) -> str | None:
+    try:
+        import bitsandbytes.functional as bnb_functional
+        import torch
+    except Exception as exc:  # ImportError, or a build that fails to load its native library
+        return f"bitsandbytes is not usable ({type(exc).__name__}: {exc})"
+    try:
+        weight = torch.linspace(-1, 1, 4096, dtype=torch.bfloat16, device=device).reshape(64, 64)
+        packed, state = bnb_functional.quantize_4bit(weight, quant_type="nf4", compress_statistics=True)
+        restored = bnb_functional.dequantize_4bit(packed, state, quant_type="nf4")
+    except Exception as exc:
+        return f"bitsandbytes cannot run 4-bit NF4 on {device} ({type(exc).__name__}: {exc})"
+    if float((restored.float() - weight.float()).abs().max()) > 0.2:
+        return f"bitsandbytes' NF4 round trip on {device} is wrong"
+    return None
+
+
 def configure_cpu_threads() -> int:
     """Match torch's intra-op threads to the CPUs this pod may use. torch sizes its pool from the host's
     cores, ignoring a container's CPU quota and affinity; the oversubscribed threads then spin against
@@ -182,6 +213,8 @@ def load_model(
     import torch
     from transformers import AutoModelForCausalLM
 
+    if quantize_4bit and model.gguf_file:
+        return _load_gguf_4bit(model, device)
     kwargs = _hub_kwargs(model)
     if quantize_4bit:
         from transformers import BitsAndBytesConfig
@@ -193,7 +226,7 @@ def load_model(
             bnb_4bit_compute_dtype=torch.bfloat16,
         )
         kwargs["dtype"] = torch.bfloat16
-        kwargs["device_map"] = {"": torch.cuda.current_device()}
+        kwargs["device_map"] = {"": torch.device(device)}
     else:
         kwargs["dtype"] = torch_dtype(dtype or model.dtype, device)
     if device == "cpu":
@@ -215,12 +248,48 @@ def load_model(
     return loaded
 
 
+def _load_gguf_4bit(model: ResolvedModel, device: str) -> Any:
+    """transformers cannot quantise while it reads a GGUF file: dequantise it (as for LoRA), write that as
+    a safetensors checkpoint in a temporary directory, and load the checkpoint in 4-bit."""
+    import tempfile
+
+    from safetensors.torch import save_model
+
+    dense = load_model(model, device="cpu")
+    with tempfile.TemporaryDirectory(prefix="gguf-dense-") as tmp:
+        # save_pretrained refuses a GGUF-loaded model; its weights and config are ordinary once dequantised.
+        config = dense.config.to_dict()
+        config.pop("quantization_config", None)
+        Path(tmp, "config.json").write_text(json.dumps(config))
+        save_model(dense, str(Path(tmp) / "model.safetensors"))
+        del dense
+        checkpoint = ResolvedModel(tmp, None, None, is_local=True, dtype=model.dtype,
+                                   max_model_len=model.max_model_len)
+        return load_model(checkpoint, device=device, quantize_4bit=True)
+
+
 def _has_dtype_kwarg() -> bool:
     """transformers renamed from_pretrained's `torch_dtype` to `dtype` in 4.56; the worker supports both."""
     import transformers
 
     major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
     return (major, minor) >= (4, 56)
+
+
+def is_full_model(trained_dir: Path) -> bool:
+    """A full fine-tuning output (weights + config + tokenizer) rather than a LoRA adapter."""
+    trained_dir = Path(trained_dir)
+    return (trained_dir / "config.json").is_file() and not (trained_dir / "adapter_config.json").is_file()
+
+
+def with_trained(model: ResolvedModel, trained_dir: Path | None) -> tuple[ResolvedModel, Path | None]:
+    """(model, adapter) to load for a train stage's output: a LoRA adapter goes on the base model; a full
+    fine-tuning output replaces the base model (it is a complete checkpoint with its tokenizer)."""
+    if trained_dir is None or not is_full_model(trained_dir):
+        return model, trained_dir
+    full = ResolvedModel(str(trained_dir), None, None, is_local=True, dtype=model.dtype,
+                         max_model_len=model.max_model_len)
+    return full, None
 
 
 def adapter_rank(adapter_dir: Path) -> int:
@@ -233,7 +302,8 @@ def adapter_rank(adapter_dir: Path) -> int:
 
 
 def fetch_adapter(adapter_uri: str, store: Store, cache_dir: Path) -> Path:
-    """A local copy of the adapter directory at `adapter_uri` (a store URI: s3://, file:// or a path)."""
+    """A local copy of the adapter directory at `adapter_uri` (a store URI: s3://, file:// or a path); a full
+    fine-tuning output (see `with_trained`) is fetched the same way."""
     from consistency_worker.store import StoreNotFound
 
     local = Path(cache_dir) / "adapters" / _cache_key(adapter_uri)
@@ -243,6 +313,7 @@ def fetch_adapter(adapter_uri: str, store: Store, cache_dir: Path) -> Path:
         store.download_dir(adapter_uri, local)
     except StoreNotFound as exc:
         raise ModelError(f"adapter {adapter_uri!r} not found in the store") from exc
-    adapter_rank(local)  # validates that it is an adapter before anything loads it
+    if not is_full_model(local):
+        adapter_rank(local)  # validates that it is an adapter (or a full model) before anything loads it
     (local / ".complete").touch()
     return local

@@ -74,7 +74,7 @@ def parse_problems(text: str, source: str) -> list[Problem]:
     """The problems of a JSONL text (the one reader of problems files); errors name source and line."""
     problems: list[Problem] = []
     seen: set[str] = set()
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in enumerate(text.split("\n"), start=1):  # not splitlines(): U+2028 in GSM8K text
         if not line.strip():
             continue
         try:

@@ -8,7 +8,9 @@ below failure.max_agreement); targets are correct samples (gold), modal-answer s
 min_agreement (no gold), else the problem's reference solution (use_reference_solutions).
 
 Both modes: targets chosen in a seeded order per problem, deduplicated by normalised text, capped per
-problem, then capped in total (max_examples) spread evenly over domain/stratum groups. Every drop is
+problem, then capped in total (max_examples) spread evenly over domain/stratum groups. With replay_uri
+(1B.2: the passing 1B.1 iteration's training data), a seeded sample of those lines is appended so they make
+up replay_fraction of the output (limits forgetting); problems with new examples are not replayed. Every drop is
 counted with its reason, per domain and stratum, in stats.json and the result's metrics."""
 
 from __future__ import annotations
@@ -316,16 +318,20 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
             progress.update()
     kept, capped = cap_total(examples, params.failures.max_examples if params.failures else None, config.seed)
     stats.add_examples(kept, capped)
+    replay, replay_pool = _replay_lines(ctx, params, kept, config.seed)
 
     train_uri = ctx.output(DISTILL_TRAIN)
     stats_uri = ctx.output(STATS)
     with ctx.manifest.timed("write"):
-        data = ctx.store.write_jsonl(train_uri, (_training_line(problems[ex.problem_id], ex) for ex in kept))
+        lines = [*(_training_line(problems[ex.problem_id], ex) for ex in kept), *replay]
+        data = ctx.store.write_jsonl(train_uri, lines)
         ctx.manifest.add_output("train", train_uri, data=data)
         summary = {
             "mode": params.mode,
             "records": len(records),
             "examples": len(kept),
+            "replayed": len(replay),
+            "replayAvailable": replay_pool,
             "groups": stats.as_json(),
         }
         ctx.store.write_json(stats_uri, summary)
@@ -338,7 +344,9 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
             f"(dropped: {stats.total('droppedProblems')}); see {stats_uri}"
         )
     metrics: dict[str, Any] = {
-        "examples": len(kept),
+        "examples": len(kept) + len(replay),
+        "newExamples": len(kept),
+        "replayed": len(replay),
         "problems": len(records),
         "problemsKept": stats.total("problemsKept"),
         "dropped": stats.total("droppedProblems"),
@@ -348,9 +356,35 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
     if params.mode == DistillMode.failures:
         metrics.update(failures=stats.total("failures"), fromSamples=stats.total("fromSamples"),
                        fromReference=stats.total("fromReference"))
+    replayed = f" + {len(replay)} replayed from {params.replay_uri}" if replay else ""
     return StageResult(key=config.key, ok=True, metrics=metrics,
                        outputs={"train": train_uri, "stats": stats_uri},
-                       message=f"{len(kept)} training examples from {metrics['problemsKept']} problems")
+                       message=f"{len(kept)} training examples from {metrics['problemsKept']} problems{replayed}")
+
+
+def replay_count(new: int, fraction: float, available: int) -> int:
+    """Replayed lines so that they make up ``fraction`` of new + replayed (fewer if fewer exist)."""
+    if fraction <= 0 or new <= 0:
+        return 0
+    return min(available, round(new * fraction / (1.0 - fraction)))
+
+
+def _replay_lines(ctx: StageContext, params: DistillParams, kept: list[Example],
+                  seed: int) -> tuple[list[dict[str, Any]], int]:
+    """A seeded sample of an earlier distill's training lines (1B.1's, for 1B.2) to mix back in, none for a
+    problem that has new examples here (its new targets replace the old). Returns (lines, pool size)."""
+    fraction = params.failures.replay_fraction if params.failures is not None else 0.0
+    if not params.replay_uri or fraction <= 0:
+        return [], 0
+    if not ctx.store.is_file(params.replay_uri):
+        raise PermanentStageError(f"params.replayUri: no training data at {params.replay_uri}")
+    ctx.manifest.add_input("replay", params.replay_uri)
+    fresh = {ex.problem_id for ex in kept}
+    pool = [row for row in ctx.store.read_jsonl(params.replay_uri) if row.get("problemId") not in fresh]
+    n = replay_count(len(kept), fraction, len(pool))
+    rng = derive_rng(seed, "distill-replay")
+    chosen = sorted(rng.sample(range(len(pool)), n))
+    return [{**pool[i], "source": "replay"} for i in chosen], len(pool)
 
 
 def _per_domain(examples: list[Example]) -> dict[str, int]:
