@@ -217,7 +217,7 @@ def test_plan_puts_greedy_and_samples_of_each_problem_in_one_call() -> None:
         GenerationRequest("a", 1, 0.0, 16, 1), GenerationRequest("a", 4, 0.8, 16, 1),
         GenerationRequest("b", 1, 0.0, 16, 2), GenerationRequest("b", 4, 0.8, 16, 2)]
     # Temperature 0: the samples are the greedy answer; nothing more is decoded.
-    cold = SamplingKnobs(samples=4, temperature=0.0, max_new_tokens=16)
+    cold = SamplingKnobs.model_construct(samples=4, temperature=0.0, max_new_tokens=16)  # below the spec floor
     assert plan_requests(["a"], [1], cold) == [GenerationRequest("a", 1, 0.0, 16, 1)]
 
 
