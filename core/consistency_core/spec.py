@@ -153,6 +153,10 @@ class TrainingKnobs(WireModel):
         50, ge=1, description="Checkpoint to the store every N optimizer steps (and each epoch), so a preempted "
         "pod resumes there.")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapter shape.")
+    method: Literal["qlora", "lora", "full"] = Field(
+        "qlora", description="qlora: LoRA on a 4-bit NF4 base wherever bitsandbytes supports the device (CUDA, "
+        "recent CPU builds), else plain LoRA; lora: LoRA on the full-precision base; full: full fine-tuning "
+        "(every weight; the output is a whole model, for small models such as a from-scratch demo one).")
 
 
 class QuickFixPhase(TrainingKnobs):
@@ -362,6 +366,10 @@ class CampaignSpec(WireModel):
                 check(f"spec.expansion.scanDatasets[{i}]", name, DatasetRole.scan)
         for i, name in enumerate(self.evaluation.datasets):
             check(f"spec.evaluation.datasets[{i}]", name, DatasetRole.eval)
+        if self.expansion.enabled and self.quick_fix.method == "full" and self.expansion.method != "full":
+            # 1B.2 continues 1B.1's output; an adapter on a fully fine-tuned model would be served on the base.
+            raise ValueError("spec.expansion.method: must be full when spec.quickFix.method is full "
+                             "(1B.2 continues the whole fine-tuned model)")
         return self
 
     def dataset(self, name: str) -> DatasetSpec:

@@ -80,9 +80,10 @@ class TrainParams(WireModel):
     max_seq_len: int = Field(ge=8)
     lora: LoraConfig
     init_adapter_uri: str | None = Field(None, description="Continue from this adapter (1B.2 from 1B.1).")
-    quantization: Literal["auto", "nf4", "none"] = Field(
-        "auto", description="auto: QLoRA NF4 when CUDA is present, plain LoRA otherwise."
+    method: Literal["qlora", "lora", "full"] = Field(
+        "qlora", description="qlora: 4-bit NF4 base + LoRA where bitsandbytes supports the device, else lora."
     )
+    processes: int = Field(1, ge=1, description="Data-parallel training processes (torchrun), one per GPU.")
     checkpoint_steps: int = Field(50, ge=1, description="Checkpoint to the store every N optimizer steps.")
 
 
@@ -133,7 +134,7 @@ class StageResult(WireModel):
     `metrics` per stage (keys the state machine reads):
     prepare: selection, scan, eval (problem counts), malformed;
     generate: problems, completions; distill: examples;
-    train: steps, finalLoss, quantization; evaluate: problems, consistency, meanAgreement,
+    train: steps, finalLoss, method, quantization; evaluate: problems, consistency, meanAgreement,
     accuracy {domain: float}, failureToSuccess, successToFailure.
     """
 

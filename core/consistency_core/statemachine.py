@@ -227,6 +227,8 @@ class _Campaign:
                 max_seq_len=qf.max_seq_len,
                 lora=qf.lora,
                 checkpoint_steps=qf.checkpoint_steps,
+                method=qf.method,
+                processes=self.spec.resources.stages.train.gpus or 1,
             )
         return self._evaluate(
             prepared, adapter=join_uri(self.out(f"{prefix}-train"), TRAIN_ADAPTER), before=self._baseline_report()
@@ -265,6 +267,8 @@ class _Campaign:
                 max_seq_len=ex.max_seq_len,
                 lora=ex.lora,
                 checkpoint_steps=ex.checkpoint_steps,
+                method=ex.method,
+                processes=self.spec.resources.stages.train.gpus or 1,
                 init_adapter_uri=self.passing_adapter(),
             )
         quick_fix_eval = self._passing_eval_report()

@@ -64,7 +64,7 @@ def test_qlora_train_stage_loss_decreases(gpu_model: Path, tmp_path: Path) -> No
     data = write_train_data(tmp_path / "train.jsonl", copies=4)  # 16 examples
     config = stage_config("train", str(store), str(gpu_model), {
         "dataUri": str(data), "epochs": 5, "learningRate": 5e-3, "batchSize": 4, "gradientAccumulation": 1,
-        "maxSeqLen": 512, "lora": {"r": 16, "alpha": 32, "dropout": 0.0}, "quantization": "auto",
+        "maxSeqLen": 512, "lora": {"r": 16, "alpha": 32, "dropout": 0.0}, "method": "qlora",
     }, key="qlora")
     torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()

@@ -1,5 +1,6 @@
-"""The train stage on a tiny real model: LoRA on every linear layer, prompt masking, loss curve,
-checkpoints that survive an interruption, continuing from an earlier adapter."""
+"""The train stage on a tiny real model: QLoRA (4-bit NF4 base, on CPU too) and LoRA on every linear layer,
+full fine-tuning, prompt masking, loss curve, checkpoints that survive an interruption, continuing from an
+earlier adapter, length-grouped batching."""
 
 from __future__ import annotations
 
@@ -73,12 +74,26 @@ def test_masks_the_prompt_and_trains_the_assistant_turn() -> None:
     assert tok.decode(plain.input_ids[: plain.labels.index(target[0])]).endswith("Answer:")
 
 
-def test_trains_lora_on_all_linear_layers_and_writes_adapter_and_loss(tmp_path: Path) -> None:
+def needs_4bit() -> None:
+    from consistency_worker.models import bnb_4bit_unsupported
+
+    why = bnb_4bit_unsupported("cpu")
+    if why is not None:
+        pytest.skip(why)
+
+
+@pytest.mark.parametrize(("method", "quantization", "layers_4bit"), [("qlora", "nf4", 14), ("lora", "none", 0)])
+def test_trains_lora_on_all_linear_layers_and_writes_adapter_and_loss(
+        tmp_path: Path, method: str, quantization: str, layers_4bit: int) -> None:
+    if method == "qlora":
+        needs_4bit()
     store = tmp_path / "store"
     data = write_train_data(tmp_path / "train.jsonl", copies=2)  # 8 examples -> 4 steps/epoch
-    result = run(train_config(str(store), str(data), epochs=3, learningRate=1e-2), tmp_path / "s")
+    result = run(train_config(str(store), str(data), epochs=3, learningRate=1e-2, method=method), tmp_path / "s")
     assert result.ok
-    assert result.metrics["steps"] == 12 and result.metrics["quantization"] == "none"
+    assert result.metrics["steps"] == 12 and result.metrics["method"] == method
+    # QLoRA on CPU: the base's 14 linear layers (2 layers x q, k, v, o, gate, up, down) really are 4-bit.
+    assert result.metrics["quantization"] == quantization and result.metrics["layers4bit"] == layers_4bit
     assert result.metrics["examples"] == 8 and result.metrics["dropped"] == 0
     losses = json.loads((store / "train" / "loss.json").read_text())["steps"]
     assert [row["step"] for row in losses] == list(range(1, 13))
@@ -90,17 +105,21 @@ def test_trains_lora_on_all_linear_layers_and_writes_adapter_and_loss(tmp_path: 
     adapted = {name.split(".")[-3] for name in adapter_weights(store, "train") if "lora_A" in name}
     assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     manifest = json.loads((store / "train" / "manifest.json").read_text())
-    assert manifest["extra"]["method"].startswith("LoRA") and manifest["extra"]["quantization"] == "none"
+    assert manifest["extra"]["method"].startswith("QLoRA" if method == "qlora" else "LoRA")
+    assert manifest["extra"]["quantization"] == quantization and manifest["extra"]["methodRequested"] == method
     assert "adapter" in manifest["outputs"] and manifest["outputs"]["adapter"]["files"]
 
 
 def test_interrupted_training_resumes_from_its_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A QLoRA run (the default method) on CPU, interrupted and resumed."""
     from consistency_worker.stages import train as train_stage
 
+    needs_4bit()
     store = tmp_path / "store"
     data = str(write_train_data(tmp_path / "train.jsonl", copies=2))  # 4 steps/epoch, 8 in all
     whole = run(train_config(str(store), data, key="whole"), tmp_path / "s1")
     assert whole.metrics["steps"] == 8 and "resumedFromStep" not in whole.metrics
+    assert whole.metrics["method"] == "qlora" and whole.metrics["layers4bit"] == 14
 
     def preempt(step: int) -> None:
         if step == 7:  # checkpoints so far: 3, 4 (end of epoch 1), 6
@@ -149,6 +168,8 @@ def test_checkpoint_of_a_different_configuration_is_not_resumed(tmp_path: Path,
 
 
 def test_continues_from_an_earlier_adapter(tmp_path: Path) -> None:
+    """1B.2 continuing a QLoRA adapter (both phases on the 4-bit base, on CPU)."""
+    needs_4bit()
     store = tmp_path / "store"
     data = str(write_train_data(tmp_path / "train.jsonl", copies=2))
     first = run(train_config(str(store), data, key="first", epochs=4, learningRate=1e-2), tmp_path / "s1")
@@ -156,6 +177,7 @@ def test_continues_from_an_earlier_adapter(tmp_path: Path) -> None:
     cont = run(train_config(str(store), data, key="cont", epochs=1, initAdapterUri=f"{store}/first/adapter"),
                tmp_path / "s3")
     assert first.ok and fresh.ok and cont.ok
+    assert {r.metrics["method"] for r in (first, fresh, cont)} == {"qlora"}
 
     def first_loss(key: str) -> float:
         return json.loads((store / key / "loss.json").read_text())["steps"][0]["loss"]
@@ -180,12 +202,108 @@ def test_bad_training_rows_are_permanent_errors_naming_the_row(tmp_path: Path) -
         run(train_config(str(tmp_path / "store"), str(data)), tmp_path / "s2")
 
 
-def test_nf4_without_cuda_is_a_config_error(tmp_path: Path) -> None:
-    if torch.cuda.is_available():
-        pytest.skip("checks the CPU refusal")
+def test_qlora_falls_back_to_lora_where_bitsandbytes_cannot_run_4bit(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from consistency_worker import models
+
+    # What the probe reports on a device (or build) without 4-bit kernels.
+    monkeypatch.setattr(models, "_BNB_4BIT", {"cpu": "bitsandbytes cannot run 4-bit NF4 on cpu (test)",
+                                              "cuda": "bitsandbytes cannot run 4-bit NF4 on cuda (test)"})
     data = write_train_data(tmp_path / "train.jsonl")
-    with pytest.raises(PermanentStageError, match="nf4 needs a CUDA device"):
-        run(train_config(str(tmp_path / "store"), str(data), quantization="nf4"), tmp_path / "s")
+    result = run(train_config(str(tmp_path / "store"), str(data), epochs=1), tmp_path / "s")
+    assert result.metrics["method"] == "lora" and result.metrics["quantization"] == "none"
+    assert result.metrics["layers4bit"] == 0
+    assert "cannot run 4-bit NF4" in result.metrics["methodFallback"]
+    assert result.message.startswith("LoRA (full-precision base)")
+
+
+def test_bitsandbytes_probe_runs_nf4_on_cpu() -> None:
+    from consistency_worker.models import _probe_bnb_4bit
+
+    pytest.importorskip("bitsandbytes")
+    assert _probe_bnb_4bit("cpu") is None
+
+
+def test_full_fine_tuning_writes_a_whole_model_that_later_stages_load(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from consistency_worker.generations import read_generations
+    from consistency_worker.stages import train as train_stage
+    from consistency_worker.store import open_store
+
+    from tests.worker.model_fixtures import write_problems
+
+    store = tmp_path / "store"
+    data = str(write_train_data(tmp_path / "train.jsonl", copies=2))  # 4 steps/epoch
+    params = {"method": "full", "epochs": 3, "learningRate": 1e-2}
+    whole = run(train_config(str(store), data, key="full", **params), tmp_path / "s1")
+    assert whole.metrics["method"] == "full" and whole.metrics["steps"] == 12
+    out = store / "full" / "adapter"
+    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+    assert (out / "tokenizer.json").is_file() and not (out / "adapter_config.json").exists()
+    losses = json.loads((store / "full" / "loss.json").read_text())["steps"]
+    assert losses[-1]["loss"] < losses[0]["loss"] - 1.5
+    manifest = json.loads((store / "full" / "manifest.json").read_text())
+    tiny = safetensors.load_file(str(tiny_model_dir() / "model.safetensors"))
+    assert manifest["extra"]["trainableParameters"] == sum(t.numel() for t in tiny.values())
+
+    # Preempted after step 10 (last checkpoint: 9), resumed: the same weights as the uninterrupted run.
+    def preempt(step: int) -> None:
+        if step == 10:
+            raise Preempted("after step 10")
+
+    monkeypatch.setattr(train_stage, "on_step_hook", preempt)
+    with pytest.raises(Preempted):
+        run(train_config(str(store), data, key="cut", **params), tmp_path / "s2")
+    monkeypatch.setattr(train_stage, "on_step_hook", None)
+    resumed = run(train_config(str(store), data, key="cut", **params), tmp_path / "s3")
+    assert resumed.metrics["resumedFromStep"] == 9
+    first = safetensors.load_file(str(out / "model.safetensors"))
+    second = safetensors.load_file(str(store / "cut" / "adapter" / "model.safetensors"))
+    for name in first:
+        torch.testing.assert_close(first[name], second[name], rtol=1e-5, atol=1e-6)
+
+    # generate with the full model as the "adapter": it replaces the base and answers as trained.
+    problems = str(write_problems(tmp_path / "problems.jsonl"))
+    gen = {"problemsUri": problems, "samples": 1, "temperature": 0.0, "maxNewTokens": 24}
+    base = run(stage_config("generate", str(store), str(tiny_model_dir()), gen, key="gen-base"), tmp_path / "g1")
+    tuned = run(stage_config("generate", str(store), str(tiny_model_dir()), {**gen, "adapterUri": str(out)},
+                             key="gen-full"), tmp_path / "g2")
+    assert base.ok and tuned.ok
+    before = {r.problem_id: r.greedy.text for r in read_generations(open_store(str(store)), f"{store}/gen-base")}
+    after = {r.problem_id: r.greedy.text for r in read_generations(open_store(str(store)), f"{store}/gen-full")}
+    assert before != after
+
+    # 1B.2 continues a full model with full fine-tuning; an adapter on it would be served on the wrong base.
+    cont = run(train_config(str(store), data, key="cont", method="full", epochs=1, initAdapterUri=str(out)),
+               tmp_path / "s4")
+    assert cont.ok and json.loads((store / "cont" / "loss.json").read_text())["steps"][0]["loss"] < losses[0]["loss"]
+    with pytest.raises(PermanentStageError, match="fully fine-tuned model: continue it with method full"):
+        run(train_config(str(store), data, key="bad", method="lora", initAdapterUri=str(out)), tmp_path / "s5")
+
+
+def test_length_grouped_steps_are_seeded_and_cut_padding() -> None:
+    import random
+
+    from consistency_worker.training import epoch_steps, padding_share
+
+    rng = random.Random(3)
+    lengths = [rng.randint(20, 600) for _ in range(203)]
+    steps = epoch_steps(lengths, batch_size=4, micro_batches_per_step=2, seed=7, epoch=0)
+    assert steps == epoch_steps(lengths, batch_size=4, micro_batches_per_step=2, seed=7, epoch=0)
+    assert steps != epoch_steps(lengths, batch_size=4, micro_batches_per_step=2, seed=7, epoch=1)
+    assert steps != epoch_steps(lengths, batch_size=4, micro_batches_per_step=2, seed=8, epoch=0)
+    # Every example exactly once per epoch; ceil(ceil(203 / 4) / 2) = 26 steps, as without grouping.
+    flat = sorted(i for step in steps for batch in step for i in batch)
+    assert flat == list(range(203)) and len(steps) == 26
+    assert all(len(batch) <= 4 for step in steps for batch in step)
+    # Against plain shuffled micro-batches of the same epoch order: padding falls several-fold.
+    order = torch.randperm(203, generator=torch.Generator().manual_seed(7)).tolist()
+    plain = [order[i : i + 4] for i in range(0, 203, 4)]
+    grouped = [batch for step in steps for batch in step]
+    assert padding_share(lengths, grouped) < padding_share(lengths, plain) / 4
+    # Micro-batches are shuffled after grouping: the steps do not run longest-first through a mega-batch.
+    widths = [max(lengths[i] for i in step[0]) for step in steps[:8]]
+    assert widths != sorted(widths, reverse=True)
 
 
 @pytest.mark.slow

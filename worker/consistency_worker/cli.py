@@ -166,6 +166,33 @@ def _key_of(text: str | None) -> str:
         return "unknown"
 
 
+def _run_data_parallel(processes: int, args: argparse.Namespace, out_path: Path | None, key: str) -> int:
+    """Re-run this command under torchrun in `processes` processes and pass rank 0's result and exit
+    code on (torchrun itself exits 1 for any failed child)."""
+    from consistency_worker.distributed import launch
+
+    worker_args = [args.stage, "--config", args.config, "--log-level", args.log_level]
+    if args.shard:
+        worker_args += ["--shard", args.shard]
+    if args.scratch_dir:
+        worker_args += ["--scratch-dir", args.scratch_dir]
+    code, text = launch(processes, worker_args)
+    result: StageResult | None = None
+    if text:
+        try:
+            result = StageResult.model_validate_json(text)
+        except ValueError:
+            result = None
+    if result is None:
+        # A rank died without rank 0 reporting (OOM killer, crash, signal): like a lost pod, worth a retry.
+        result = StageResult(key=key, ok=False, retryable=True, message=f"data-parallel run ({processes} "
+                             f"processes) ended without a result: torchrun exited with code {code}")
+    emit(result, out_path)
+    if result.ok:
+        return EXIT_OK
+    return EXIT_RETRYABLE if result.retryable else EXIT_PERMANENT
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
@@ -186,12 +213,22 @@ def main(argv: list[str] | None = None) -> int:
         if config.stage.value != args.stage or config.params.kind != args.stage:
             raise ConfigError(f"config.stage is {config.stage.value!r} and config.params.kind is "
                               f"{config.params.kind!r}, but the command runs {args.stage!r}")
+        from consistency_worker import distributed
+
+        processes = getattr(config.params, "processes", 1)
+        if processes > 1 and not distributed.under_torchrun():
+            return _run_data_parallel(processes, args, out_path, config.key)
         from consistency_worker.stages import run_stage
         from consistency_worker.stages.context import StageContext
 
+        world = distributed.current_world()
+        if not world.is_writer:
+            out_path = None  # rank 0 reports; the launcher hands its result on
+        scratch_arg = Path(args.scratch_dir) if args.scratch_dir else None
+        if scratch_arg is not None and world.distributed:
+            scratch_arg = scratch_arg / f"rank-{world.rank}"
         try:
-            ctx = StageContext.create(config, shard=args.shard,
-                                      scratch_dir=Path(args.scratch_dir) if args.scratch_dir else None)
+            ctx = StageContext.create(config, shard=args.shard, scratch_dir=scratch_arg)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         scratch = None if args.scratch_dir else ctx.scratch_dir

@@ -99,6 +99,37 @@ def cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
+_BNB_4BIT: dict[str, str | None] = {}
+
+
+def bnb_4bit_unsupported(device: str) -> str | None:
+    """None when bitsandbytes runs NF4 4-bit layers (double quantisation) on `device`, else why not.
+
+    A real probe, not a version table: quantise and dequantise a small block on the device, since
+    bitsandbytes' CPU support depends on its build and version (CPU kernels since 0.48)."""
+    kind = device.split(":", 1)[0]
+    if kind not in _BNB_4BIT:
+        _BNB_4BIT[kind] = _probe_bnb_4bit(device)
+    return _BNB_4BIT[kind]
+
+
+def _probe_bnb_4bit(device: str) -> str | None:
+    try:
+        import bitsandbytes.functional as bnb_functional
+        import torch
+    except Exception as exc:  # ImportError, or a build that fails to load its native library
+        return f"bitsandbytes is not usable ({type(exc).__name__}: {exc})"
+    try:
+        weight = torch.linspace(-1, 1, 4096, dtype=torch.bfloat16, device=device).reshape(64, 64)
+        packed, state = bnb_functional.quantize_4bit(weight, quant_type="nf4", compress_statistics=True)
+        restored = bnb_functional.dequantize_4bit(packed, state, quant_type="nf4")
+    except Exception as exc:
+        return f"bitsandbytes cannot run 4-bit NF4 on {device} ({type(exc).__name__}: {exc})"
+    if float((restored.float() - weight.float()).abs().max()) > 0.2:
+        return f"bitsandbytes' NF4 round trip on {device} is wrong"
+    return None
+
+
 def cpu_quota() -> int | None:
     """CPUs granted by the cgroup (v2 cpu.max or v1 cfs quota), None when unlimited or unknown."""
     candidates = (("/sys/fs/cgroup/cpu.max", None),
@@ -210,7 +241,7 @@ def load_model(
             bnb_4bit_compute_dtype=torch.bfloat16,
         )
         kwargs["dtype"] = torch.bfloat16
-        kwargs["device_map"] = {"": torch.cuda.current_device()}
+        kwargs["device_map"] = {"": torch.device(device)}
     else:
         kwargs["dtype"] = torch_dtype(dtype or model.dtype, device)
     if device == "cpu":
@@ -240,6 +271,22 @@ def _has_dtype_kwarg() -> bool:
     return (major, minor) >= (4, 56)
 
 
+def is_full_model(trained_dir: Path) -> bool:
+    """A full fine-tuning output (weights + config + tokenizer) rather than a LoRA adapter."""
+    trained_dir = Path(trained_dir)
+    return (trained_dir / "config.json").is_file() and not (trained_dir / "adapter_config.json").is_file()
+
+
+def with_trained(model: ResolvedModel, trained_dir: Path | None) -> tuple[ResolvedModel, Path | None]:
+    """(model, adapter) to load for a train stage's output: a LoRA adapter goes on the base model; a full
+    fine-tuning output replaces the base model (it is a complete checkpoint with its tokenizer)."""
+    if trained_dir is None or not is_full_model(trained_dir):
+        return model, trained_dir
+    full = ResolvedModel(str(trained_dir), None, None, is_local=True, dtype=model.dtype,
+                         max_model_len=model.max_model_len)
+    return full, None
+
+
 def adapter_rank(adapter_dir: Path) -> int:
     """LoRA rank from a peft adapter directory (vLLM must be told the largest rank up front)."""
     config_path = Path(adapter_dir) / "adapter_config.json"
@@ -250,7 +297,8 @@ def adapter_rank(adapter_dir: Path) -> int:
 
 
 def fetch_adapter(adapter_uri: str, store: Store, cache_dir: Path) -> Path:
-    """A local copy of the adapter directory at `adapter_uri` (a store URI: s3://, file:// or a path)."""
+    """A local copy of the adapter directory at `adapter_uri` (a store URI: s3://, file:// or a path); a full
+    fine-tuning output (see `with_trained`) is fetched the same way."""
     from consistency_worker.store import StoreNotFound
 
     local = Path(cache_dir) / "adapters" / _cache_key(adapter_uri)
@@ -260,6 +308,7 @@ def fetch_adapter(adapter_uri: str, store: Store, cache_dir: Path) -> Path:
         store.download_dir(adapter_uri, local)
     except StoreNotFound as exc:
         raise ModelError(f"adapter {adapter_uri!r} not found in the store") from exc
-    adapter_rank(local)  # validates that it is an adapter before anything loads it
+    if not is_full_model(local):
+        adapter_rank(local)  # validates that it is an adapter (or a full model) before anything loads it
     (local / ".complete").touch()
     return local

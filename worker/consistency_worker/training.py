@@ -3,9 +3,16 @@
 - Examples are chat transcripts; the loss covers only the final assistant turn (prompt tokens get label
   -100), tokenised exactly as generation tokenises prompts (`encode_prompt`), so training and inference
   agree on the prompt/answer boundary.
-- QLoRA on CUDA: the base model in 4-bit NF4 with double quantisation and bf16 compute,
-  `prepare_model_for_kbit_training`, paged AdamW (32-bit: LoRA's few parameters make 8-bit states a
-  negligible saving for a precision cost). Without CUDA: plain LoRA on full-precision weights.
+- QLoRA wherever bitsandbytes runs 4-bit layers (CUDA, and CPU with bitsandbytes >= 0.48): the base model
+  in 4-bit NF4 with double quantisation and bf16 compute, `prepare_model_for_kbit_training`; on CUDA paged
+  AdamW (32-bit: LoRA's few parameters make 8-bit states a negligible saving for a precision cost), plain
+  AdamW elsewhere. Also plain LoRA on full-precision weights, and full fine-tuning (small models).
+- On CUDA the forward runs under bf16 autocast (prepare_model_for_kbit_training leaves embeddings, norms and
+  lm_head in fp32, which would otherwise keep the residual stream and attention in fp32) with TF32 matmuls.
+- No padding waste: micro-batches hold examples of similar length, grouped inside seeded mega-batches
+  (`epoch_steps`), and each optimizer step's loss is the per-token mean over all its micro-batches.
+- Data parallel (torchrun, one process per GPU): each rank runs its share of a step's micro-batches and the
+  trainable gradients are summed across ranks before the optimizer step; only rank 0 writes checkpoints.
 - A checkpoint (adapter + optimizer + scheduler + RNG + step) goes to the store every `checkpoint_steps`
   optimizer steps and at the end of each epoch; a rerun restores the latest one and continues with the
   same data order, so an interrupted run ends at the same step count (and, on CPU, the same weights).
@@ -13,6 +20,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import shutil
@@ -26,6 +34,7 @@ from consistency_core.spec import LoraConfig
 from consistency_core.stages import join_uri
 
 from consistency_worker.backends import derive_seed, encode_prompt
+from consistency_worker.distributed import World, all_reduce_gradients, broadcast_parameters
 from consistency_worker.prompts import plain_prompt
 from consistency_worker.store import Store
 
@@ -35,7 +44,11 @@ IGNORE_INDEX = -100
 CHECKPOINTS = "checkpoints"
 LATEST = "latest.json"
 STATE_FILE = "trainer_state.pt"
+FULL_WEIGHTS = "model.safetensors"
 ROLES = ("system", "user", "assistant")
+# Length grouping sorts examples within windows of this many optimizer steps: wide enough that most
+# micro-batches find similar lengths, narrow enough that the data order stays random across the epoch.
+MEGA_BATCH_STEPS = 8
 
 
 class TrainingDataError(ValueError):
@@ -146,13 +159,33 @@ def _collate(batch: list[Example], pad_id: int) -> dict[str, Any]:
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
-def epoch_batches(n_examples: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """Shuffled batches of one epoch; a pure function of (seed, epoch) so a resumed run sees the same."""
+def epoch_steps(lengths: Sequence[int], batch_size: int, micro_batches_per_step: int, seed: int,
+                epoch: int) -> list[list[list[int]]]:
+    """One epoch's optimizer steps, each a list of micro-batches of example indices.
+
+    The epoch's shuffled order is cut into mega-batches of MEGA_BATCH_STEPS steps; inside one, examples are
+    sorted by length and cut into micro-batches (so little padding), whose order is then shuffled. A pure
+    function of (lengths, sizes, seed, epoch): a resumed run, and every rank of a data-parallel one, sees
+    the same steps. Step count: ceil(ceil(n / batch_size) / micro_batches_per_step), as without grouping."""
     import torch
 
     generator = torch.Generator().manual_seed(derive_seed("epoch", seed, epoch))
-    order = torch.randperm(n_examples, generator=generator).tolist()
-    return [order[i : i + batch_size] for i in range(0, n_examples, batch_size)]
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    mega = batch_size * micro_batches_per_step * MEGA_BATCH_STEPS
+    steps: list[list[list[int]]] = []
+    for start in range(0, len(order), mega):
+        window = sorted(order[start : start + mega], key=lambda i: -lengths[i])  # stable: ties stay shuffled
+        micro = [window[i : i + batch_size] for i in range(0, len(window), batch_size)]
+        micro = [micro[i] for i in torch.randperm(len(micro), generator=generator).tolist()]
+        steps += [micro[i : i + micro_batches_per_step] for i in range(0, len(micro), micro_batches_per_step)]
+    return steps
+
+
+def padding_share(lengths: Sequence[int], micro_batches: Sequence[Sequence[int]]) -> float:
+    """Padded positions / all positions the model computes for these micro-batches (right-padded)."""
+    real = sum(lengths[i] for batch in micro_batches for i in batch)
+    computed = sum(len(batch) * max(lengths[i] for i in batch) for batch in micro_batches if batch)
+    return 1.0 - real / computed if computed else 0.0
 
 
 # ----------------------------------------------------------------------------------------- model
@@ -184,10 +217,10 @@ def wrap_lora(model: Any, lora: LoraConfig, *, init_adapter_dir: Path | None) ->
     return get_peft_model(model, config)
 
 
-def make_optimizer(params: list[Any], lr: float, quantized: bool) -> Any:
+def make_optimizer(params: list[Any], lr: float, paged: bool) -> Any:
     import torch
 
-    if quantized:
+    if paged:  # CUDA only: paging moves optimizer states through CUDA unified memory
         import bitsandbytes as bnb
 
         # Paged optimizer states move to CPU under memory pressure instead of failing with OOM.
@@ -256,7 +289,13 @@ class CheckpointStore:
         step = state["step"]
         local = self.scratch / f"ckpt-{step:06d}"
         shutil.rmtree(local, ignore_errors=True)
-        model.save_pretrained(str(local))
+        if hasattr(model, "peft_config"):
+            model.save_pretrained(str(local))
+        else:  # full fine-tuning: every weight (safetensors' save_model copes with tied embeddings)
+            from safetensors.torch import save_model
+
+            local.mkdir(parents=True, exist_ok=True)
+            save_model(model, str(local / FULL_WEIGHTS))
         torch.save(state, local / STATE_FILE)
         uri = join_uri(self.root, f"step-{step:06d}")
         self.store.upload_dir(local, uri)
@@ -280,21 +319,49 @@ class CheckpointStore:
 
         local = self.scratch / f"resume-{pointer['step']:06d}"
         self.store.download_dir(pointer["uri"], local)
-        weights = load_file(str(local / "adapter_model.safetensors"))
-        result = set_peft_model_state_dict(model, weights)
-        unexpected = getattr(result, "unexpected_keys", None)
-        if unexpected:
-            raise RuntimeError(f"checkpoint {pointer['uri']} does not match the model: {unexpected[:3]}")
+        if (local / FULL_WEIGHTS).is_file():
+            from safetensors.torch import load_model
+
+            missing, unexpected = load_model(model, str(local / FULL_WEIGHTS), strict=False)
+            if missing or unexpected:
+                raise RuntimeError(f"checkpoint {pointer['uri']} does not match the model: "
+                                   f"{(missing + unexpected)[:3]}")
+        else:
+            weights = load_file(str(local / "adapter_model.safetensors"))
+            result = set_peft_model_state_dict(model, weights)
+            unexpected = getattr(result, "unexpected_keys", None)
+            if unexpected:
+                raise RuntimeError(f"checkpoint {pointer['uri']} does not match the model: {unexpected[:3]}")
         return torch.load(local / STATE_FILE, weights_only=False, map_location="cpu")
 
 
 # ------------------------------------------------------------------------------------------ loop
 
 
-def total_steps(n_examples: int, settings: TrainSettings) -> int:
-    """Optimizer steps of a whole run: a partial last batch and a partial accumulation group still count."""
+def total_steps(n_examples: int, settings: TrainSettings, world_size: int = 1) -> int:
+    """Optimizer steps of a whole run: a partial last batch and a partial accumulation group still count.
+    With data parallelism a step takes batch_size x gradient_accumulation examples on each of world_size
+    ranks (batch_size is per device)."""
     batches_per_epoch = math.ceil(n_examples / settings.batch_size)
-    return math.ceil(batches_per_epoch / settings.gradient_accumulation) * settings.epochs
+    return math.ceil(batches_per_epoch / (settings.gradient_accumulation * world_size)) * settings.epochs
+
+
+def forward_precision(device: Any) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast around the forward on CUDA (bf16-capable GPUs); full precision elsewhere: CPU
+    autocast to bf16 is slower than fp32 on most CPUs, and the 4-bit layers already compute in bf16."""
+    import torch
+
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def enable_tf32() -> None:
+    """TF32 tensor-core matmuls for whatever still runs in fp32 on CUDA (optimizer-side, fp32 layers)."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
 
 
 def train_lora(
@@ -307,20 +374,28 @@ def train_lora(
     quantized: bool,
     on_step: Callable[[int], None] | None = None,
     progress: Any = None,
+    world: World | None = None,
 ) -> TrainOutcome:
-    """Train the (already LoRA-wrapped) model in place; resumes from `checkpoints` when one exists.
+    """Train the model's trainable parameters in place (a LoRA adapter, or every weight for full
+    fine-tuning); resumes from `checkpoints` when one exists.
 
     `on_step(step)` runs after each optimizer step (and its checkpoint): a seam for tests to simulate a
-    preemption at a known step."""
+    preemption at a known step. `world`: this process's rank in a data-parallel run."""
     import torch
 
+    world = world or World()
     if not examples:
         raise TrainingDataError("no training examples (all rows empty or truncated away)")
     device = next(p for p in model.parameters()).device
-    all_steps = total_steps(len(examples), settings)
+    if device.type == "cuda":
+        enable_tf32()
+    all_steps = total_steps(len(examples), settings, world.size)
     steps_per_epoch = all_steps // settings.epochs
+    micro_per_step = settings.gradient_accumulation * world.size
+    lengths = [len(e.input_ids) for e in examples]
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(trainable, settings.learning_rate, quantized)
+    broadcast_parameters(trainable, world)
+    optimizer = make_optimizer(trainable, settings.learning_rate, paged=quantized and device.type == "cuda")
     scheduler = make_scheduler(optimizer, all_steps, settings.warmup_ratio)
 
     # What a checkpoint must match to be resumed: the same data size and schedule-defining knobs.
@@ -341,12 +416,14 @@ def train_lora(
         scheduler.load_state_dict(state["scheduler"])
         _restore_rng(state["rng"])
         step, losses, resumed_from = state["step"], state["losses"], state["step"]
+        if world.rank:  # the checkpoint holds rank 0's RNG; other ranks draw their own dropout masks
+            torch.manual_seed(derive_seed("rank", settings.seed, world.rank, step))
         log.info("resumed from checkpoint %s at step %d of %d", pointer["uri"], step, all_steps)
     else:
-        torch.manual_seed(settings.seed)
+        torch.manual_seed(derive_seed("rank", settings.seed, world.rank, 0) if world.rank else settings.seed)
 
     def checkpoint() -> None:
-        if checkpoints is not None:
+        if checkpoints is not None and world.is_writer:
             checkpoints.save(model, {
                 "step": step, "losses": losses, "rng": _rng_state(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -357,20 +434,24 @@ def train_lora(
     if progress is not None:
         progress.update(step)
     for epoch in range(step // steps_per_epoch, settings.epochs):
-        batches = epoch_batches(len(examples), settings.batch_size, settings.seed, epoch)
+        steps = epoch_steps(lengths, settings.batch_size, micro_per_step, settings.seed, epoch)
         first_step = step - epoch * steps_per_epoch  # > 0 only in the epoch a resume lands in
         for step_in_epoch in range(first_step, steps_per_epoch):
-            group = batches[step_in_epoch * settings.gradient_accumulation :][: settings.gradient_accumulation]
-            # Weight micro-batches by their target tokens so the step's loss is a per-token mean.
+            group = steps[step_in_epoch]
+            # Weight micro-batches by their target tokens so the step's loss is a per-token mean over the
+            # whole (global) batch, whichever rank computes which micro-batch.
             counts = [sum(lab != IGNORE_INDEX for i in b for lab in examples[i].labels) for b in group]
             total_targets = sum(counts)
-            step_loss = 0.0
-            for batch, count in zip(group, counts, strict=True):
+            step_loss, step_tokens = 0.0, 0
+            for batch, count in list(zip(group, counts, strict=True))[world.rank :: world.size]:
                 inputs = {k: v.to(device) for k, v in _collate([examples[i] for i in batch], pad_id).items()}
-                loss = model(**inputs).loss
+                with forward_precision(device):
+                    loss = model(**inputs).loss
                 (loss * (count / total_targets)).backward()
                 step_loss += loss.item() * count / total_targets
-                tokens += int(inputs["attention_mask"].sum())
+                step_tokens += int(inputs["attention_mask"].sum())
+            step_loss, step_tokens = all_reduce_gradients(trainable, [step_loss, float(step_tokens)], world)
+            tokens += int(step_tokens)
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             lr = scheduler.get_last_lr()[0]
             optimizer.step()

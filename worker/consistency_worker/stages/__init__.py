@@ -14,6 +14,7 @@ from types import ModuleType
 
 from consistency_core.stages import StageResult
 
+from consistency_worker.distributed import current_world
 from consistency_worker.stages.context import StageContext
 
 STAGES = ("prepare", "generate", "distill", "train", "evaluate")
@@ -72,7 +73,8 @@ def run_stage(ctx: StageContext) -> StageResult:
     if not isinstance(result, StageResult):
         raise TypeError(f"{module.__name__}.run returned {type(result).__name__}, not StageResult")
     result = result.model_copy(update={"seconds": round(time.monotonic() - start, 3)})
-    if not result.ok:
+    if not result.ok or not current_world().is_writer:
+        # Data-parallel ranks other than 0 computed the same result; rank 0 alone commits it.
         return result
     ctx.manifest.write(ctx.store, ctx.manifest_uri, result)
     ctx.store.write_json(ctx.result_uri, result.to_wire())

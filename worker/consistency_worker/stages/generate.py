@@ -27,7 +27,7 @@ from consistency_worker.generations import (
 )
 from consistency_worker.grading import Grade, grade_many
 from consistency_worker.manifest import sha256_bytes
-from consistency_worker.models import fetch_adapter, resolve_model
+from consistency_worker.models import fetch_adapter, resolve_model, with_trained
 from consistency_worker.problems import Problem
 from consistency_worker.prompts import render_prompt
 from consistency_worker.stages import PermanentStageError
@@ -85,6 +85,8 @@ def load_backend(config: StageConfig, ctx: StageContext, adapter_uri: str | None
     """The configured engine with the base model (+ adapter), fetched from the store as needed."""
     model = resolve_model(config.model, ctx.store, cache_dir(ctx))
     adapter = fetch_adapter(adapter_uri, ctx.store, cache_dir(ctx)) if adapter_uri else None
+    # A full fine-tuning output replaces the base model instead of going on top of it.
+    model, adapter = with_trained(model, adapter)
     tp = getattr(config.params, "tensor_parallel_size", 1)
     rows = int(os.environ[ENV_BATCH_ROWS]) if os.environ.get(ENV_BATCH_ROWS) else None
     ctx.logger.info("backend %s (requested %s), model %s, adapter %s",

