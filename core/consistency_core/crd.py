@@ -28,6 +28,8 @@ PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.trainingPhase", "description": "1B.1 or 1B.2"},
     {"name": "Iteration", "type": "integer", "jsonPath": ".status.iteration", "description": "1B.1 iteration"},
     {"name": "Stage", "type": "string", "jsonPath": ".status.stage", "description": "Stage now running"},
+    {"name": "Stage Status", "type": "string", "jsonPath": ".status.stageStatus",
+     "description": "Queued while the stage's Job waits for admission, then Running"},
     {"name": "Consistency", "type": "number", "jsonPath": ".status.consistency",
      "description": "Latest evaluated consistency rate"},
     {"name": "Math", "type": "number", "jsonPath": ".status.mathAccuracy",

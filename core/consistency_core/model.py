@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, get_args
+from typing import Any, Self, get_args
 
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
@@ -20,6 +20,13 @@ class WireModel(BaseModel):
 
     def to_wire(self) -> dict:
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    @classmethod
+    def part_of(cls, source: BaseModel, **changes: Any) -> Self:
+        """This model's own fields, read from `source` (a model that inherits them, e.g. the TrainingKnobs of
+        a QuickFixPhase): stage params carry spec sections this way instead of copying field by field."""
+        values = {name: getattr(source, name) for name in cls.model_fields}
+        return cls.model_validate({**values, **changes})
 
 
 def nested_model(annotation: Any) -> type[BaseModel] | None:

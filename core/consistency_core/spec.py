@@ -1,5 +1,5 @@
 """Typed model of `ConsistencyTraining.spec`: the one source of truth for the CRD, the operator and the
-local runner. Defaults reproduce the Phase 1B plan (DESIGN.md)."""
+local runner. Defaults reproduce the Phase 1B plan the README describes."""
 
 from __future__ import annotations
 
@@ -11,9 +11,28 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from consistency_core.model import WireModel
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
-Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
+MIN_SAMPLING_TEMPERATURE = 0.05
+
+
+# Temperatures of the k samples (never of the greedy answer, which is always decoded at 0).
+Temperature = Annotated[float, Field(ge=MIN_SAMPLING_TEMPERATURE, le=2.0)]
+
+
+def _too_cold(value: object, where: str = "") -> None:
+    """Refuse a sampling temperature below the floor with the reason, before the bare range check."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value < MIN_SAMPLING_TEMPERATURE:
+        raise ValueError(
+            f"{where}a sampling temperature must be >= {MIN_SAMPLING_TEMPERATURE}, got {value}: near 0 every "
+            "sample is a copy of the greedy answer, so agreement is always 1, the agreement filter keeps "
+            "everything and a problem yields at most one distinct training target")
+
+
+def _sampling_temperature(value: object) -> object:
+    _too_cold(value)
+    return value
 
 DOMAINS = ("math", "code", "reasoning")
+MAX_EPOCHS = 100
 Domain = Literal["math", "code", "reasoning"]
 
 
@@ -37,6 +56,7 @@ class StageName(StrEnum):
     distill = "distill"
     train = "train"
     evaluate = "evaluate"
+    report = "report"  # the campaign's last stage: report, model card, optional merged export
 
 
 class Backend(StrEnum):
@@ -60,6 +80,12 @@ class ModelRef(WireModel):
         "auto", description="Weights dtype for generation and LoRA training (QLoRA always uses NF4 + bf16 compute)."
     )
     max_model_len: int = Field(4096, ge=128, description="Context length given to the inference engine.")
+    token_secret: str | None = Field(
+        None, min_length=1, max_length=253, pattern=r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$",
+        description="Name of a Secret in the campaign's namespace whose key HF_TOKEN is a Hugging Face "
+        "token, for gated or private hf:// models; reaches stage pods as the HF_TOKEN env var through "
+        "secretKeyRef, never copied into the Job spec, status, logs or results. Locally (`consistency run`) "
+        "the HF_TOKEN environment variable is used instead.")
 
 
 class ArtifactStore(WireModel):
@@ -105,7 +131,9 @@ class DatasetSpec(WireModel):
     )
     domain: Domain | None = Field(None, description="Override the format's domain (math/code/reasoning).")
     fields: FieldMapping | None = Field(None, description="Column mapping; required for format jsonl.")
-    limit: int | None = Field(None, ge=1, description="Use at most this many rows (first N after loading).")
+    limit: int | None = Field(None, ge=1, description="Use at most this many problems: the first N, except for "
+                              "format mmlu (sorted by subject): a sample of N stratified by subject, seeded "
+                              "by spec.seed.")
 
     @model_validator(mode="after")
     def _jsonl_needs_fields(self) -> DatasetSpec:
@@ -144,7 +172,10 @@ class LoraConfig(WireModel):
 
 
 class TrainingKnobs(WireModel):
-    epochs: int = Field(2, ge=1, le=100, description="Training epochs.")
+    """How the train stage fits the adapter (the train stage's params carry this model as is)."""
+
+    epochs: int = Field(2, ge=1, le=MAX_EPOCHS, description="Training epochs (1B.1: of iteration 1; later iterations "
+                        "add retry.epochsStep).")
     learning_rate: float = Field(2e-4, gt=0.0, le=1.0, description="Peak learning rate.")
     batch_size: int = Field(8, ge=1, description="Per-device batch size.")
     gradient_accumulation: int = Field(2, ge=1, description="Gradient accumulation steps.")
@@ -152,6 +183,9 @@ class TrainingKnobs(WireModel):
     checkpoint_steps: int = Field(
         50, ge=1, description="Checkpoint to the store every N optimizer steps (and each epoch), so a preempted "
         "pod resumes there.")
+    warmup_ratio: Probability = Field(
+        0.03, description="Share of the optimizer steps over which the learning rate rises linearly to its peak "
+        "(then it decays linearly to 0).")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapter shape.")
     method: Literal["qlora", "lora", "full"] = Field(
         "qlora", description="qlora: LoRA on a 4-bit NF4 base wherever bitsandbytes supports the device (CUDA, "
@@ -159,20 +193,20 @@ class TrainingKnobs(WireModel):
         "(every weight; the output is a whole model, for small models such as a from-scratch demo one).")
 
 
-class QuickFixPhase(TrainingKnobs):
-    """Phase 1B.1: sample, keep what majority vote agrees on, train, evaluate, gate."""
+class SamplingKnobs(WireModel):
+    """How generate and evaluate sample answers (their params carry this model as is)."""
 
-    selection: list[Selection] = Field(
-        default_factory=lambda: [
-            Selection(dataset="gsm8k-train", count=500),
-            Selection(dataset="mbpp-train", count=164),
-        ],
-        min_length=1,
-        description="Training problems per dataset (default: 500 math stratified by difficulty, 164 code).",
-    )
     samples: int = Field(5, ge=1, le=64, description="Sampled answers per problem (k), besides one greedy.")
-    temperature: Temperature = Field(0.7, description="Sampling temperature of iteration 1.")
+    temperature: Temperature = Field(0.7, description="Sampling temperature (1B.1: of iteration 1; later "
+                                     "iterations follow retry.temperatureSchedule).")
     max_new_tokens: int = Field(512, ge=8, description="Generation budget per answer.")
+
+    _temperature = field_validator("temperature", mode="before")(_sampling_temperature)
+
+
+class AgreementFilter(WireModel):
+    """Which sampled answers distill turns into training examples (its params carry this model as is)."""
+
     min_agreement: Probability = Field(
         0.6, description="Keep a problem only if this share of samples agrees on the modal answer."
     )
@@ -186,7 +220,35 @@ class FailureCriteria(WireModel):
     include_wrong: bool = Field(True, description="A wrong greedy answer is a failure.")
 
 
-class ExpansionPhase(TrainingKnobs):
+class FailureExamples(WireModel):
+    """How 1B.2's distill finds failures and builds examples from them (its params carry this model as is)."""
+
+    failure: FailureCriteria = Field(default_factory=FailureCriteria, description="What counts as a failure.")
+    max_examples: int = Field(2500, ge=1, description="Cap on training examples built from failures.")
+    use_reference_solutions: bool = Field(
+        True, description="For a failure with no correct sample, train on the dataset's reference solution."
+    )
+    replay_fraction: float = Field(
+        0.2, ge=0.0, lt=1.0,
+        description="Share of the 1B.2 training set made of 1B.1 training examples (from the passing iteration's "
+        "distill), mixed back in to limit forgetting; 0 turns replay off.",
+    )
+
+
+class QuickFixPhase(TrainingKnobs, SamplingKnobs, AgreementFilter):
+    """Phase 1B.1: sample, keep what majority vote agrees on, train, evaluate, gate."""
+
+    selection: list[Selection] = Field(
+        default_factory=lambda: [
+            Selection(dataset="gsm8k-train", count=500),
+            Selection(dataset="mbpp-train", count=164),
+        ],
+        min_length=1,
+        description="Training problems per dataset (default: 500 math stratified by difficulty, 164 code).",
+    )
+
+
+class ExpansionPhase(TrainingKnobs, SamplingKnobs, AgreementFilter, FailureExamples):
     """Phase 1B.2: scan train/validation sets for failures, build examples from them, continue training."""
 
     enabled: bool = Field(True, description="Run 1B.2 after a passed 1B.1 gate (else Succeeded at the gate).")
@@ -195,30 +257,19 @@ class ExpansionPhase(TrainingKnobs):
         min_length=1,
         description="Datasets (role scan) to run the 1B.1 model over.",
     )
-    samples: int = Field(5, ge=1, le=64, description="Samples per scanned problem.")
-    temperature: Temperature = Field(0.7, description="Sampling temperature of the scan.")
-    max_new_tokens: int = Field(512, ge=8, description="Generation budget per answer.")
-    failure: FailureCriteria = Field(default_factory=FailureCriteria, description="What counts as a failure.")
+    # 1B.2 differs from 1B.1 here: failures rarely have a majority, and it continues an adapter already trained.
     min_agreement: Probability = Field(
         0.0, description="Without a gold answer, keep targets only if this share of samples agrees."
-    )
-    max_examples: int = Field(2500, ge=1, description="Cap on training examples built from failures.")
-    max_per_problem: int = Field(2, ge=1, description="At most this many examples per failed problem.")
-    use_reference_solutions: bool = Field(
-        True, description="For a failure with no correct sample, train on the dataset's reference solution."
     )
     learning_rate: float = Field(1e-4, gt=0.0, le=1.0, description="Peak learning rate.")
 
 
-class EvaluationConfig(WireModel):
+class EvaluationConfig(SamplingKnobs):
     datasets: list[str] = Field(
         default_factory=lambda: ["gsm8k-test", "humaneval"],
         min_length=1,
         description="Datasets (role eval) to evaluate on. Never trained on.",
     )
-    samples: int = Field(5, ge=1, le=64, description="Samples per problem for the consistency measure.")
-    temperature: Temperature = Field(0.7, description="Sampling temperature for the consistency measure.")
-    max_new_tokens: int = Field(512, ge=8, description="Generation budget per answer.")
     baseline: bool = Field(True, description="Evaluate the base model first, for before/after comparisons.")
 
 
@@ -226,7 +277,14 @@ class Thresholds(WireModel):
     """Promotion gate: every set threshold must be met."""
 
     consistency: Probability | None = Field(
-        0.60, description="Minimum consistency rate (share of problems whose k samples all agree)."
+        0.60, description="Minimum consistency rate (share of problems whose k samples all agree), met by "
+        "each domain in consistencyDomains."
+    )
+    consistency_domains: list[Domain] = Field(
+        default_factory=lambda: ["math"], min_length=1,
+        description="Domains the consistency threshold applies to. Consistency means: math, all k canonical "
+        "answers equal; reasoning, all k letters equal; code, all k programs pass and fail the same tests "
+        "(test-outcome signature).",
     )
     mean_agreement: Probability | None = Field(None, description="Minimum mean agreement.")
     accuracy: dict[str, Probability] = Field(
@@ -247,21 +305,35 @@ class RetryPolicy(WireModel):
     max_iterations: int = Field(3, ge=1, le=20, description="1B.1 attempts before the campaign fails.")
     epochs_step: int = Field(1, ge=0, description="Epochs added on each new 1B.1 iteration.")
     temperature_schedule: list[Temperature] = Field(
-        default_factory=lambda: [0.2, 0.1, 0.0],
-        description="Sampling temperature of 1B.1 iterations 2, 3, ... (the last value repeats).",
+        default_factory=lambda: [0.2, 0.1],
+        description="Sampling temperature of 1B.1 iterations 2, 3, ... (the last value repeats); each >= 0.05.",
     )
     stage_retries: int = Field(2, ge=0, le=10, description="New Jobs for a failed stage before giving up.")
 
+    @field_validator("temperature_schedule", mode="before")
+    @classmethod
+    def _schedule(cls, value: object) -> object:
+        if isinstance(value, list):
+            for i, t in enumerate(value):
+                _too_cold(t, f"spec.retry.temperatureSchedule[{i}]: ")
+        return value
+
 
 class Toleration(WireModel):
-    key: str | None = None
-    operator: Literal["Exists", "Equal"] | None = None
-    value: str | None = None
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = None
+    """A core/v1 Toleration, copied onto stage pods."""
+
+    key: str | None = Field(None, description="Taint key to tolerate; unset with operator Exists = every taint.")
+    operator: Literal["Exists", "Equal"] | None = Field(None, description="Equal (the default) or Exists.")
+    value: str | None = Field(None, description="Taint value to match (operator Equal).")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="Taint effect to match; unset = every effect.")
+    toleration_seconds: int | None = Field(
+        None, description="How long a NoExecute taint is tolerated before eviction; unset = forever.")
 
 
 class StageResources(WireModel):
+    """Pods of one stage: size, deadline, sharding and retries."""
+
     gpus: int = Field(1, ge=0, le=64, description="GPUs per pod.")
     cpu: str = Field("4", description="CPU request and limit per pod.")
     memory: str = Field("32Gi", description="Memory request and limit per pod.")
@@ -273,16 +345,28 @@ class StageResources(WireModel):
     backoff_limit: int = Field(2, ge=0, le=20, description="Pod retries inside one Job.")
 
 
-def _cpu_stage() -> StageResources:
-    return StageResources(gpus=0, cpu="2", memory="8Gi", deadline_seconds=3600)
+class CpuStageResources(StageResources):
+    """A stage that needs no GPU (prepare, distill): its own defaults, so a partial override such as
+    `prepare: {memory: 16Gi}` keeps 0 GPUs and 2 CPUs instead of inheriting the GPU stages' defaults."""
+
+    gpus: int = Field(0, ge=0, le=64, description="GPUs per pod.")
+    cpu: str = Field("2", description="CPU request and limit per pod.")
+    memory: str = Field("8Gi", description="Memory request and limit per pod.")
+    deadline_seconds: int = Field(3600, ge=60, description="activeDeadlineSeconds of the Job.")
 
 
 class StagesResources(WireModel):
-    prepare: StageResources = Field(default_factory=_cpu_stage)
-    generate: StageResources = Field(default_factory=StageResources)
-    distill: StageResources = Field(default_factory=_cpu_stage)
-    train: StageResources = Field(default_factory=StageResources)
-    evaluate: StageResources = Field(default_factory=StageResources)
+    prepare: CpuStageResources = Field(default_factory=CpuStageResources,
+                                       description="Pods of prepare (CPU only by default).")
+    generate: StageResources = Field(default_factory=StageResources, description="Pods of generate.")
+    distill: CpuStageResources = Field(default_factory=CpuStageResources,
+                                       description="Pods of distill (CPU only by default).")
+    train: StageResources = Field(default_factory=StageResources, description="Pods of train.")
+    evaluate: StageResources = Field(default_factory=StageResources, description="Pods of evaluate.")
+    report: CpuStageResources = Field(
+        default_factory=CpuStageResources,
+        description="Pods of the final report stage (CPU only by default; give it the memory of the "
+        "16-bit model when export.merged is on).")
 
     def for_stage(self, stage: StageName) -> StageResources:
         return getattr(self, stage.value)
@@ -290,14 +374,43 @@ class StagesResources(WireModel):
 
 class Resources(WireModel):
     worker_image: str | None = Field(None, description="Worker image; default: the operator's configured image.")
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        "IfNotPresent", description="imagePullPolicy of stage containers.")
     gpu_resource_name: str | None = Field(None, description="Extended resource for GPUs (default nvidia.com/gpu).")
     stages: StagesResources = Field(default_factory=StagesResources, description="Per-stage pod resources.")
-    node_selector: dict[str, str] = Field(default_factory=dict, description="Node selector for stage pods.")
-    tolerations: list[Toleration] = Field(default_factory=list, description="Tolerations for stage pods.")
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node selector for stage pods that request GPUs.")
+    tolerations: list[Toleration] = Field(
+        default_factory=list, description="Tolerations for stage pods that request GPUs.")
+    cpu_node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node selector for stage pods without GPUs (prepare, distill, any "
+        "stage set to 0 GPUs); nodeSelector and tolerations never apply to them, so they stay off GPU nodes.")
+    cpu_tolerations: list[Toleration] = Field(
+        default_factory=list, description="Tolerations for stage pods without GPUs.")
     priority_class_name: str | None = Field(None, description="PriorityClass of stage pods.")
+    queue_name: str | None = Field(
+        None, min_length=1, max_length=63, pattern=r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$",
+        description="Kueue LocalQueue of every stage Job (label kueue.x-k8s.io/queue-name; default: the "
+        "operator's). Jobs start suspended; until admitted a stage shows as Queued and its wait is not "
+        "counted as stage time or cost.")
     service_account_name: str | None = Field(None, description="ServiceAccount of stage pods.")
+    runtime_class_name: str | None = Field(
+        None, min_length=1, max_length=253, pattern=r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$",
+        description="RuntimeClass of stage pods, e.g. gvisor (a sandboxed kernel around model-written code); "
+        "default: the operator's.")
+    host_users: bool | None = Field(
+        None, description="false: stage pods run in their own user namespace (pod hostUsers: false; needs "
+        "Kubernetes with user namespaces); default: the operator's.")
     ttl_seconds_after_finished: int = Field(86400, ge=0, description="How long finished Jobs are kept.")
+
+
+class ExportConfig(WireModel):
+    """What the final report stage ships besides the report, the model card and the adapter."""
+
+    merged: bool = Field(
+        False, description="Also write the base model with the best adapter merged in, as 16-bit safetensors "
+        "with its tokenizer (ready for `vllm serve`), under report/merged/.")
+    dtype: Literal["bfloat16", "float16"] = Field("bfloat16", description="Weights dtype of the merged model.")
 
 
 class Throughput(WireModel):
@@ -343,6 +456,8 @@ class CampaignSpec(WireModel):
     resources: Resources = Field(default_factory=Resources, description="Pods: images, GPUs, scheduling.")
     budget: Budget = Field(default_factory=Budget, description="Price and spending limit.")
     backend: Backend = Field(Backend.auto, description="Generation engine: vllm on GPU, hf elsewhere (auto).")
+    export: ExportConfig = Field(default_factory=ExportConfig,
+                                 description="Outputs of the final report stage (merged model export).")
     seed: int = Field(1234, ge=0, description="Seed of sampling, selection and training.")
 
     @model_validator(mode="after")
@@ -359,6 +474,10 @@ class CampaignSpec(WireModel):
             if role not in by_name[name].roles:
                 raise ValueError(f"{path}: dataset {name!r} lacks role {role.value!r}")
 
+        last_epochs = self.quick_fix.epochs + (self.retry.max_iterations - 1) * self.retry.epochs_step
+        if last_epochs > MAX_EPOCHS:
+            raise ValueError(f"spec.retry.epochsStep: 1B.1 iteration {self.retry.max_iterations} would train "
+                             f"{last_epochs} epochs (quickFix.epochs + epochsStep per iteration); at most {MAX_EPOCHS}")
         for i, sel in enumerate(self.quick_fix.selection):
             check(f"spec.quickFix.selection[{i}].dataset", sel.dataset, DatasetRole.train)
         if self.expansion.enabled:

@@ -4,20 +4,25 @@ JSON) and what it hands back (StageResult, <= 4 KiB, via the container terminati
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from consistency_core.model import WireModel
 from consistency_core.spec import (
+    AgreementFilter,
     ArtifactStore,
     Backend,
+    CampaignSpec,
     DatasetSpec,
     FailureCriteria,
-    LoraConfig,
+    FailureExamples,
     ModelRef,
+    SamplingKnobs,
     Selection,
     StageName,
+    TrainingKnobs,
 )
 
 # Exit codes of `consistency-worker`: the control plane retries only EXIT_RETRYABLE (and crashes).
@@ -33,72 +38,95 @@ PREPARE_EVAL = "eval.jsonl"
 DISTILL_TRAIN = "train.jsonl"
 TRAIN_ADAPTER = "adapter"
 EVALUATE_REPORT = "report.json"
+REPORT_MARKDOWN = "report.md"  # report stage: the Markdown report (PNG figures next to it)
+REPORT_STATUS = "status.json"  # report stage: the status snapshot it rendered (for `consistency report --store`)
+REPORT_SPEC = "spec.json"
+REPORT_ADAPTER = "adapter"  # report stage: the best adapter with its model card (README.md)
+MODEL_CARD = "README.md"
+REPORT_MERGED = "merged"  # report stage: merged 16-bit safetensors (spec.export.merged)
 MANIFEST = "manifest.json"
 RESULT = "result.json"
+
+
+# Stage params carry the spec's own sections (SamplingKnobs, AgreementFilter, FailureExamples, TrainingKnobs)
+# rather than copies of their fields: a knob is defined, defaulted and described once, in the spec, and a
+# new spec field reaches its stage without touching this file. Only what the state machine derives
+# (URIs, the adapter to continue from, shard counts) is declared here.
+
+
+class DistillMode(StrEnum):
+    consistent = "consistent"  # 1B.1: keep what majority vote agrees on
+    failures = "failures"  # 1B.2: build examples from the problems the model fails
 
 
 class PrepareParams(WireModel):
     kind: Literal["prepare"] = "prepare"
     datasets: list[DatasetSpec] = Field(description="All datasets the campaign names.")
     selection: list[Selection] = Field(description="1B.1 training selection.")
-    scan_datasets: list[str] = Field(default_factory=list, description="1B.2 scan datasets.")
+    scan_datasets: list[str] = Field(description="1B.2 scan datasets (empty when 1B.2 is disabled).")
     eval_datasets: list[str] = Field(description="Evaluation datasets.")
 
 
 class GenerateParams(WireModel):
     kind: Literal["generate"] = "generate"
     problems_uri: str = Field(description="JSONL of problems to answer.")
-    samples: int = Field(ge=1)
-    temperature: float = Field(ge=0.0)
-    max_new_tokens: int = Field(ge=1)
+    sampling: SamplingKnobs = Field(description="The phase's sampling settings (1B.1 adjusted per iteration).")
     adapter_uri: str | None = Field(None, description="LoRA adapter to apply, if any.")
-    shards: int = Field(1, ge=1, description="Total shards; each pod takes its slice.")
-    tensor_parallel_size: int = Field(1, ge=1)
+    shards: int = Field(ge=1, description="Total shards; each pod takes its slice.")
+    tensor_parallel_size: int = Field(ge=1, description="GPUs one engine spans.")
 
 
 class DistillParams(WireModel):
     kind: Literal["distill"] = "distill"
     problems_uri: str
     generations_uri: str = Field(description="Output directory of the generate stage (all shards).")
-    mode: Literal["consistent", "failures"] = Field(
+    mode: DistillMode = Field(
         description="consistent: 1B.1 self-consistency filter; failures: 1B.2 examples from failures."
     )
-    min_agreement: float = Field(ge=0.0, le=1.0)
-    failure: FailureCriteria | None = None
-    max_examples: int | None = Field(None, ge=1)
-    max_per_problem: int = Field(2, ge=1)
-    use_reference_solutions: bool = False
+    filter: AgreementFilter = Field(description="The phase's agreement filter.")
+    failures: FailureExamples | None = Field(None, description="1B.2's failure settings (mode failures only).")
+    replay_uri: str | None = Field(None, description="Training JSONL of an earlier distill (1B.1's) to mix back in, "
+                                   "failures.replayFraction of the output (mode failures only).")
+
+    @model_validator(mode="after")
+    def _failures_with_mode(self) -> DistillParams:
+        # `failures` is set exactly in mode failures, so a stage can branch on either.
+        if (self.mode == DistillMode.failures) != (self.failures is not None):
+            raise ValueError("params.failures: required when params.mode is 'failures', and only then")
+        return self
 
 
 class TrainParams(WireModel):
     kind: Literal["train"] = "train"
     data_uri: str = Field(description="Chat-format JSONL from distill.")
-    epochs: int = Field(ge=1)
-    learning_rate: float = Field(gt=0)
-    batch_size: int = Field(ge=1)
-    gradient_accumulation: int = Field(ge=1)
-    max_seq_len: int = Field(ge=8)
-    lora: LoraConfig
+    training: TrainingKnobs = Field(description="The phase's training settings (1B.1 epochs adjusted per "
+                                    "iteration).")
     init_adapter_uri: str | None = Field(None, description="Continue from this adapter (1B.2 from 1B.1).")
-    method: Literal["qlora", "lora", "full"] = Field(
-        "qlora", description="qlora: 4-bit NF4 base + LoRA where bitsandbytes supports the device, else lora."
-    )
-    processes: int = Field(1, ge=1, description="Data-parallel training processes (torchrun), one per GPU.")
-    checkpoint_steps: int = Field(50, ge=1, description="Checkpoint to the store every N optimizer steps.")
+    processes: int = Field(1, ge=1, description="Data-parallel training processes (torchrun), one per GPU: "
+                           "spec.resources.stages.train.gpus.")
 
 
 class EvaluateParams(WireModel):
     kind: Literal["evaluate"] = "evaluate"
     problems_uri: str
-    samples: int = Field(ge=1)
-    temperature: float = Field(ge=0.0)
-    max_new_tokens: int = Field(ge=1)
+    sampling: SamplingKnobs = Field(description="spec.evaluation's sampling settings.")
     adapter_uri: str | None = None
     baseline_report_uri: str | None = Field(None, description="Earlier report, for per-problem before/after.")
+    failure: FailureCriteria = Field(default_factory=FailureCriteria,
+                                     description="What counts as a failed problem (spec.expansion.failure).")
+
+
+class ReportParams(WireModel):
+    """The campaign as it stands when its last stage starts: the report is rendered from this snapshot."""
+
+    kind: Literal["report"] = "report"
+    spec: CampaignSpec = Field(description="The campaign's spec (model card: base model, datasets, phases).")
+    status: dict[str, Any] = Field(description="Snapshot of the campaign status (CampaignStatus wire form).")
+    adapter_uri: str | None = Field(None, description="The best adapter (1B.2, or 1B.1 when 1B.2 is disabled).")
 
 
 StageParams = Annotated[
-    PrepareParams | GenerateParams | DistillParams | TrainParams | EvaluateParams,
+    PrepareParams | GenerateParams | DistillParams | TrainParams | EvaluateParams | ReportParams,
     Field(discriminator="kind"),
 ]
 
@@ -132,10 +160,11 @@ class StageResult(WireModel):
     """Compact result of a finished stage, as written to the termination message.
 
     `metrics` per stage (keys the state machine reads):
-    prepare: selection, scan, eval (problem counts), malformed;
-    generate: problems, completions; distill: examples;
-    train: steps, finalLoss, method, quantization; evaluate: problems, consistency, meanAgreement,
-    accuracy {domain: float}, failureToSuccess, successToFailure.
+    prepare: selection, scan, eval (problem counts), malformed, ngramOverlap {count, examples};
+    generate: problems, completions; distill: examples (newExamples + replayed);
+    train: steps, finalLoss, method, quantization; evaluate: problems, consistency (pooled), meanAgreement,
+    accuracy {domain: float}, consistencyByDomain, consistencyGivenCorrect, passAt1 {domain: float},
+    failureToSuccess, successToFailure, paired {figure: {difference, low, high, pValue, better, worse, n}}.
     """
 
     model_config = ConfigDict(**{**WireModel.model_config, "extra": "ignore"})

@@ -10,51 +10,40 @@ Where the campaign stands is derived from the stage records in the status, never
 calling `decide` again with the stored status (as after an operator restart) yields the same action.
 The action `RunStage` means "make sure this stage's Job exists, then wait for its result": creating it is
 idempotent because the Job name is a function of (campaign, stage key, attempt).
+
+This module holds the decisions only; plan.py says which stages exist and their keys, stageconfig.py
+builds what each stage is told.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
 
 from consistency_core import cost
 from consistency_core.names import job_name, parse_rfc3339, rfc3339
+from consistency_core.plan import BASELINE_KEY, REPORT_KEY, Step, knobs, plan, report_step, stage_key
 from consistency_core.spec import CampaignSpec, StageName, StageResources
-from consistency_core.stages import (
-    DISTILL_TRAIN,
-    EVALUATE_REPORT,
-    PREPARE_EVAL,
-    PREPARE_SCAN,
-    PREPARE_SELECTION,
-    TRAIN_ADAPTER,
-    DistillParams,
-    EvaluateParams,
-    GenerateParams,
-    PrepareParams,
-    StageConfig,
-    StageResult,
-    TrainParams,
-    join_uri,
-)
+from consistency_core.stageconfig import StageConfigs
+from consistency_core.stages import StageConfig, StageResult
 from consistency_core.status import (
     CampaignPhase,
     CampaignStatus,
-    Condition,
+    ConditionType,
     EvaluationRecord,
+    EventType,
+    Outputs,
+    Reason,
     StageOutcome,
     StageRecord,
     TrainingPhase,
 )
 
-PREPARE_KEY = "prepare"
-BASELINE_KEY = "baseline-evaluate"
-
 
 @dataclass(frozen=True)
 class Event:
-    type: Literal["Normal", "Warning"]
-    reason: str
+    type: EventType
+    reason: Reason
     message: str
 
 
@@ -84,238 +73,12 @@ class Decision:
     events: tuple[Event, ...] = field(default=())
 
 
-@dataclass(frozen=True)
-class Step:
-    key: str
-    stage: StageName
-    phase: TrainingPhase
-    iteration: int
-
-
-@dataclass(frozen=True)
-class Knobs:
-    """1B.1 settings of one iteration: later iterations train longer on cooler samples."""
-
-    epochs: int
-    temperature: float
-
-
-def knobs(spec: CampaignSpec, iteration: int) -> Knobs:
-    qf, retry = spec.quick_fix, spec.retry
-    epochs = qf.epochs + (iteration - 1) * retry.epochs_step
-    if iteration == 1 or not retry.temperature_schedule:
-        temperature = qf.temperature
-    else:
-        schedule = retry.temperature_schedule
-        temperature = schedule[min(iteration - 2, len(schedule) - 1)]
-    return Knobs(epochs=epochs, temperature=temperature)
-
-
-def plan(spec: CampaignSpec, phase: TrainingPhase, iteration: int) -> list[Step]:
-    """Stages of one iteration, in order."""
-    if phase == TrainingPhase.quick_fix:
-        prefix = f"1b1-i{iteration}"
-        steps = []
-        if iteration == 1:
-            steps.append(Step(PREPARE_KEY, StageName.prepare, phase, 1))
-            if spec.evaluation.baseline:
-                steps.append(Step(BASELINE_KEY, StageName.evaluate, phase, 1))
-    else:
-        prefix = "1b2"
-        steps = []
-    for stage in (StageName.generate, StageName.distill, StageName.train, StageName.evaluate):
-        steps.append(Step(f"{prefix}-{stage.value}", stage, phase, iteration))
-    return steps
-
-
-def max_stages(spec: CampaignSpec) -> int:
-    """Upper bound on Jobs a campaign can start (used by tests and as a safety net)."""
-    per_try = spec.retry.stage_retries + 1
-    quick = sum(len(plan(spec, TrainingPhase.quick_fix, i)) for i in range(1, spec.retry.max_iterations + 1))
-    return (quick + len(plan(spec, TrainingPhase.expansion, 1))) * per_try
-
-
-class _Campaign:
-    """Builds stage configs: where each stage reads and writes, and with which knobs."""
-
-    def __init__(self, spec: CampaignSpec, status: CampaignStatus, campaign: str, namespace: str):
-        self.spec, self.status, self.campaign, self.namespace = spec, status, campaign, namespace
-        self.root = join_uri(spec.store.uri, namespace, campaign)
-
-    def out(self, key: str) -> str:
-        return join_uri(self.root, key)
-
-    def passing_adapter(self) -> str | None:
-        return self.status.adapter
-
-    def config(self, step: Step, attempt: int) -> StageConfig:
-        spec = self.spec
-        params: PrepareParams | GenerateParams | DistillParams | TrainParams | EvaluateParams
-        prepared = self.out(PREPARE_KEY)
-        generate_res = spec.resources.stages.generate
-        if step.key == PREPARE_KEY:
-            params = PrepareParams(
-                datasets=spec.datasets,
-                selection=spec.quick_fix.selection,
-                scan_datasets=spec.expansion.scan_datasets if spec.expansion.enabled else [],
-                eval_datasets=spec.evaluation.datasets,
-            )
-        elif step.key == BASELINE_KEY:
-            params = self._evaluate(prepared, adapter=None, before=None)
-        elif step.phase == TrainingPhase.quick_fix:
-            params = self._quick_fix(step, prepared, generate_res.shards)
-        else:
-            params = self._expansion(step, prepared, generate_res.shards)
-        return StageConfig(
-            campaign=self.campaign,
-            namespace=self.namespace,
-            key=step.key,
-            stage=step.stage,
-            phase="baseline" if step.key == BASELINE_KEY else step.phase.value,
-            iteration=step.iteration,
-            attempt=attempt,
-            seed=spec.seed,
-            store=spec.store,
-            output_uri=self.out(step.key),
-            model=spec.model,
-            backend=spec.backend,
-            params=params,
-        )
-
-    def _evaluate(self, prepared: str, adapter: str | None, before: str | None) -> EvaluateParams:
-        ev = self.spec.evaluation
-        return EvaluateParams(
-            problems_uri=join_uri(prepared, PREPARE_EVAL),
-            samples=ev.samples,
-            temperature=ev.temperature,
-            max_new_tokens=ev.max_new_tokens,
-            adapter_uri=adapter,
-            baseline_report_uri=before,
-        )
-
-    def _baseline_report(self) -> str | None:
-        return join_uri(self.out(BASELINE_KEY), EVALUATE_REPORT) if self.spec.evaluation.baseline else None
-
-    def _quick_fix(self, step: Step, prepared: str, shards: int):
-        qf = self.spec.quick_fix
-        k = knobs(self.spec, step.iteration)
-        prefix = f"1b1-i{step.iteration}"
-        if step.stage == StageName.generate:
-            return GenerateParams(
-                problems_uri=join_uri(prepared, PREPARE_SELECTION),
-                samples=qf.samples,
-                temperature=k.temperature,
-                max_new_tokens=qf.max_new_tokens,
-                shards=shards,
-                tensor_parallel_size=self.spec.resources.stages.generate.gpus or 1,
-            )
-        if step.stage == StageName.distill:
-            return DistillParams(
-                problems_uri=join_uri(prepared, PREPARE_SELECTION),
-                generations_uri=self.out(f"{prefix}-generate"),
-                mode="consistent",
-                min_agreement=qf.min_agreement,
-                max_per_problem=qf.max_per_problem,
-            )
-        if step.stage == StageName.train:
-            return TrainParams(
-                data_uri=join_uri(self.out(f"{prefix}-distill"), DISTILL_TRAIN),
-                epochs=k.epochs,
-                learning_rate=qf.learning_rate,
-                batch_size=qf.batch_size,
-                gradient_accumulation=qf.gradient_accumulation,
-                max_seq_len=qf.max_seq_len,
-                lora=qf.lora,
-                checkpoint_steps=qf.checkpoint_steps,
-                method=qf.method,
-                processes=self.spec.resources.stages.train.gpus or 1,
-            )
-        return self._evaluate(
-            prepared, adapter=join_uri(self.out(f"{prefix}-train"), TRAIN_ADAPTER), before=self._baseline_report()
-        )
-
-    def _expansion(self, step: Step, prepared: str, shards: int):
-        ex = self.spec.expansion
-        if step.stage == StageName.generate:
-            return GenerateParams(
-                problems_uri=join_uri(prepared, PREPARE_SCAN),
-                samples=ex.samples,
-                temperature=ex.temperature,
-                max_new_tokens=ex.max_new_tokens,
-                adapter_uri=self.passing_adapter(),
-                shards=shards,
-                tensor_parallel_size=self.spec.resources.stages.generate.gpus or 1,
-            )
-        if step.stage == StageName.distill:
-            return DistillParams(
-                problems_uri=join_uri(prepared, PREPARE_SCAN),
-                generations_uri=self.out("1b2-generate"),
-                mode="failures",
-                min_agreement=ex.min_agreement,
-                failure=ex.failure,
-                max_examples=ex.max_examples,
-                max_per_problem=ex.max_per_problem,
-                use_reference_solutions=ex.use_reference_solutions,
-            )
-        if step.stage == StageName.train:
-            return TrainParams(
-                data_uri=join_uri(self.out("1b2-distill"), DISTILL_TRAIN),
-                epochs=ex.epochs,
-                learning_rate=ex.learning_rate,
-                batch_size=ex.batch_size,
-                gradient_accumulation=ex.gradient_accumulation,
-                max_seq_len=ex.max_seq_len,
-                lora=ex.lora,
-                checkpoint_steps=ex.checkpoint_steps,
-                method=ex.method,
-                processes=self.spec.resources.stages.train.gpus or 1,
-                init_adapter_uri=self.passing_adapter(),
-            )
-        quick_fix_eval = self._passing_eval_report()
-        return self._evaluate(
-            prepared, adapter=join_uri(self.out("1b2-train"), TRAIN_ADAPTER), before=quick_fix_eval
-        )
-
-    def _passing_eval_report(self) -> str | None:
-        passed = [e for e in self.status.evaluations if e.phase == TrainingPhase.quick_fix and e.gate_passed]
-        return passed[-1].report if passed else self._baseline_report()
-
-    def workload(self, step: Step, config: StageConfig) -> cost.Workload:
-        counts = self.prepared_counts()
-        params = config.params
-        if isinstance(params, GenerateParams):
-            problems = counts.get("scan" if step.phase == TrainingPhase.expansion else "selection")
-            if problems is None:
-                problems = sum(s.count for s in self.spec.quick_fix.selection)
-            return cost.Workload(problems=problems, samples=params.samples, max_new_tokens=params.max_new_tokens)
-        if isinstance(params, EvaluateParams):
-            return cost.Workload(
-                problems=counts.get("eval", 0), samples=params.samples, max_new_tokens=params.max_new_tokens
-            )
-        if isinstance(params, TrainParams):
-            distill_key = step.key.replace("-train", "-distill")
-            distilled = self.status.last_success(distill_key)
-            examples = int(distilled.result.get("metrics", {}).get("examples", 0)) if distilled else 0
-            return cost.Workload(examples=examples, epochs=params.epochs)
-        return cost.Workload()
-
-    def prepared_counts(self) -> dict[str, int]:
-        record = self.status.last_success(PREPARE_KEY)
-        metrics = record.result.get("metrics", {}) if record else {}
-        return {k: int(v) for k, v in metrics.items() if k in ("selection", "scan", "eval") and v is not None}
-
-
-def set_condition(
-    status: CampaignStatus, type_: str, value: bool, reason: str, message: str, now: datetime,
-    generation: int | None = None,
-) -> None:
-    """Upsert a condition; lastTransitionTime moves only when the status value flips."""
-    text = "True" if value else "False"
-    old = status.condition(type_)
-    when = old.last_transition_time if old and old.status == text else rfc3339(now)
-    new = Condition(type=type_, status=text, reason=reason, message=message, last_transition_time=when,
-                    observed_generation=generation)
-    status.conditions = [c for c in status.conditions if c.type != type_] + [new]
+def gated_consistency(spec: CampaignSpec, ev: EvaluationRecord) -> list[tuple[str, float | None]]:
+    """(domain, consistency) for each domain the gate's consistency threshold applies to. A result without
+    per-domain figures (from a worker before they existed) gives its pooled rate, labelled ""."""
+    if not ev.consistency_by_domain:
+        return [("", ev.consistency)]
+    return [(d, ev.consistency_by_domain.get(d)) for d in spec.thresholds.consistency_domains]
 
 
 def gate(spec: CampaignSpec, ev: EvaluationRecord) -> tuple[bool, str]:
@@ -334,7 +97,8 @@ def gate(spec: CampaignSpec, ev: EvaluationRecord) -> tuple[bool, str]:
         parts.append(f"{label} {measured:.3f} {'>=' if passed else '<'} {required:.2f}")
 
     if th.consistency is not None:
-        check("consistency", ev.consistency, th.consistency)
+        for domain, measured in gated_consistency(spec, ev):
+            check(f"{domain} consistency" if domain else "consistency", measured, th.consistency)
     if th.mean_agreement is not None:
         check("mean agreement", ev.mean_agreement, th.mean_agreement)
     for domain, required in sorted(th.accuracy.items()):
@@ -346,24 +110,33 @@ def _evaluation(step: Step, result: StageResult) -> EvaluationRecord:
     metrics = result.metrics
     accuracy = {str(k): float(v) for k, v in (metrics.get("accuracy") or {}).items() if v is not None}
     return EvaluationRecord(
-        phase="baseline" if step.key == BASELINE_KEY else step.phase,
+        phase=step.config_phase,
         iteration=0 if step.key == BASELINE_KEY else step.iteration,
         consistency=metrics.get("consistency"),
         mean_agreement=metrics.get("meanAgreement"),
         accuracy=accuracy,
+        consistency_by_domain=_per_domain(metrics.get("consistencyByDomain")),
+        pass_at_1=_per_domain(metrics.get("passAt1")),
         problems=int(metrics.get("problems", 0) or 0),
         report=result.outputs.get("report"),
+        paired=metrics.get("paired") or {},
     )
 
 
+def _per_domain(values: object) -> dict[str, float]:
+    return {str(k): float(v) for k, v in values.items() if v is not None} if isinstance(values, dict) else {}
+
+
 def _step_of(spec: CampaignSpec, record: StageRecord) -> Step:
+    if record.key == REPORT_KEY:
+        return report_step(record.phase, record.iteration)
     return next(s for s in plan(spec, record.phase, record.iteration) if s.key == record.key)
 
 
 def initial_status(now: datetime, generation: int | None = None) -> CampaignStatus:
     status = CampaignStatus(phase=CampaignPhase.running, training_phase=TrainingPhase.quick_fix, iteration=1,
                             observed_generation=generation)
-    set_condition(status, "Ready", True, "SpecValid", "spec accepted", now, generation)
+    status.set_condition(ConditionType.ready, True, Reason.spec_valid, "spec accepted", now, generation)
     return status
 
 
@@ -372,7 +145,7 @@ def invalid_spec(status: CampaignStatus | None, error: Exception, now: datetime,
     """Status for a spec that fails validation: no stage runs until the spec is fixed."""
     status = status.model_copy(deep=True) if status else CampaignStatus()
     status.message = str(error)
-    set_condition(status, "Ready", False, "InvalidSpec", str(error), now, generation)
+    status.set_condition(ConditionType.ready, False, Reason.invalid_spec, str(error), now, generation)
     return status
 
 
@@ -389,28 +162,32 @@ def decide(
     """Next action for a campaign, and the status that records it. Never mutates its inputs."""
     events: list[Event] = []
     if status is None or status.phase == CampaignPhase.pending:
+        # A new campaign (or one whose status was never written): start 1B.1 iteration 1.
         status = initial_status(now, generation)
-        events.append(Event("Normal", "CampaignStarted", "phase 1B.1, iteration 1"))
+        events.append(Event(EventType.normal, Reason.campaign_started, "phase 1B.1, iteration 1"))
     else:
         status = status.model_copy(deep=True)
     if status.finished:
+        # Terminal phases are final: repeat the verdict so a re-reconcile changes nothing.
         return Decision(status, _finish_of(status))
 
     current = status.current()
     if current is not None:
         if result is None or result.key != current.key:
+            # The running stage has not reported (or the result is someone else's): keep its Job in place.
             return Decision(status, _run(spec, status, current, campaign, namespace), tuple(events))
-        outcome = _record_result(spec, status, current, result, now, events)
-        if outcome is not None:
-            return Decision(status, outcome, tuple(events))
+        finished = _record_result(spec, status, current, result, now, events)
+        if finished is not None:
+            # The result ended the campaign (a stage failed for good).
+            return finished
     return _advance(spec, status, campaign, namespace, now, generation, events)
 
 
 def _record_result(
     spec: CampaignSpec, status: CampaignStatus, current: StageRecord, result: StageResult, now: datetime,
     events: list[Event],
-) -> Action | None:
-    """Fold a finished stage into the status. Returns the action when the result itself decides it."""
+) -> Decision | None:
+    """Fold a finished stage into the status. Returns the decision when the result itself ends the campaign."""
     current.end_time = rfc3339(now)
     seconds = result.seconds
     if seconds is None and current.start_time:
@@ -427,37 +204,58 @@ def _record_result(
         current.outcome = StageOutcome.failed
         attempts = len(status.attempts(current.key))
         if result.retryable and attempts <= spec.retry.stage_retries:
-            events.append(Event("Warning", "StageRetried",
+            # A transient failure (preemption, OOM, store outage) with tries left: _advance starts the stage
+            # again, because a failed record does not count as done.
+            events.append(Event(EventType.warning, Reason.stage_retried,
                                 f"{current.key} attempt {attempts} failed ({result.message[:200]}); retrying"))
             return None
+        # A permanent failure, or no tries left: the same config would fail the same way.
         reason = f"stage {current.key} failed after {attempts} attempt(s): {result.message[:500]}"
-        events.append(Event("Warning", "StageFailed", reason))
-        return _fail(status, "StageFailed", reason, now, events)
+        events.append(Event(EventType.warning, Reason.stage_failed, reason))
+        return _fail(status, Reason.stage_failed, reason, now, events)
     current.outcome = StageOutcome.succeeded
-    events.append(Event("Normal", "StageSucceeded", f"{current.key} finished"))
+    events.append(Event(EventType.normal, Reason.stage_succeeded, f"{current.key} finished"))
     step = _step_of(spec, current)
     if step.stage == StageName.evaluate:
-        ev = _evaluation(step, result)
-        if step.key != BASELINE_KEY:
-            status.consistency = ev.consistency
-            status.math_accuracy = ev.accuracy.get("math")
-        if step.phase == TrainingPhase.quick_fix and step.key != BASELINE_KEY:
-            ev.gate_passed, detail = gate(spec, ev)
-            set_condition(status, "GatePassed", ev.gate_passed, "ThresholdsMet" if ev.gate_passed else
-                          "ThresholdsNotMet", f"1B.1 iteration {step.iteration}: {detail}", now)
-            if ev.gate_passed:
-                status.adapter = result.outputs.get("adapter") or _adapter_of(status, step)
-            events.append(Event("Normal" if ev.gate_passed else "Warning",
-                                "GatePassed" if ev.gate_passed else "GateFailed",
-                                f"iteration {step.iteration}: {detail}"))
-        elif step.phase == TrainingPhase.expansion:
-            status.adapter = result.outputs.get("adapter") or _adapter_of(status, step)
-        status.evaluations = [*status.evaluations, ev]
+        _record_evaluation(spec, status, step, result, now, events)
+    if step.stage == StageName.report:
+        out = result.outputs
+        status.outputs = Outputs(adapter=out.get("adapter"), report=out.get("report"),
+                                 model_card=out.get("modelCard"), merged=out.get("merged"))
     return None
 
 
+def _record_evaluation(
+    spec: CampaignSpec, status: CampaignStatus, step: Step, result: StageResult, now: datetime,
+    events: list[Event],
+) -> None:
+    ev = _evaluation(step, result)
+    if step.key == BASELINE_KEY:
+        # The base model's numbers are a reference for comparisons, never the campaign's headline figures.
+        status.evaluations = [*status.evaluations, ev]
+        return
+    measured = [v for _, v in gated_consistency(spec, ev) if v is not None]
+    status.consistency = min(measured) if measured else None
+    status.math_accuracy = ev.accuracy.get("math")
+    if step.phase == TrainingPhase.quick_fix:
+        # Only 1B.1 is gated: its verdict decides between 1B.2, another iteration and failure (_advance).
+        ev.gate_passed, detail = gate(spec, ev)
+        status.set_condition(ConditionType.gate_passed, ev.gate_passed,
+                             Reason.thresholds_met if ev.gate_passed else Reason.thresholds_not_met,
+                             f"1B.1 iteration {step.iteration}: {detail}", now)
+        if ev.gate_passed:
+            status.adapter = result.outputs.get("adapter") or _adapter_of(status, step)
+        events.append(Event(EventType.normal if ev.gate_passed else EventType.warning,
+                            Reason.gate_passed if ev.gate_passed else Reason.gate_failed,
+                            f"iteration {step.iteration}: {detail}"))
+    else:
+        # 1B.2 continues from the gated adapter, so its adapter is the best one so far.
+        status.adapter = result.outputs.get("adapter") or _adapter_of(status, step)
+    status.evaluations = [*status.evaluations, ev]
+
+
 def _adapter_of(status: CampaignStatus, step: Step) -> str | None:
-    train = status.last_success(step.key.replace("-evaluate", "-train"))
+    train = status.last_success(stage_key(step.phase, step.iteration, StageName.train))
     return train.artifacts.get("adapter") if train else None
 
 
@@ -467,43 +265,62 @@ def _advance(
 ) -> Decision:
     """Nothing is running: start the next stage, move to the next iteration or phase, or finish."""
     phase, iteration = status.training_phase or TrainingPhase.quick_fix, max(status.iteration, 1)
-    steps = plan(spec, phase, iteration)
-    pending = [s for s in steps if status.last_success(s.key) is None]
-    if not pending:
-        if phase == TrainingPhase.expansion:
-            ev = status.evaluations[-1]
-            msg = f"1B.2 done: consistency {_fmt(ev.consistency)}, accuracy {_fmt_acc(ev.accuracy)}"
-            return _succeed(status, msg, now, events)
-        last = status.evaluations[-1]
-        _, detail = gate(spec, last)
-        if last.gate_passed:
-            if not spec.expansion.enabled:
-                return _succeed(status, f"1B.1 gate passed ({detail}); 1B.2 disabled", now, events)
-            status.training_phase, status.iteration = TrainingPhase.expansion, 1
-            events.append(Event("Normal", "Promoted", f"1B.1 -> 1B.2 ({detail})"))
-        elif iteration < spec.retry.max_iterations:
-            status.iteration = iteration + 1
-            k = knobs(spec, iteration + 1)
-            events.append(Event("Normal", "IterationStarted",
-                                f"1B.1 iteration {iteration + 1}: epochs {k.epochs}, temperature {k.temperature}"))
-        else:
-            reason = f"1B.1 gate failed after {iteration} iteration(s): {detail}"
-            return Decision(status, _fail(status, "GateFailed", reason, now, events), tuple(events))
-        return _advance(spec, status, campaign, namespace, now, generation, events)
+    pending = [s for s in plan(spec, phase, iteration) if status.last_success(s.key) is None]
+    if pending:
+        # Stages of this iteration are left (or one failed and may retry): run the first of them.
+        return _start(spec, status, pending[0], campaign, namespace, now, generation, events)
+    if phase == TrainingPhase.expansion:
+        # 1B.2 is the last phase and is not gated: its evaluation is the campaign's result.
+        if status.last_success(REPORT_KEY) is None:
+            return _start(spec, status, report_step(phase, iteration), campaign, namespace, now, generation,
+                          events)
+        ev = status.evaluations[-1]
+        msg = f"1B.2 done: consistency {_fmt(ev.consistency)}, accuracy {_fmt_acc(ev.accuracy)}"
+        return _succeed(status, msg, now, events)
+    last = status.evaluations[-1]
+    _, detail = gate(spec, last)
+    if last.gate_passed and not spec.expansion.enabled:
+        # The user asked for the quick fix only: a passed gate is the end, after the report stage.
+        if status.last_success(REPORT_KEY) is None:
+            return _start(spec, status, report_step(phase, iteration), campaign, namespace, now, generation,
+                          events)
+        return _succeed(status, f"1B.1 gate passed ({detail}); 1B.2 disabled", now, events)
+    if last.gate_passed:
+        # Promotion: 1B.2 trains on the failures of the model that passed the gate.
+        status.training_phase, status.iteration = TrainingPhase.expansion, 1
+        events.append(Event(EventType.normal, Reason.promoted, f"1B.1 -> 1B.2 ({detail})"))
+    elif iteration < spec.retry.max_iterations:
+        # Gate failed with iterations left: retry 1B.1 with more epochs and a cooler temperature (knobs).
+        status.iteration = iteration + 1
+        k = knobs(spec, iteration + 1)
+        events.append(Event(EventType.normal, Reason.iteration_started,
+                            f"1B.1 iteration {iteration + 1}: epochs {k.epochs}, temperature {k.temperature}"))
+    else:
+        # Gate failed and the retry policy is spent: fail with the measured numbers, so users see how far off.
+        return _fail(status, Reason.gate_failed, f"1B.1 gate failed after {iteration} iteration(s): {detail}", now,
+                     events)
+    # The new phase or iteration has stages pending now: recurse once to start its first one.
+    return _advance(spec, status, campaign, namespace, now, generation, events)
 
-    step = pending[0]
+
+def _start(
+    spec: CampaignSpec, status: CampaignStatus, step: Step, campaign: str, namespace: str, now: datetime,
+    generation: int | None, events: list[Event],
+) -> Decision:
+    """Record a new attempt of `step` and ask for its Job, unless its forecast breaks the budget."""
     attempt = len(status.attempts(step.key)) + 1
-    builder = _Campaign(spec, status, campaign, namespace)
-    config = builder.config(step, attempt)
+    configs = StageConfigs(spec, status, campaign, namespace)
+    config = configs.config(step, attempt)
     resources = spec.resources.stages.for_stage(step.stage)
     gpus = resources.gpus * (resources.shards if step.stage == StageName.generate else 1)
-    forecast = cost.usd(cost.forecast_gpu_hours(step.stage, gpus, builder.workload(step, config), spec.budget),
+    forecast = cost.usd(cost.forecast_gpu_hours(step.stage, gpus, configs.workload(step, config), spec.budget),
                         spec.budget)
     if spec.budget.max_usd is not None and status.cost.usd + forecast > spec.budget.max_usd:
+        # Stop before spending, not after: a stage cannot be half-paid.
         reason = (f"budget: {step.key} is forecast at ${forecast:.2f}; spent ${status.cost.usd:.2f} of "
                   f"${spec.budget.max_usd:.2f}")
-        events.append(Event("Warning", "BudgetExceeded", reason))
-        return Decision(status, _fail(status, "BudgetExceeded", reason, now, events), tuple(events))
+        events.append(Event(EventType.warning, Reason.budget_exceeded, reason))
+        return _fail(status, Reason.budget_exceeded, reason, now, events)
     record = StageRecord(
         key=step.key, stage=step.stage, phase=step.phase, iteration=step.iteration, attempt=attempt,
         job_name=job_name(campaign, step.key, attempt), gpus=gpus, start_time=rfc3339(now),
@@ -513,8 +330,9 @@ def _advance(
     status.stage = step.key
     status.cost.forecast_usd = forecast
     status.message = f"running {step.key}"
-    set_condition(status, "Progressing", True, "StageRunning", f"{step.key} (attempt {attempt})", now, generation)
-    events.append(Event("Normal", "StageStarted", f"{step.key} as Job {record.job_name} "
+    status.set_condition(ConditionType.progressing, True, Reason.stage_running, f"{step.key} (attempt {attempt})",
+                         now, generation)
+    events.append(Event(EventType.normal, Reason.stage_started, f"{step.key} as Job {record.job_name} "
                                                   f"(forecast ${forecast:.2f})"))
     return Decision(status, RunStage(record, config, resources), tuple(events))
 
@@ -522,7 +340,7 @@ def _advance(
 def _run(spec: CampaignSpec, status: CampaignStatus, record: StageRecord, campaign: str,
          namespace: str) -> RunStage:
     step = _step_of(spec, record)
-    config = _Campaign(spec, status, campaign, namespace).config(step, record.attempt)
+    config = StageConfigs(spec, status, campaign, namespace).config(step, record.attempt)
     return RunStage(record, config, spec.resources.stages.for_stage(step.stage))
 
 
@@ -534,23 +352,24 @@ def _fmt_acc(accuracy: dict[str, float]) -> str:
     return ", ".join(f"{d} {v:.3f}" for d, v in sorted(accuracy.items())) or "n/a"
 
 
-def _fail(status: CampaignStatus, reason: str, message: str, now: datetime, events: list[Event]) -> Finish:
+def _fail(status: CampaignStatus, reason: Reason, message: str, now: datetime, events: list[Event]) -> Decision:
     status.phase, status.stage, status.message = CampaignPhase.failed, None, message
-    set_condition(status, "Progressing", False, reason, message, now)
-    set_condition(status, "Failed", True, reason, message, now)
-    events.append(Event("Warning", "CampaignFailed", message))
-    return Finish(CampaignPhase.failed, reason, message)
+    status.set_condition(ConditionType.progressing, False, reason, message, now)
+    status.set_condition(ConditionType.failed, True, reason, message, now)
+    events.append(Event(EventType.warning, Reason.campaign_failed, message))
+    return Decision(status, Finish(CampaignPhase.failed, reason, message), tuple(events))
 
 
 def _succeed(status: CampaignStatus, message: str, now: datetime, events: list[Event]) -> Decision:
     status.phase, status.stage, status.message = CampaignPhase.succeeded, None, message
-    set_condition(status, "Progressing", False, "Completed", message, now)
-    set_condition(status, "Complete", True, "Completed", message, now)
-    events.append(Event("Normal", "CampaignSucceeded", message))
-    return Decision(status, Finish(CampaignPhase.succeeded, "Completed", message), tuple(events))
+    status.set_condition(ConditionType.progressing, False, Reason.completed, message, now)
+    status.set_condition(ConditionType.complete, True, Reason.completed, message, now)
+    events.append(Event(EventType.normal, Reason.campaign_succeeded, message))
+    return Decision(status, Finish(CampaignPhase.succeeded, Reason.completed, message), tuple(events))
 
 
 def _finish_of(status: CampaignStatus) -> Finish:
-    cond = status.condition("Failed") if status.phase == CampaignPhase.failed else status.condition("Complete")
+    failed = status.phase == CampaignPhase.failed
+    cond = status.condition(ConditionType.failed if failed else ConditionType.complete)
     reason = cond.reason if cond else status.phase.value
     return Finish(status.phase, reason, status.message)

@@ -3,13 +3,19 @@ operator restart (or a local re-run) recomputes the same next action from the st
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
 from consistency_core.model import WireModel
+from consistency_core.names import rfc3339
 from consistency_core.spec import StageName
+
+# The phase a StageConfig and an EvaluationRecord name for the evaluation of the base model before 1B.1
+# (its stage key is `baseline-evaluate`); it is not a TrainingPhase: nothing is trained in it.
+BASELINE = "baseline"
 
 
 class CampaignPhase(StrEnum):
@@ -22,11 +28,61 @@ class CampaignPhase(StrEnum):
 
 
 class TrainingPhase(StrEnum):
+    """What `status.trainingPhase` (and a stage record's phase) means: 1B.1 = quick fix (iterated, gated,
+    stage keys `1b1-i<n>-<stage>`), 1B.2 = expansion (runs once after a passed gate, keys `1b2-<stage>`)."""
+
     quick_fix = "1B.1"
     expansion = "1B.2"
 
 
+class ConditionType(StrEnum):
+    """`status.conditions[].type` values."""
+
+    ready = "Ready"  # the spec is valid
+    progressing = "Progressing"  # a stage is running (False once the campaign finished)
+    gate_passed = "GatePassed"  # the latest 1B.1 evaluation met the thresholds
+    complete = "Complete"  # the campaign succeeded
+    failed = "Failed"  # the campaign failed
+    spec_change_rejected = "SpecChangeRejected"  # a pinned field changed while the campaign runs
+
+
+class Reason(StrEnum):
+    """CamelCase reasons of conditions, Kubernetes Events and the final verdict."""
+
+    spec_valid = "SpecValid"
+    invalid_spec = "InvalidSpec"
+    pinned_field_changed = "PinnedFieldChanged"
+    spec_consistent = "SpecConsistent"
+    campaign_started = "CampaignStarted"
+    stage_started = "StageStarted"
+    stage_running = "StageRunning"
+    stage_succeeded = "StageSucceeded"
+    stage_retried = "StageRetried"
+    stage_failed = "StageFailed"
+    thresholds_met = "ThresholdsMet"
+    thresholds_not_met = "ThresholdsNotMet"
+    gate_passed = "GatePassed"
+    gate_failed = "GateFailed"
+    promoted = "Promoted"
+    iteration_started = "IterationStarted"
+    budget_exceeded = "BudgetExceeded"
+    completed = "Completed"
+    campaign_succeeded = "CampaignSucceeded"
+    campaign_failed = "CampaignFailed"
+    spec_change_rejected = "SpecChangeRejected"
+    queued = "Queued"  # the stage's Job waits for admission (suspended, e.g. by Kueue)
+    admitted = "Admitted"  # the queue admitted it: the stage's time and cost start now
+
+
+class EventType(StrEnum):
+    """Kubernetes Event types."""
+
+    normal = "Normal"
+    warning = "Warning"
+
+
 class StageOutcome(StrEnum):
+    queued = "Queued"  # its Job exists but is suspended / not admitted yet (e.g. by Kueue)
     running = "Running"
     succeeded = "Succeeded"
     failed = "Failed"
@@ -53,9 +109,11 @@ class StageRecord(WireModel):
     attempt: int = Field(1, ge=1)
     job_name: str = Field(description="Name of the batch/v1 Job that runs it.")
     gpus: int = Field(0, ge=0, description="GPUs per pod times pods (for cost).")
-    start_time: str | None = None
+    start_time: str | None = Field(None, description="When it started running (admission, for a queued Job).")
     end_time: str | None = None
     outcome: StageOutcome = StageOutcome.running
+    queued_time: str | None = Field(None, description="When its Job was last seen waiting for admission.")
+    queued_seconds: float = Field(0.0, ge=0, description="Time spent queued; not counted as stage time or cost.")
     message: str = ""
     forecast_usd: float = Field(0.0, ge=0)
     gpu_hours: float = Field(0.0, ge=0)
@@ -64,20 +122,40 @@ class StageRecord(WireModel):
 
 
 class EvaluationRecord(WireModel):
-    phase: TrainingPhase | Literal["baseline"]
+    phase: TrainingPhase | Literal["baseline"] = Field(description="1B.1, 1B.2 or baseline (the base model).")
     iteration: int = Field(ge=0)
     consistency: float | None = None
     mean_agreement: float | None = None
-    accuracy: dict[str, float] = Field(default_factory=dict)
+    accuracy: dict[str, float] = Field(default_factory=dict, description="Greedy accuracy per domain.")
+    consistency_by_domain: dict[str, float] = Field(
+        default_factory=dict, description="Consistency per domain (math: same number, reasoning: same letter, "
+        "code: same test-outcome signature).")
+    pass_at_1: dict[str, float] = Field(
+        default_factory=dict, description="Unbiased pass@1 per domain from the k samples (mean share correct).")
     problems: int = 0
     gate_passed: bool | None = None
     report: str | None = Field(None, description="URI of the full evaluation report.")
+    paired: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description='Paired change against the reference evaluation (baseline, or the passing 1B.1 one) per '
+        'figure ("math accuracy", "code consistency", "success", ...): difference, low/high (95% interval), '
+        'pValue (exact McNemar), better/worse (discordant problems), n.')
 
 
 class Cost(WireModel):
     gpu_hours: float = 0.0
     usd: float = 0.0
     forecast_usd: float = Field(0.0, description="Forecast of the stage now running.")
+
+
+class Outputs(WireModel):
+    """What a succeeded campaign ships, written by its final report stage."""
+
+    adapter: str | None = Field(None, description="The best adapter (1B.2, or 1B.1 when 1B.2 is disabled) with "
+                                "its model card (README.md).")
+    report: str | None = Field(None, description="The Markdown report (PNG figures next to it).")
+    model_card: str | None = Field(None, description="The model card.")
+    merged: str | None = Field(None, description="Merged 16-bit safetensors (spec.export.merged).")
 
 
 class CampaignStatus(WireModel):
@@ -90,22 +168,36 @@ class CampaignStatus(WireModel):
     training_phase: TrainingPhase | None = Field(None, description="1B.1 or 1B.2.")
     iteration: int = Field(0, ge=0, description="1B.1 iteration (1-based); 1B.2 runs once.")
     stage: str | None = Field(None, description="Stage now running.")
+    stage_status: StageOutcome | None = Field(
+        None, description="Queued while the current stage's Job waits for admission (suspended), then Running.")
     message: str = ""
-    consistency: float | None = Field(None, description="Latest evaluated consistency rate.")
+    consistency: float | None = Field(None, description="Latest evaluated consistency rate of the domains the "
+                                      "gate checks (thresholds.consistencyDomains; the lowest of them).")
     math_accuracy: float | None = Field(None, description="Latest evaluated math accuracy.")
     conditions: list[Condition] = Field(default_factory=list)
     stages: list[StageRecord] = Field(default_factory=list)
     evaluations: list[EvaluationRecord] = Field(default_factory=list)
     cost: Cost = Field(default_factory=Cost)
     adapter: str | None = Field(None, description="URI of the best adapter so far.")
+    outputs: Outputs | None = Field(None, description="Shipped outputs, once the final report stage finished.")
     observed_generation: int | None = None
 
     def current(self) -> StageRecord | None:
-        running = [s for s in self.stages if s.outcome == StageOutcome.running]
+        running = [s for s in self.stages if s.outcome in (StageOutcome.running, StageOutcome.queued)]
         return running[-1] if running else None
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)
+
+    def set_condition(self, type_: ConditionType, value: bool, reason: Reason, message: str, now: datetime,
+                      generation: int | None = None) -> None:
+        """Upsert a condition; lastTransitionTime moves only when the status value flips."""
+        text = "True" if value else "False"
+        old = self.condition(type_)
+        when = old.last_transition_time if old and old.status == text else rfc3339(now)
+        new = Condition(type=type_.value, status=text, reason=reason.value, message=message,
+                        last_transition_time=when, observed_generation=generation)
+        self.conditions = [c for c in self.conditions if c.type != type_] + [new]
 
     def last_success(self, key: str) -> StageRecord | None:
         for record in reversed(self.stages):

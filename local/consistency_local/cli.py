@@ -3,6 +3,8 @@
     consistency run -f campaign.yaml [--run-dir DIR] [--fresh]   run or resume (same command)
     consistency status [DIR] [--stages]                          like `kubectl get ct -o wide`
     consistency report [--run-dir DIR] -f campaign.yaml          (re)write the report
+    consistency report --store s3://bucket/prefix/NS/NAME [--out DIR] [--endpoint URL]
+                                                                 a cluster campaign's report, drawn here
 
 Exit codes: 0 campaign succeeded, 1 campaign failed, 2 bad input, 130 interrupted (resumable).
 """
@@ -13,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from consistency_core.status import CampaignPhase
+from consistency_core.status import CampaignPhase, StageOutcome
 
 from consistency_local.campaign_file import Campaign, CampaignFileError, load_campaign
 from consistency_local.console import LiveConsole, render_status
@@ -46,7 +48,7 @@ def run_and_report(campaign: Campaign, run_dir: Path, *, fresh: bool = False) ->
     path, data = write_report(RunDir(run_dir), campaign.name, campaign.namespace, campaign.spec, status)
     print(terminal_summary(data, path))
     if status.phase == CampaignPhase.failed:
-        failed = [s for s in status.stages if s.outcome.value == "Failed"]
+        failed = [s for s in status.stages if s.outcome == StageOutcome.failed]
         if failed:
             log = RunDir(run_dir).log_path(failed[-1])
             print(f"Last failed stage log: {log}", file=sys.stderr)
@@ -64,6 +66,16 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    if args.store:
+        from consistency_local.remote_report import campaign_root, report_from_store
+
+        _, namespace, name = campaign_root(args.store)
+        out = args.out or DEFAULT_RUNS / (name if namespace == "default" else f"{namespace}-{name}")
+        _, summary = report_from_store(args.store, out, endpoint=args.endpoint)
+        print(summary)
+        return 0
+    if args.file is None:
+        raise RunError("report needs -f campaign.yaml (a local run) or --store URI (a cluster campaign)")
     campaign = load_campaign(args.file)
     run_dir = RunDir(args.run_dir or default_run_dir(campaign))
     status = run_dir.load_status()
@@ -88,8 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--stages", action="store_true", help="also list every stage attempt")
     status.set_defaults(func=_cmd_status)
     report = sub.add_parser("report", help="(re)write the report of a run")
-    report.add_argument("-f", "--file", type=Path, required=True, help="ConsistencyTraining YAML")
+    report.add_argument("-f", "--file", type=Path, default=None, help="ConsistencyTraining YAML (a local run)")
     report.add_argument("--run-dir", type=Path, default=None)
+    report.add_argument("--store", default=None, help="a cluster campaign's directory in the store: "
+                        "<spec.store.uri>/<namespace>/<name> (S3 credentials from the environment)")
+    report.add_argument("--endpoint", default=None, help="S3 endpoint URL for --store (else AWS_ENDPOINT_URL)")
+    report.add_argument("--out", type=Path, default=None, help="with --store: where to write (default runs/<name>)")
     report.set_defaults(func=_cmd_report)
     return parser
 

@@ -12,7 +12,7 @@ from typing import TextIO
 
 from consistency_core.names import parse_rfc3339
 from consistency_core.statemachine import Event
-from consistency_core.status import CampaignStatus
+from consistency_core.status import CampaignStatus, EventType
 
 from consistency_local.rundir import RunDir
 from consistency_local.stage_process import Tick
@@ -78,7 +78,7 @@ class LiveConsole:
 
     def event(self, event: Event) -> None:
         self._clear()
-        mark = "!" if event.type == "Warning" else "-"
+        mark = "!" if event.type == EventType.warning else "-"
         self.stream.write(f"{datetime.now(UTC):%H:%M:%S} {mark} {event.reason}: {event.message}\n")
         self.stream.flush()
 
@@ -89,12 +89,26 @@ class LiveConsole:
 
 # --- `consistency status` ---------------------------------------------------------------------------
 
-COLUMNS = ("NAME", "STATUS", "PHASE", "ITERATION", "STAGE", "PROGRESS", "CONSISTENCY", "MATH", "COST", "AGE",
-           "MESSAGE")
+COLUMNS = ("NAME", "STATUS", "PHASE", "ITERATION", "STAGE", "PROGRESS", "CONSISTENCY", "MATH", "MATH-CHANGE",
+           "COST", "AGE", "MESSAGE")
 
 
 def _pct(value: float | None) -> str:
     return "" if value is None else f"{value:.3f}"
+
+
+def paired_text(change: dict | None) -> str:
+    """A paired before/after change as the evaluate stage records it: difference in points, its 95%
+    interval and the exact McNemar p-value."""
+    if not change or not change.get("n"):
+        return ""
+    return (f"{change['difference'] * 100:+.1f}pp [{change['low'] * 100:+.1f},{change['high'] * 100:+.1f}] "
+            f"p={change['pValue']:.2g}")
+
+
+def _last_change(status: CampaignStatus, figure: str) -> dict | None:
+    changes = [e.paired[figure] for e in status.evaluations if figure in e.paired]
+    return changes[-1] if changes else None
 
 
 def status_row(name: str, namespace: str, status: CampaignStatus, now: datetime,
@@ -106,7 +120,8 @@ def status_row(name: str, namespace: str, status: CampaignStatus, now: datetime,
         status.training_phase.value if status.training_phase else "",
         str(status.iteration or ""), status.stage or "",
         _progress_text(progress) if status.current() is not None else "",
-        _pct(status.consistency), _pct(status.math_accuracy), f"${status.cost.usd:.2f}", age,
+        _pct(status.consistency), _pct(status.math_accuracy), paired_text(_last_change(status, "math accuracy")),
+        f"${status.cost.usd:.2f}", age,
         status.message[:60],
     ]
 
@@ -131,6 +146,18 @@ def stage_rows(status: CampaignStatus, now: datetime) -> list[list[str]]:
 
 
 STAGE_COLUMNS = ("STAGE", "PHASE", "ITER", "ATTEMPT", "OUTCOME", "DURATION", "GPU-H", "MESSAGE")
+CHANGE_COLUMNS = ("EVALUATION", "FIGURE", "CHANGE (95% CI, McNemar p)", "BETTER", "WORSE", "PAIRS")
+
+
+def change_rows(status: CampaignStatus) -> list[list[str]]:
+    """Every paired before/after figure of every evaluation that had a reference to compare with."""
+    rows = []
+    for e in status.evaluations:
+        label = f"{getattr(e.phase, 'value', e.phase)} i{e.iteration}"
+        for figure, change in sorted(e.paired.items()):
+            rows.append([label, figure, paired_text(change), str(int(change.get("better", 0))),
+                         str(int(change.get("worse", 0))), str(int(change.get("n", 0)))])
+    return rows
 
 
 def find_runs(root: Path) -> list[RunDir]:
@@ -156,4 +183,7 @@ def render_status(root: Path, *, stages: bool = False, now: datetime | None = No
         rows.append(status_row(name, namespace, status, now, rd.progress(running) if running else None))
         if stages:
             details.append(f"\n{namespace}/{name} ({rd.root}):\n" + table(stage_rows(status, now), STAGE_COLUMNS))
+            changes = change_rows(status)
+            if changes:
+                details.append("\n" + table(changes, CHANGE_COLUMNS))
     return table(rows) + "".join(details)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from consistency_core.status import StageOutcome
+
 from consistency_local.report_data import ReportData
 from consistency_local.stats import Rate
 
@@ -123,7 +125,7 @@ def stage_times(data: ReportData, out: Path) -> str | None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(stages) + 1.5))
     labels = [s.key if s.attempt == 1 else f"{s.key} (a{s.attempt})" for s in stages]
-    colors = ["tab:blue" if s.outcome == "Succeeded" else "tab:red" for s in stages]
+    colors = ["tab:blue" if s.outcome == StageOutcome.succeeded else "tab:red" for s in stages]
     ax.barh(labels, [s.seconds for s in stages], color=colors)
     for i, s in enumerate(stages):
         ax.text(s.seconds, i, f" {s.seconds:.0f}s ${s.usd:.2f}", va="center", fontsize=7)

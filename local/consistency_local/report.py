@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from consistency_local.console import duration
+from consistency_core.status import ConditionType
+
+from consistency_local.console import duration, paired_text
 from consistency_local.plots import draw_all
 from consistency_local.report_data import EvalView, ReportData, gather
 from consistency_local.rundir import RunDir, atomic_write
@@ -26,6 +28,11 @@ def _headline(view: EvalView) -> dict[str, str]:
     domains = sorted(set(view.accuracy) | set(view.record.accuracy))
     for d in domains:
         row[f"{d} accuracy"] = _rate(view.accuracy.get(d), view.record.accuracy.get(d))
+        pass1 = view.pass_at_1.get(d, view.record.pass_at_1.get(d))
+        if pass1 is not None:
+            row[f"{d} pass@1 (k)"] = f"{pass1:.1%}"
+        if d in view.domain_consistency or d in view.record.consistency_by_domain:
+            row[f"{d} consistency"] = _rate(view.domain_consistency.get(d), view.record.consistency_by_domain.get(d))
     return row
 
 
@@ -46,6 +53,10 @@ def before_after_lines(data: ReportData) -> list[str]:
     a = _headline(after)
     for metric in dict.fromkeys([*b, *a]):
         lines.append(f"{metric:<18} before {b.get(metric, 'n/a'):<34} after ({after.label}) {a.get(metric, 'n/a')}")
+    changes = data.paired_changes()
+    if changes:
+        lines.append(f"paired change, baseline -> {after.label} (same problems; 95% CI, exact McNemar p):")
+        lines += [f"  {figure:<20} {change.text()}" for figure, change in changes.items()]
     moves = data.before_after()
     if moves:
         lines.append(f"per problem, baseline -> {after.label}: {moves['failureToSuccess']} failure -> success, "
@@ -65,7 +76,13 @@ def render_markdown(data: ReportData, figures: list[str]) -> str:
           f"## Before / after on the held-out split ({n_eval} problems)", "",
           "Rates with Wilson 95% confidence intervals and counts. Consistency: share of problems whose "
           f"{data.spec.evaluation.samples} samples at temperature {data.spec.evaluation.temperature} all "
-          "agree; accuracy: the greedy answer is right.", "", "```", *before_after_lines(data), "```", ""]
+          "agree (math: the same number; reasoning: the same letter; code: the same test-outcome signature, "
+          "i.e. the same tests pass and fail); accuracy: the greedy answer is right; pass@1 (k): the unbiased "
+          "pass@1 estimate from the k samples (mean share of correct samples). Both evaluations answer the "
+          "same problems with the same "
+          "seeds, so each change is also given paired: the difference with Newcombe's 95% interval for paired "
+          "proportions and the exact McNemar p-value on the problems that changed.", "", "```",
+          *before_after_lines(data), "```", ""]
     if "metrics.png" in figures:
         md += ["![consistency and accuracy per evaluation](metrics.png)", ""]
 
@@ -79,7 +96,7 @@ def render_markdown(data: ReportData, figures: list[str]) -> str:
                      *[_rate(e.accuracy.get(d), e.record.accuracy.get(d)) for d in domains], gate])
     md += _md_table(["evaluation", "problems", "consistency", "mean agreement",
                      *[f"{d} accuracy" for d in domains], "gate"], rows)
-    gate = st.condition("GatePassed")
+    gate = st.condition(ConditionType.gate_passed)
     if gate:
         md += ["", f"Gate: {gate.message}"]
     md += [""]
@@ -97,12 +114,16 @@ def render_markdown(data: ReportData, figures: list[str]) -> str:
 
     comps = [e for e in data.evaluations if e.comparison]
     if comps:
+        rule = data.spec.expansion.failure
+        wrong = "its greedy answer is wrong or " if rule.include_wrong else ""
         md += ["## Failure -> success", "",
-               "A problem fails when its greedy answer is wrong or fewer than 30% of samples agree.", ""]
+               f"A problem fails when {wrong}fewer than {rule.max_agreement:.0%} of its samples agree on one answer "
+               "(spec.expansion.failure).", ""]
         keys = ("matched", "failureToSuccess", "successToFailure", "stillFailure", "stillSuccess")
-        rows = [[e.label, *(e.comparison.get(k, 0) for k in keys)] for e in comps]
+        rows = [[e.label, *(e.comparison.get(k, 0) for k in keys),
+                 paired_text((e.comparison.get("paired") or {}).get("success"))] for e in comps]
         header = ["evaluation", "matched", "failure -> success", "success -> failure", "still failure",
-                  "still success"]
+                  "still success", "success change (95% CI, McNemar p)"]
         md += [*_md_table(header, rows), ""]
         if "transitions.png" in figures:
             md += ["![transitions](transitions.png)", ""]
@@ -127,8 +148,9 @@ def open_campaign_store(spec: Any) -> Any:
     return open_store(spec.store)
 
 
-def write_report(run_dir: RunDir, name: str, namespace: str, spec: Any, status: Any) -> tuple[Path, ReportData]:
-    data = gather(name, namespace, spec, status, open_campaign_store(spec))
+def write_report(run_dir: RunDir, name: str, namespace: str, spec: Any, status: Any,
+                 store: Any = None) -> tuple[Path, ReportData]:
+    data = gather(name, namespace, spec, status, store if store is not None else open_campaign_store(spec))
     figures = draw_all(data, run_dir.report_dir)
     path = run_dir.report_dir / REPORT_FILE
     atomic_write(path, render_markdown(data, figures))

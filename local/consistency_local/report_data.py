@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from consistency_core.names import parse_rfc3339
 from consistency_core.spec import CampaignSpec
-from consistency_core.status import CampaignStatus, EvaluationRecord
+from consistency_core.status import BASELINE, CampaignStatus, EvaluationRecord, TrainingPhase
 
-from consistency_local.stats import Rate, wilson
+from consistency_local.stats import Paired, Rate, paired, wilson
 
 
 @dataclass
@@ -25,6 +24,8 @@ class EvalView:
     consistency: Rate | None = None
     accuracy: dict[str, Rate] = field(default_factory=dict)  # greedy accuracy per domain
     strata: dict[str, dict[str, Rate]] = field(default_factory=dict)  # "math/easy" -> {accuracy, consistency}
+    domain_consistency: dict[str, Rate] = field(default_factory=dict)  # per domain, in the domain's sense
+    pass_at_1: dict[str, float] = field(default_factory=dict)  # unbiased, from the k samples
     comparison: dict[str, Any] | None = None
     report_uri: str | None = None
     error: str | None = None
@@ -55,11 +56,11 @@ class ReportData:
 
     @property
     def before(self) -> EvalView | None:
-        return next((e for e in self.evaluations if e.record.phase == "baseline"), None)
+        return next((e for e in self.evaluations if e.record.phase == BASELINE), None)
 
     @property
     def after(self) -> EvalView | None:
-        rest = [e for e in self.evaluations if e.record.phase != "baseline"]
+        rest = [e for e in self.evaluations if e.record.phase != BASELINE]
         return rest[-1] if rest else None
 
     def before_after(self) -> dict[str, int] | None:
@@ -70,16 +71,22 @@ class ReportData:
             return None
         return transitions(before.rows, after.rows)
 
+    def paired_changes(self) -> dict[str, Paired]:
+        """Baseline -> final model on the problems both evaluated, each figure as a paired comparison."""
+        before, after = self.before, self.after
+        if before is None or after is None or not before.rows or not after.rows:
+            return {}
+        return paired_from_rows(before.rows, after.rows)
+
     @property
     def total_seconds(self) -> float:
         return sum(s.seconds or 0.0 for s in self.stages)
 
 
 def label_of(record: EvaluationRecord) -> str:
-    if record.phase == "baseline":
-        return "baseline"
-    phase = getattr(record.phase, "value", record.phase)
-    return f"{phase} i{record.iteration}" if phase == "1B.1" else str(phase)
+    if record.phase == BASELINE:
+        return BASELINE
+    return f"{record.phase} i{record.iteration}" if record.phase == TrainingPhase.quick_fix else str(record.phase)
 
 
 def rates_from_rows(rows: list[dict[str, Any]]) -> tuple[Rate, dict[str, Rate], dict[str, dict[str, Rate]]]:
@@ -99,6 +106,44 @@ def rates_from_rows(rows: list[dict[str, Any]]) -> tuple[Rate, dict[str, Rate], 
         if marks:
             strata[key]["accuracy"] = wilson(sum(marks), len(marks))
     return consistency, accuracy, strata
+
+
+def domain_figures(rows: list[dict[str, Any]]) -> tuple[dict[str, Rate], dict[str, float]]:
+    """Consistency per domain (Wilson) and the unbiased pass@1 from the k samples (mean share of correct
+    samples per problem) per domain, from per-problem rows."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[row["domain"]].append(row)
+    consistency = {d: wilson(sum(bool(r.get("consistent")) for r in g), len(g)) for d, g in sorted(groups.items())}
+    pass1 = {}
+    for d, g in sorted(groups.items()):
+        shares = [r["samplesCorrect"] / r["samplesGraded"] for r in g if r.get("samplesGraded")]
+        if shares:
+            pass1[d] = sum(shares) / len(shares)
+    return consistency, pass1
+
+
+def paired_from_rows(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> dict[str, Paired]:
+    """{"consistency", "<domain> accuracy", "<domain> consistency", "success": Paired} over the problems
+    in both row sets (per-problem rows of two evaluations)."""
+    old = {r["problemId"]: r for r in before}
+    matched = [(old[r["problemId"]], r) for r in after if r["problemId"] in old]
+
+    def flags(pairs: list[tuple[dict, dict]], key: str) -> list[tuple[bool, bool]]:
+        return [(bool(b[key]), bool(a[key])) for b, a in pairs if b.get(key) is not None and a.get(key) is not None]
+
+    out: dict[str, Paired] = {}
+    if matched:
+        out["consistency"] = paired(flags(matched, "consistent"))
+    for domain in sorted({a["domain"] for _, a in matched}):
+        mine = [(b, a) for b, a in matched if a["domain"] == domain]
+        graded = flags(mine, "greedyCorrect")
+        if graded:
+            out[f"{domain} accuracy"] = paired(graded)
+        out[f"{domain} consistency"] = paired(flags(mine, "consistent"))
+    if matched:
+        out["success"] = paired(flags(matched, "success"))
+    return out
 
 
 def transitions(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> dict[str, int]:
@@ -130,6 +175,7 @@ def _eval_view(record: EvaluationRecord, store: Any) -> EvalView:
     view.rows = rows
     if rows:
         view.consistency, view.accuracy, view.strata = rates_from_rows(rows)
+        view.domain_consistency, view.pass_at_1 = domain_figures(rows)
     view.comparison = report.get("comparison")
     return view
 
@@ -152,8 +198,3 @@ def gather(name: str, namespace: str, spec: CampaignSpec, status: CampaignStatus
         ))
     return ReportData(name=name, namespace=namespace, status=status, evaluations=evaluations, stages=stages,
                       spec=spec)
-
-
-def started_at(status: CampaignStatus) -> datetime | None:
-    starts = [parse_rfc3339(s.start_time) for s in status.stages if s.start_time]
-    return min(starts) if starts else None

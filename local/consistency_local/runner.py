@@ -17,7 +17,9 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from consistency_core.statemachine import Event, Finish, RunStage, decide, max_stages
+from consistency_core.plan import max_stages
+from consistency_core.spec import StageName
+from consistency_core.statemachine import Event, Finish, RunStage, decide
 from consistency_core.status import CampaignStatus
 
 from consistency_local.campaign_file import Campaign
@@ -50,8 +52,8 @@ def local_campaign(campaign: Campaign, gpus: int) -> Campaign:
     """One machine: one process per stage (no shards), and only the GPUs it has (0 on a laptop, so
     the cost in GPU-hours is honestly zero). Everything else is the spec as written."""
     spec = campaign.spec.model_copy(deep=True)
-    for name in ("prepare", "generate", "distill", "train", "evaluate"):
-        res = getattr(spec.resources.stages, name)
+    for stage in StageName:
+        res = spec.resources.stages.for_stage(stage)
         res.shards = 1
         res.gpus = min(res.gpus, gpus)
     return Campaign(name=campaign.name, namespace=campaign.namespace, spec=spec, source=campaign.source)

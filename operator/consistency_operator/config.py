@@ -14,8 +14,13 @@ arguments; spec fields of a ConsistencyTraining override the worker-related defa
 | CONSISTENCY_WORKER_IMAGE | | ghcr.io/consistency-dev/consistency-worker:0.1.0 | spec.resources.workerImage wins |
 | CONSISTENCY_GPU_RESOURCE | | nvidia.com/gpu | GPU extended resource; spec.resources.gpuResourceName wins |
 | CONSISTENCY_WORKER_SERVICE_ACCOUNT | | (none) | stage pods' ServiceAccount; spec.resources.serviceAccountName wins |
-| CONSISTENCY_WORKER_NODE_SELECTOR | | {} | JSON object; stage pods' nodeSelector when the spec sets none |
-| CONSISTENCY_WORKER_TOLERATIONS | | [] | JSON array; stage pods' tolerations when the spec sets none |
+| CONSISTENCY_WORKER_NODE_SELECTOR | | {} | JSON object; GPU stage pods' nodeSelector when the spec sets none |
+| CONSISTENCY_WORKER_TOLERATIONS | | [] | JSON array; GPU stage pods' tolerations when the spec sets none |
+| CONSISTENCY_WORKER_CPU_NODE_SELECTOR | | {} | JSON object; nodeSelector of pods without GPUs (spec wins) |
+| CONSISTENCY_WORKER_CPU_TOLERATIONS | | [] | JSON array; tolerations of pods without GPUs (spec wins) |
+| CONSISTENCY_WORKER_RUNTIME_CLASS | | (none) | stage pods' runtimeClassName; spec.resources.runtimeClassName wins |
+| CONSISTENCY_WORKER_HOST_USERS | | true | false = stage pods get hostUsers: false; spec.resources.hostUsers wins |
+| CONSISTENCY_QUEUE_NAME | | (none) | Kueue LocalQueue of stage Jobs; spec.resources.queueName wins |
 | CONSISTENCY_STORE_ENDPOINT | | (none) | S3 endpoint; spec.store.endpoint wins |
 | CONSISTENCY_STORE_SECRET | | (none) | Secret with the AWS_* keys; spec.store.credentialsSecret wins |
 | CONSISTENCY_RESYNC_SECONDS | | 600 | safety-net resync of every campaign; 0 = off |
@@ -49,6 +54,11 @@ class OperatorConfig:
     worker_service_account: str | None = None
     worker_node_selector: tuple[tuple[str, str], ...] = ()
     worker_tolerations: tuple[Mapping[str, Any], ...] = ()
+    worker_cpu_node_selector: tuple[tuple[str, str], ...] = ()
+    worker_cpu_tolerations: tuple[Mapping[str, Any], ...] = ()
+    queue_name: str | None = None
+    worker_runtime_class: str | None = None
+    worker_host_users: bool = True
     store_endpoint: str | None = None
     store_secret: str | None = None
     # Watch-stream timeouts: short in tests so a restarted API server is noticed quickly.
@@ -75,6 +85,15 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise SystemExit(f"{name}={raw!r}: expected an integer") from None
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in ("true", "false", "1", "0"):
+        raise SystemExit(f"{name}={raw!r}: expected true or false")
+    return raw in ("true", "1")
 
 
 def _json(env: Mapping[str, str], name: str, kind: type) -> Any:
@@ -134,6 +153,12 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         worker_node_selector=tuple(sorted(
             (str(k), str(v)) for k, v in _json(env, "CONSISTENCY_WORKER_NODE_SELECTOR", dict).items())),
         worker_tolerations=tuple(_json(env, "CONSISTENCY_WORKER_TOLERATIONS", list)),
+        worker_cpu_node_selector=tuple(sorted(
+            (str(k), str(v)) for k, v in _json(env, "CONSISTENCY_WORKER_CPU_NODE_SELECTOR", dict).items())),
+        worker_cpu_tolerations=tuple(_json(env, "CONSISTENCY_WORKER_CPU_TOLERATIONS", list)),
+        queue_name=env.get("CONSISTENCY_QUEUE_NAME") or None,
+        worker_runtime_class=env.get("CONSISTENCY_WORKER_RUNTIME_CLASS") or None,
+        worker_host_users=_bool(env, "CONSISTENCY_WORKER_HOST_USERS", True),
         store_endpoint=env.get("CONSISTENCY_STORE_ENDPOINT") or None,
         store_secret=env.get("CONSISTENCY_STORE_SECRET") or None,
         watch_server_timeout=_int(env, "CONSISTENCY_WATCH_SERVER_TIMEOUT", 300),

@@ -3,6 +3,7 @@
 Triggers (no polling for progress):
 * a ConsistencyTraining is created, its spec changes, or the operator (re)starts -> reconcile it;
 * a Job labelled as ours finishes (or disappears) -> reconcile the campaign named in its labels;
+* a queued Job (suspended, or carrying a Kueue queue label) changes -> reconcile, to see its admission;
 * an optional slow resync timer (``CONSISTENCY_RESYNC_SECONDS``, 0 = off) as a safety net for
   missed watch events, as controllers usually have.
 """
@@ -15,9 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
+from consistency_core.queueing import QUEUE_LABEL
 
 from consistency_operator.config import OperatorConfig
-from consistency_operator.jobs import LABEL_CAMPAIGN, LABEL_MANAGED_BY, MANAGED_BY
+from consistency_operator.jobs import LABEL_CAMPAIGN, LABEL_MANAGED_BY, MANAGED_BY, job_suspended
 from consistency_operator.kube import GROUP, PLURAL, VERSION, ApiError, Kube
 from consistency_operator.metrics import METRICS, Metrics
 from consistency_operator.observe import CampaignObserver
@@ -107,7 +109,9 @@ def register(registry: kopf.OperatorRegistry, rt: Runtime, resync_seconds: float
     @kopf.on.event("batch", "v1", "jobs", id="job-finished", registry=registry,
                    labels={LABEL_MANAGED_BY: MANAGED_BY, LABEL_CAMPAIGN: kopf.PRESENT})
     async def job_changed(event: dict[str, Any], body: kopf.Body, namespace: str, **_: Any) -> None:
-        if event.get("type") != "DELETED" and not job_finished(dict(body)):
+        job = dict(body)
+        queued = job_suspended(job) or QUEUE_LABEL in (body.metadata.labels or {})
+        if event.get("type") != "DELETED" and not job_finished(job) and not queued:
             return
         campaign = body.metadata.labels[LABEL_CAMPAIGN]
         # Event handlers are not retried by kopf; a short in-process retry covers API hiccups,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from consistency_core.queueing import QUEUE_LABEL
 from consistency_core.spec import CampaignSpec, StageName, StageResources
 from consistency_core.stages import EXIT_PERMANENT, StageConfig
 from consistency_core.status import StageRecord
@@ -28,6 +29,7 @@ LABEL_ATTEMPT = "consistency.dev/attempt"
 CONTAINER = "worker"
 CONFIG_ENV = "CONSISTENCY_STAGE_CONFIG"
 TERMINATION_LOG = "/dev/termination-log"
+HF_TOKEN_KEY = "HF_TOKEN"  # the key in spec.model.tokenSecret, and the env var huggingface_hub reads
 HF_HOME = "/cache/huggingface"
 WORKER_UID = 10001  # the worker image's user (images/worker/Dockerfile)
 
@@ -46,6 +48,15 @@ def job_labels(config: StageConfig) -> dict[str, str]:
     }
 
 
+def queue_name(spec: CampaignSpec, settings: OperatorConfig) -> str | None:
+    return spec.resources.queue_name or settings.queue_name
+
+
+def job_suspended(job: dict[str, Any]) -> bool:
+    """A Job waiting for admission: suspended (Kueue unsuspends it when the workload is admitted)."""
+    return bool((job.get("spec") or {}).get("suspend"))
+
+
 def _store_env(spec: CampaignSpec, settings: OperatorConfig) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = []
     secret = spec.store.credentials_secret or settings.store_secret
@@ -59,6 +70,14 @@ def _store_env(spec: CampaignSpec, settings: OperatorConfig) -> list[dict[str, A
     if spec.store.region:
         env.append({"name": "AWS_DEFAULT_REGION", "value": spec.store.region})
     return env
+
+
+def _hub_env(spec: CampaignSpec) -> list[dict[str, Any]]:
+    if not spec.model.token_secret:
+        return []
+    # By reference only: the kubelet resolves it, the operator never reads the Secret.
+    ref = {"name": spec.model.token_secret, "key": HF_TOKEN_KEY}
+    return [{"name": HF_TOKEN_KEY, "valueFrom": {"secretKeyRef": ref}}]
 
 
 def _resources(res: StageResources, gpu_resource: str) -> dict[str, Any]:
@@ -87,6 +106,24 @@ def _volumes(res: StageResources) -> tuple[list[dict[str, Any]], list[dict[str, 
     return volumes, mounts
 
 
+def _scheduling(spec: CampaignSpec, settings: OperatorConfig, resources: StageResources,
+                gpu_resource: str) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """nodeSelector and tolerations of a stage pod. A pod without GPUs takes only the CPU settings, so
+    selectors and tolerations meant for GPU nodes never pull prepare or distill onto them.
+    The CR's scheduling wins; the chart's worker defaults apply when it sets none."""
+    res = spec.resources
+    if not resources.gpus:
+        node_selector = dict(res.cpu_node_selector) or dict(settings.worker_cpu_node_selector)
+        tolerations = [t.to_wire() for t in res.cpu_tolerations] or [dict(t) for t in settings.worker_cpu_tolerations]
+        return node_selector, tolerations
+    node_selector = dict(res.node_selector) or dict(settings.worker_node_selector)
+    tolerations = [t.to_wire() for t in res.tolerations] or [dict(t) for t in settings.worker_tolerations]
+    # GPU nodes are commonly tainted with the resource name; tolerate it unless the CR says otherwise.
+    if not any(t.get("key") == gpu_resource for t in tolerations):
+        tolerations.append({"key": gpu_resource, "operator": "Exists", "effect": "NoSchedule"})
+    return node_selector, tolerations
+
+
 def build_job(
     *,
     config: StageConfig,
@@ -104,6 +141,7 @@ def build_job(
         {"name": "HF_HOME", "value": HF_HOME},
         {"name": "HOME", "value": "/tmp"},
         *_store_env(spec, settings),
+        *_hub_env(spec),
     ]
     container: dict[str, Any] = {
         "name": CONTAINER,
@@ -139,18 +177,20 @@ def build_job(
     service_account = spec.resources.service_account_name or settings.worker_service_account
     if service_account:
         pod_spec["serviceAccountName"] = service_account
-    # The CR's scheduling wins; the chart's worker defaults apply when it sets none.
-    node_selector = dict(spec.resources.node_selector) or dict(settings.worker_node_selector)
+    node_selector, tolerations = _scheduling(spec, settings, resources, gpu_resource)
     if node_selector:
         pod_spec["nodeSelector"] = node_selector
-    tolerations = [t.to_wire() for t in spec.resources.tolerations] or [dict(t) for t in settings.worker_tolerations]
-    # GPU nodes are commonly tainted with the resource name; tolerate it unless the CR says otherwise.
-    if resources.gpus and not any(t.get("key") == gpu_resource for t in tolerations):
-        tolerations.append({"key": gpu_resource, "operator": "Exists", "effect": "NoSchedule"})
     if tolerations:
         pod_spec["tolerations"] = tolerations
     if spec.resources.priority_class_name:
         pod_spec["priorityClassName"] = spec.resources.priority_class_name
+    runtime_class = spec.resources.runtime_class_name or settings.worker_runtime_class
+    if runtime_class:
+        pod_spec["runtimeClassName"] = runtime_class
+    host_users = spec.resources.host_users if spec.resources.host_users is not None else settings.worker_host_users
+    if not host_users:
+        # Container uid 10001 maps to an unprivileged host uid: a breakout is not even host-uid 10001.
+        pod_spec["hostUsers"] = False
 
     job_spec: dict[str, Any] = {
         "backoffLimit": resources.backoff_limit,
@@ -172,13 +212,19 @@ def build_job(
     else:
         job_spec.update(completions=1, parallelism=1)
 
+    queue = queue_name(spec, settings)
+    job_labels_ = dict(labels)
+    if queue:
+        # Kueue admits the Job by unsuspending it; created suspended so no pod starts before admission.
+        job_labels_[QUEUE_LABEL] = queue
+        job_spec["suspend"] = True
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
             "name": record.job_name,
             "namespace": config.namespace,
-            "labels": labels,
+            "labels": job_labels_,
         },
         "spec": job_spec,
     }

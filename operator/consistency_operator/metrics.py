@@ -2,6 +2,8 @@
 
 The family names below are a contract: the Helm chart's Grafana dashboard and alert rules query
 them, and the packaging tests enumerate ``FAMILY_NAMES`` / ``build_metrics()`` to check that.
+Names follow Prometheus conventions (base units such as seconds, counters ending in ``_total``);
+``promtool check metrics`` on a scrape enforces them in tests/packaging/test_promtool.py.
 
 Gauges that describe a campaign (evaluation ratios, cost, budget, running stage) are recomputed from
 the CR status on every reconcile, so they are right again right after an operator restart.  Counters
@@ -14,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from consistency_core.status import CampaignPhase
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 CAMPAIGN = ("namespace", "campaign")
@@ -29,7 +32,7 @@ FAMILY_NAMES: tuple[str, ...] = (
     "consistency_evaluation_mean_agreement_ratio",
     "consistency_evaluation_accuracy_ratio",
     "consistency_examples_produced_total",
-    "consistency_campaign_gpu_hours",
+    "consistency_campaign_gpu_seconds",
     "consistency_campaign_cost_usd",
     "consistency_campaign_budget_usd",
     "consistency_stage_start_timestamp_seconds",
@@ -39,8 +42,7 @@ FAMILY_NAMES: tuple[str, ...] = (
 # Stages run from minutes to a day; the buckets span that range.
 DURATION_BUCKETS = (30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 57600, 86400)
 
-JOB_OUTCOMES = ("succeeded", "failed", "retried")
-CAMPAIGN_PHASES = ("Pending", "Running", "Succeeded", "Failed")
+CAMPAIGN_PHASES = tuple(p.value for p in CampaignPhase)
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ class Metrics:
     mean_agreement: Gauge
     accuracy: Gauge
     examples: Counter
-    gpu_hours: Gauge
+    gpu_seconds: Gauge
     cost_usd: Gauge
     budget_usd: Gauge
     stage_start: Gauge
@@ -86,8 +88,8 @@ def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
                        [*EVAL, "domain"], registry=r),
         examples=Counter("consistency_examples_produced_total", "Training examples produced by distill.",
                          [*CAMPAIGN, "phase"], registry=r),
-        gpu_hours=Gauge("consistency_campaign_gpu_hours", "GPU-hours spent by a campaign.", list(CAMPAIGN),
-                        registry=r),
+        gpu_seconds=Gauge("consistency_campaign_gpu_seconds", "GPU time spent by a campaign (GPU-seconds).",
+                          list(CAMPAIGN), registry=r),
         cost_usd=Gauge("consistency_campaign_cost_usd", "USD spent by a campaign.", list(CAMPAIGN), registry=r),
         budget_usd=Gauge("consistency_campaign_budget_usd", "Budget of a campaign (spec.budget.maxUsd).",
                          list(CAMPAIGN), registry=r),
@@ -96,14 +98,6 @@ def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
         stage_deadline=Gauge("consistency_stage_deadline_seconds",
                              "activeDeadlineSeconds of the running stage.", [*CAMPAIGN, "stage"], registry=r),
     )
-
-
-def exposed_names(metrics: Metrics) -> set[str]:
-    """Family names as scraped (counters with `_total`), to check against FAMILY_NAMES."""
-    names: set[str] = set()
-    for family in metrics.registry.collect():
-        names.add(f"{family.name}_total" if family.type == "counter" else family.name)
-    return names
 
 
 def remove_labelled(gauge: Gauge | Counter, match: dict[str, str], label_names: Iterable[str]) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from consistency_core.names import parse_rfc3339
-from consistency_core.spec import CampaignSpec
+from consistency_core.spec import CampaignSpec, StageName
 from consistency_core.stages import StageResult
 from consistency_core.status import CampaignStatus, StageOutcome, StageRecord
 
@@ -40,7 +40,8 @@ class CampaignObserver:
                 self.m.mean_agreement.labels(**labels).set(ev.mean_agreement)
             for domain, value in ev.accuracy.items():
                 self.m.accuracy.labels(**labels, domain=domain).set(value)
-        self.m.gpu_hours.labels(**ids).set(status.cost.gpu_hours)
+        # The status counts GPU-hours for people; Prometheus wants the base unit.
+        self.m.gpu_seconds.labels(**ids).set(status.cost.gpu_hours * 3600)
         self.m.cost_usd.labels(**ids).set(status.cost.usd)
         if spec is not None and spec.budget.max_usd is not None:
             self.m.budget_usd.labels(**ids).set(spec.budget.max_usd)
@@ -50,7 +51,9 @@ class CampaignObserver:
         remove_labelled(self.m.stage_start, ids, (*CAMPAIGN, "stage"))
         remove_labelled(self.m.stage_deadline, ids, (*CAMPAIGN, "stage"))
         current = status.current()
-        if current is not None and current.start_time and not status.finished:
+        # A queued stage has not started: its deadline (and the over-deadline alert) counts from admission.
+        if current is not None and current.start_time and not status.finished and \
+                current.outcome != StageOutcome.queued:
             labels = {**ids, "stage": current.key}
             self.m.stage_start.labels(**labels).set(parse_rfc3339(current.start_time).timestamp())
             if spec is not None:
@@ -62,9 +65,9 @@ class CampaignObserver:
         """Count stage records that finished in this pass (each exactly once: the status guards it)."""
         before = {(s.key, s.attempt): s.outcome for s in (old.stages if old else [])}
         for record in new.stages:
-            if record.outcome == StageOutcome.running:
+            if record.outcome in (StageOutcome.running, StageOutcome.queued):
                 continue
-            if before.get((record.key, record.attempt)) not in (None, StageOutcome.running):
+            if before.get((record.key, record.attempt)) not in (None, StageOutcome.running, StageOutcome.queued):
                 continue
             self._finished(namespace, name, new, record, result)
 
@@ -84,7 +87,7 @@ class CampaignObserver:
         if seconds is not None:
             self.m.stage_duration.labels(stage=stage, phase=record.phase.value).observe(max(seconds, 0.0))
         examples = record.result.get("metrics", {}).get("examples")
-        if record.stage.value == "distill" and record.outcome == StageOutcome.succeeded and examples:
+        if record.stage == StageName.distill and record.outcome == StageOutcome.succeeded and examples:
             self.m.examples.labels(namespace=namespace, campaign=name, phase=record.phase.value).inc(
                 float(examples))
 
@@ -96,7 +99,7 @@ class CampaignObserver:
             remove_labelled(gauge, ids, EVAL)
         remove_labelled(self.m.accuracy, ids, (*EVAL, "domain"))
         remove_labelled(self.m.examples, ids, (*CAMPAIGN, "phase"))
-        for gauge in (self.m.gpu_hours, self.m.cost_usd, self.m.budget_usd):
+        for gauge in (self.m.gpu_seconds, self.m.cost_usd, self.m.budget_usd):
             remove_labelled(gauge, ids, CAMPAIGN)
         for gauge in (self.m.stage_start, self.m.stage_deadline):
             remove_labelled(gauge, ids, (*CAMPAIGN, "stage"))

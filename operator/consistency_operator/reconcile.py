@@ -18,15 +18,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+from consistency_core import queueing
 from consistency_core import statemachine as sm
 from consistency_core.spec import CampaignSpec, SpecError, parse_spec
 from consistency_core.stages import StageResult
-from consistency_core.status import CampaignStatus
+from consistency_core.status import CampaignPhase, CampaignStatus, ConditionType, EventType, Reason
 from pydantic import ValidationError
 
 from consistency_operator import specrules
 from consistency_operator.config import OperatorConfig
-from consistency_operator.jobs import LABEL_CAMPAIGN, build_job
+from consistency_operator.jobs import LABEL_CAMPAIGN, build_job, job_suspended, queue_name
 from consistency_operator.kube import Conflict, Kube
 from consistency_operator.observe import CampaignObserver
 from consistency_operator.results import job_finished, read_result
@@ -102,14 +103,14 @@ class Reconciler:
 
         try:
             spec = parse_spec(cr.get("spec") or {})
-            if status is not None and status.phase.value != "Pending":
+            if status is not None and status.phase != CampaignPhase.pending:
                 spec, rejected = specrules.apply_pins(spec, meta.get("annotations") or {})
             else:
                 rejected = []
         except (SpecError, ValueError) as exc:
             return await self._invalid(cr, raw_status, status, exc, now, generation)
 
-        if status is None or status.phase.value == "Pending":
+        if status is None or status.phase == CampaignPhase.pending:
             # Pin before the first Job exists so the rule holds from the first stage on.
             pins = specrules.pinned_values(spec)
             if (meta.get("annotations") or {}).get(specrules.PINNED_ANNOTATION) != pins:
@@ -128,6 +129,13 @@ class Reconciler:
                 for problem in problems:
                     log.warning("%s/%s: %s", namespace, name, problem)
                     self.observer.error("result")
+        queue = queue_name(spec, self.settings)
+        queue_events: list[queueing.QueueEvent] = []
+        if status is not None and current_job is not None:
+            # Before deciding, so a Job admitted and finished between two passes still has its wait split off.
+            queue_events += queueing.observe_job(
+                status, suspended=job_suspended(current_job) and result is None,
+                started=(current_job.get("status") or {}).get("startTime"), now=now, queue=queue)
 
         decision = sm.decide(spec, status, result, campaign=name, namespace=namespace, now=now,
                              generation=generation)
@@ -140,14 +148,18 @@ class Reconciler:
             already = current_job is not None and current is not None and action.record.job_name == current.job_name
             if not already:
                 created = await self._ensure_job(cr, spec, action)
+                if created is not None and queue:
+                    new_events = queueing.observe_job(new_status, suspended=True, started=None, now=now, queue=queue)
+                    queue_events += new_events
+        queueing.refresh(new_status)
 
         patch = merge_patch(raw_status, new_status.to_wire(), _STATUS_KEYS)
         if patch:
             await self.kube.patch_campaign_status(namespace, name, patch)
-        for event in decision.events:
+        for event in (*decision.events, *queue_events):
             self.emit(cr, event.type, event.reason, event.message)
         if rejected and self._newly_rejected(raw_status, rejected):
-            self.emit(cr, "Warning", "SpecChangeRejected",
+            self.emit(cr, EventType.warning, Reason.spec_change_rejected,
                       f"{', '.join(rejected)} cannot change while the campaign runs; keeping the original values")
 
         self.observer.transitions(namespace, name, status, new_status, result)
@@ -162,7 +174,7 @@ class Reconciler:
         if patch:
             await self.kube.patch_campaign_status(meta["namespace"], meta["name"], patch)
         if raw_status.get("message") != new_status.message:
-            self.emit(cr, "Warning", "InvalidSpec", str(exc))
+            self.emit(cr, EventType.warning, Reason.invalid_spec, str(exc))
             self.observer.error("invalid_spec")
         self.observer.observe(meta["namespace"], meta["name"], None, new_status)
         return Outcome(new_status.phase.value, None, bool(patch))
@@ -170,23 +182,23 @@ class Reconciler:
     @staticmethod
     def _spec_conditions(status: CampaignStatus, rejected: list[str], now: datetime,
                          generation: int | None) -> None:
-        ready = status.condition("Ready")
-        if ready is not None and ready.status == "False" and ready.reason == "InvalidSpec":
-            sm.set_condition(status, "Ready", True, "SpecValid", "spec accepted", now, generation)
+        ready = status.condition(ConditionType.ready)
+        if ready is not None and ready.status == "False" and ready.reason == Reason.invalid_spec:
+            status.set_condition(ConditionType.ready, True, Reason.spec_valid, "spec accepted", now, generation)
             status.message = f"running {status.stage}" if status.stage else ""
         if rejected:
-            sm.set_condition(status, specrules.CONDITION, True, "PinnedFieldChanged",
-                             f"{', '.join(rejected)} cannot change while the campaign runs; "
-                             "the campaign keeps the original values", now, generation)
-        elif status.condition(specrules.CONDITION) is not None:
-            sm.set_condition(status, specrules.CONDITION, False, "SpecConsistent",
-                             "pinned fields match the running campaign", now, generation)
+            status.set_condition(ConditionType.spec_change_rejected, True, Reason.pinned_field_changed,
+                                 f"{', '.join(rejected)} cannot change while the campaign runs; "
+                                 "the campaign keeps the original values", now, generation)
+        elif status.condition(ConditionType.spec_change_rejected) is not None:
+            status.set_condition(ConditionType.spec_change_rejected, False, Reason.spec_consistent,
+                                 "pinned fields match the running campaign", now, generation)
         status.observed_generation = generation
 
     @staticmethod
     def _newly_rejected(raw_status: dict[str, Any], rejected: list[str]) -> bool:
         for cond in raw_status.get("conditions") or []:
-            if cond.get("type") == specrules.CONDITION and cond.get("status") == "True":
+            if cond.get("type") == ConditionType.spec_change_rejected and cond.get("status") == "True":
                 return not all(field in cond.get("message", "") for field in rejected)
         return True
 

@@ -15,18 +15,21 @@ from pydantic import ValidationError
 
 from consistency_operator.jobs import CONTAINER
 
+# batch/v1 Job condition types (Kubernetes' own, not the campaign's ConditionType).
+JOB_COMPLETE, JOB_FAILED = "Complete", "Failed"
+
 
 def job_finished(job: dict[str, Any]) -> str | None:
     """"Complete", "Failed" or None while the Job still runs (by its conditions, as kubectl wait does)."""
     for cond in (job.get("status") or {}).get("conditions") or []:
-        if cond.get("status") == "True" and cond.get("type") in ("Complete", "Failed"):
+        if cond.get("status") == "True" and cond.get("type") in (JOB_COMPLETE, JOB_FAILED):
             return str(cond["type"])
     return None
 
 
 def _failure_condition(job: dict[str, Any]) -> dict[str, Any]:
     for cond in (job.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == "Failed" and cond.get("status") == "True":
+        if cond.get("type") == JOB_FAILED and cond.get("status") == "True":
             return cond
     return {}
 
@@ -88,7 +91,7 @@ def read_result(job: dict[str, Any], pods: list[dict[str, Any]], key: str) -> tu
     problems: list[str] = []
     name = job["metadata"]["name"]
 
-    if state == "Complete":
+    if state == JOB_COMPLETE:
         # One result per completion index (Indexed Jobs); the newest pod of each index wins.
         by_index: dict[str, tuple[str, StageResult]] = {}
         for pod in pods:

@@ -26,7 +26,6 @@ from consistency_core.spec import CampaignSpec
 
 PINNED_ANNOTATION = "consistency.dev/pinned-spec"
 PINNED_FIELDS = ("model", "datasets", "store")  # snake_case attribute names of CampaignSpec
-CONDITION = "SpecChangeRejected"
 
 
 def pinned_values(spec: CampaignSpec) -> str:

@@ -43,6 +43,10 @@ def succeed_with(evals: list[tuple[float, float]]) -> Outcome:
             outputs = {"report": run.config.output_uri + "/report.json"}
         if run.record.stage == StageName.train:
             outputs = {"adapter": run.config.output_uri + "/adapter"}
+        if run.record.stage == StageName.report:
+            root = run.config.output_uri
+            outputs = {"report": root + "/report.md", "adapter": root + "/adapter",
+                       "modelCard": root + "/adapter/README.md"}
         return StageResult(key=run.record.key, ok=True, metrics=metrics, outputs=outputs, seconds=600)
 
     return outcome

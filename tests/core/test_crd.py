@@ -12,7 +12,7 @@ def test_committed_crd_is_fresh():
 
 def test_stale_crd_is_detected(tmp_path):
     stale = tmp_path / "crd.yaml"
-    stale.write_text(crd.render().replace("Training epochs.", "Epochs."))
+    stale.write_text(crd.render().replace("Peak learning rate.", "Learning rate."))
     assert crd.main(["--check", str(stale)]) == 1
 
 
@@ -42,6 +42,15 @@ def test_schema_is_structural_and_documented():
     assert spec["properties"]["thresholds"]["properties"]["accuracy"]["default"] == {"math": 0.55}
     assert spec["properties"]["datasets"]["items"]["properties"]["format"]["enum"] == [
         "gsm8k", "mbpp", "humaneval", "mmlu", "jsonl"]
+    stages = spec["properties"]["resources"]["properties"]["stages"]["properties"]
+    for cpu_stage in ("prepare", "distill", "report"):
+        props = stages[cpu_stage]["properties"]
+        assert (props["gpus"]["default"], props["cpu"]["default"], props["memory"]["default"],
+                props["deadlineSeconds"]["default"]) == (0, "2", "8Gi", 3600), cpu_stage
+    assert stages["train"]["properties"]["gpus"]["default"] == 1
+    assert spec["properties"]["export"]["properties"]["merged"]["default"] is False
+    outputs = schema["properties"]["status"]["properties"]["outputs"]["properties"]
+    assert set(outputs) == {"adapter", "report", "modelCard", "merged"}
     assert version["subresources"] == {"status": {}}
     columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
     assert columns["Consistency"] == ".status.consistency" and columns["Cost USD"] == ".status.cost.usd"

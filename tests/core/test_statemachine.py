@@ -1,17 +1,11 @@
 from datetime import timedelta
 
-from consistency_core.spec import StageName
+import pytest
+from consistency_core.plan import BASELINE_KEY, PREPARE_KEY, knobs, max_stages, stage_key
+from consistency_core.spec import SpecError, StageName
 from consistency_core.stages import StageResult
-from consistency_core.statemachine import (
-    BASELINE_KEY,
-    PREPARE_KEY,
-    Finish,
-    RunStage,
-    decide,
-    knobs,
-    max_stages,
-)
-from consistency_core.status import CampaignPhase, StageOutcome, TrainingPhase
+from consistency_core.statemachine import Finish, RunStage, decide
+from consistency_core.status import BASELINE, CampaignPhase, StageOutcome, TrainingPhase
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -42,7 +36,7 @@ def test_happy_path_promotes_and_succeeds():
     assert keys(runs) == [
         "prepare", "baseline-evaluate",
         "1b1-i1-generate", "1b1-i1-distill", "1b1-i1-train", "1b1-i1-evaluate",
-        "1b2-generate", "1b2-distill", "1b2-train", "1b2-evaluate",
+        "1b2-generate", "1b2-distill", "1b2-train", "1b2-evaluate", "report",
     ]
     assert final.action.phase == CampaignPhase.succeeded
     status = final.status
@@ -60,7 +54,7 @@ def test_happy_path_promotes_and_succeeds():
     assert by_key[BASELINE_KEY].params.adapter_uri is None
     assert status.consistency == 0.8 and status.math_accuracy == 0.65
     # actual cost: 10 minutes per GPU stage at 1 GPU, $2.5/h; prepare and distill are CPU-only
-    gpu_stages = [k for k in keys(runs) if not k.endswith(("prepare", "distill"))]
+    gpu_stages = [k for k in keys(runs) if not k.endswith(("prepare", "distill", "report"))]
     assert abs(status.cost.gpu_hours - len(gpu_stages) * 600 / 3600) < 1e-4
     assert abs(status.cost.usd - status.cost.gpu_hours * 2.5) < 1e-3
 
@@ -69,8 +63,26 @@ def test_training_knobs_reach_the_train_stage_config():
     spec = minimal_spec(quickFix={"checkpointSteps": 7, "lora": {"r": 4}}, expansion={"checkpointSteps": 9})
     _, runs = drive(spec, succeed_with([(0.9, 0.9)]))
     by_key = {r.record.key: r.config.params for r in runs}
-    assert (by_key["1b1-i1-train"].checkpoint_steps, by_key["1b1-i1-train"].lora.r) == (7, 4)
-    assert by_key["1b2-train"].checkpoint_steps == 9
+    assert (by_key["1b1-i1-train"].training.checkpoint_steps, by_key["1b1-i1-train"].training.lora.r) == (7, 4)
+    assert by_key["1b2-train"].training.checkpoint_steps == 9
+
+
+def test_train_method_and_gpu_count_reach_the_train_stage():
+    default = {r.record.key: r.config.params for r in drive(minimal_spec(), succeed_with([(0.9, 0.9)]))[1]}
+    assert default["1b1-i1-train"].training.method == "qlora" and default["1b1-i1-train"].processes == 1
+    spec = minimal_spec(quickFix={"method": "lora"}, expansion={"method": "full"},
+                        resources={"stages": {"train": {"gpus": 4}}})
+    by_key = {r.record.key: r.config.params for r in drive(spec, succeed_with([(0.9, 0.9)]))[1]}
+    assert (by_key["1b1-i1-train"].training.method, by_key["1b2-train"].training.method) == ("lora", "full")
+    # gpus > 1: the worker runs the train stage data-parallel in that many torchrun processes.
+    assert by_key["1b1-i1-train"].processes == by_key["1b2-train"].processes == 4
+
+
+def test_full_fine_tuning_in_1b1_needs_it_in_1b2():
+    with pytest.raises(SpecError, match=r"spec\.expansion\.method: must be full when spec\.quickFix\.method is full"):
+        minimal_spec(quickFix={"method": "full"})
+    assert minimal_spec(quickFix={"method": "full"}, expansion={"method": "full"}).quick_fix.method == "full"
+    assert minimal_spec(quickFix={"method": "full"}, expansion={"enabled": False}).expansion.method == "qlora"
 
 
 def test_gate_failure_iterates_with_adjusted_knobs_then_passes():
@@ -79,9 +91,9 @@ def test_gate_failure_iterates_with_adjusted_knobs_then_passes():
     by_key = {r.record.key: r.config for r in runs}
     assert "1b1-i2-train" in by_key and "1b1-i3-train" not in by_key
     assert "prepare" in by_key and "1b1-i2-prepare" not in by_key  # prepare runs once
-    assert by_key["1b1-i1-train"].params.epochs == 2 and by_key["1b1-i2-train"].params.epochs == 3
-    assert by_key["1b1-i1-generate"].params.temperature == 0.7
-    assert by_key["1b1-i2-generate"].params.temperature == 0.2
+    assert by_key["1b1-i1-train"].params.training.epochs == 2 and by_key["1b1-i2-train"].params.training.epochs == 3
+    assert by_key["1b1-i1-generate"].params.sampling.temperature == 0.7
+    assert by_key["1b1-i2-generate"].params.sampling.temperature == 0.2
     assert by_key["1b2-train"].params.init_adapter_uri.endswith("1b1-i2-train/adapter")
     assert final.action.phase == CampaignPhase.succeeded
     assert [e.gate_passed for e in final.status.evaluations if e.phase == TrainingPhase.quick_fix] == [False, True]
@@ -100,7 +112,7 @@ def test_gate_never_passing_fails_with_measured_numbers():
 
 def test_disabled_expansion_succeeds_at_the_gate():
     final, runs = drive(minimal_spec(expansion={"enabled": False}), succeed_with([(0.9, 0.9)]))
-    assert final.action.phase == CampaignPhase.succeeded and keys(runs)[-1] == "1b1-i1-evaluate"
+    assert final.action.phase == CampaignPhase.succeeded and keys(runs)[-2:] == ["1b1-i1-evaluate", "report"]
 
 
 def test_missing_gated_metric_fails_the_gate():
@@ -167,9 +179,11 @@ def test_finished_campaign_stays_finished():
 
 
 def test_knobs_follow_retry_policy():
-    spec = minimal_spec(retry={"maxIterations": 5, "epochsStep": 2, "temperatureSchedule": [0.2, 0.0]})
+    spec = minimal_spec(retry={"maxIterations": 5, "epochsStep": 2, "temperatureSchedule": [0.2, 0.05]})
     assert [(k.epochs, k.temperature) for k in (knobs(spec, i) for i in range(1, 5))] == [
-        (2, 0.7), (4, 0.2), (6, 0.0), (8, 0.0)]
+        (2, 0.7), (4, 0.2), (6, 0.05), (8, 0.05)]
+    # the default schedule cools within 0.2-0.1, never to 0 (samples would all copy the greedy answer)
+    assert [knobs(minimal_spec(), i).temperature for i in (2, 3, 4)] == [0.2, 0.1, 0.1]
 
 
 # ---- properties ----------------------------------------------------------------------------------
@@ -237,3 +251,115 @@ def test_invariants(p):
         assert status.condition("GatePassed").status == "True"
     if spec.budget.max_usd is not None:
         assert all(spent + forecast <= spec.budget.max_usd + 1e-9 for spent, forecast in starts)
+
+
+def test_gate_consistency_is_per_domain_math_by_default():
+    from consistency_core.spec import SpecError
+    from consistency_core.statemachine import gate
+    from consistency_core.status import EvaluationRecord
+
+    # pooled 0.40 would fail; math, the gated domain by default, is 0.70; code (signatures) 0.10
+    ev = EvaluationRecord(phase="1B.1", iteration=1, consistency=0.4, accuracy={"math": 0.6},
+                          consistency_by_domain={"math": 0.7, "code": 0.1}, pass_at_1={"math": 0.5})
+    passed, detail = gate(minimal_spec(), ev)
+    assert passed and "math consistency 0.700 >= 0.60" in detail and "code consistency" not in detail
+    both = minimal_spec(thresholds={"consistencyDomains": ["math", "code"]})
+    passed, detail = gate(both, ev)
+    assert not passed and "code consistency 0.100 < 0.60" in detail
+    # a gated domain the evaluation did not measure fails the gate, saying so
+    passed, detail = gate(minimal_spec(thresholds={"consistencyDomains": ["reasoning"]}), ev)
+    assert not passed and "reasoning consistency not measured" in detail
+    with pytest.raises(SpecError, match=r"spec.thresholds.consistencyDomains\[0\]"):
+        minimal_spec(thresholds={"consistencyDomains": ["poetry"]})
+
+    def outcome(run):
+        result = succeed_with([(0.3, 0.6)])(run)
+        if run.record.stage == StageName.evaluate:
+            result.metrics.update(consistencyByDomain={"math": 0.65, "code": 0.05}, passAt1={"math": 0.52})
+        return result
+
+    final, _ = drive(minimal_spec(), outcome)
+    assert final.action.phase == CampaignPhase.succeeded  # the pooled 0.30 no longer decides
+    quick = next(e for e in final.status.evaluations if e.phase == TrainingPhase.quick_fix)
+    assert quick.consistency_by_domain == {"math": 0.65, "code": 0.05} and quick.pass_at_1 == {"math": 0.52}
+    assert final.status.consistency == 0.65
+
+
+def test_failure_rule_and_warmup_ratio_come_from_the_spec():
+    spec = minimal_spec(expansion={"failure": {"maxAgreement": 0.5, "includeWrong": False}, "warmupRatio": 0.2},
+                        quickFix={"warmupRatio": 0.1})
+    _, runs = drive(spec, succeed_with([(0.9, 0.9)]))
+    by_key = {r.record.key: r.config.params for r in runs}
+    for key in (BASELINE_KEY, "1b1-i1-evaluate", "1b2-evaluate"):
+        assert (by_key[key].failure.max_agreement, by_key[key].failure.include_wrong) == (0.5, False)
+    assert by_key["1b1-i1-train"].training.warmup_ratio == 0.1 and by_key["1b2-train"].training.warmup_ratio == 0.2
+    default = {r.record.key: r.config.params for r in drive(minimal_spec(), succeed_with([(0.9, 0.9)]))[1]}
+    assert default["1b1-i1-evaluate"].failure.max_agreement == 0.30
+    assert default["1b1-i1-train"].training.warmup_ratio == 0.03
+
+
+def test_expansion_replays_the_passing_1b1_iterations_training_data():
+    _, runs = drive(minimal_spec(), succeed_with([(0.3, 0.4), (0.7, 0.6)]))
+    params = {r.record.key: r.config.params for r in runs}["1b2-distill"]
+    assert params.replay_uri == "s3://bucket/campaigns/default/demo/1b1-i2-distill/train.jsonl"
+    assert params.failures.replay_fraction == 0.2
+    _, runs = drive(minimal_spec(expansion={"replayFraction": 0}), succeed_with([(0.9, 0.9)]))
+    params = {r.record.key: r.config.params for r in runs}["1b2-distill"]
+    assert params.replay_uri is None and params.failures.replay_fraction == 0
+
+
+def test_report_stage_runs_last_on_cpu_with_a_snapshot_and_sets_the_outputs():
+    spec = minimal_spec()
+    final, runs = drive(spec, succeed_with([(0.7, 0.6), (0.8, 0.65)]))
+    report = runs[-1]
+    assert report.record.key == "report" and report.config.stage == StageName.report
+    assert report.resources.gpus == 0 and report.record.gpus == 0 and report.record.forecast_usd == 0
+    params = report.config.params
+    assert params.adapter_uri == "s3://bucket/campaigns/default/demo/1b2-train/adapter"
+    assert params.spec == spec
+    snapshot = [s["key"] for s in params.status["stages"]]
+    assert snapshot[-1] == "1b2-evaluate" and "report" not in snapshot  # the campaign before its report
+    assert [e["phase"] for e in params.status["evaluations"]] == ["baseline", "1B.1", "1B.2"]
+    outputs = final.status.outputs
+    assert outputs.report == "s3://bucket/campaigns/default/demo/report/report.md"
+    assert outputs.adapter == "s3://bucket/campaigns/default/demo/report/adapter"
+    assert outputs.model_card == "s3://bucket/campaigns/default/demo/report/adapter/README.md"
+    assert outputs.merged is None
+
+
+def test_quick_fix_only_campaign_reports_the_1b1_adapter():
+    spec = minimal_spec(expansion={"enabled": False})
+    final, runs = drive(spec, succeed_with([(0.3, 0.4), (0.9, 0.9)]))
+    assert keys(runs)[-2:] == ["1b1-i2-evaluate", "report"]
+    assert runs[-1].config.params.adapter_uri.endswith("1b1-i2-train/adapter")
+    assert final.action.phase == CampaignPhase.succeeded and final.status.outputs is not None
+
+
+def test_failed_campaign_runs_no_report():
+    spec = minimal_spec(retry={"maxIterations": 1})
+    final, runs = drive(spec, succeed_with([(0.1, 0.1)]))
+    assert final.action.phase == CampaignPhase.failed and "report" not in keys(runs)
+    assert final.status.outputs is None
+
+
+def test_retryable_report_failure_is_retried():
+    spec = minimal_spec(expansion={"enabled": False})
+    ok = succeed_with([(0.9, 0.9)])
+    failed_once: list[str] = []
+
+    def outcome(run):
+        if run.record.key == "report" and not failed_once:
+            failed_once.append("x")
+            return StageResult(key="report", ok=False, retryable=True, message="store timeout")
+        return ok(run)
+
+    final, runs = drive(spec, outcome)
+    assert [r.record.attempt for r in runs if r.record.key == "report"] == [1, 2]
+    assert final.action.phase == CampaignPhase.succeeded
+
+
+def test_stage_keys_follow_the_glossary():
+    assert stage_key(TrainingPhase.quick_fix, 2, StageName.train) == "1b1-i2-train"
+    assert stage_key(TrainingPhase.expansion, 1, StageName.distill) == "1b2-distill"
+    assert stage_key(TrainingPhase.quick_fix, 3, StageName.prepare) == PREPARE_KEY == "prepare"
+    assert stage_key(BASELINE, 0, StageName.evaluate) == BASELINE_KEY == "baseline-evaluate"

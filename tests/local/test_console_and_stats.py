@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 from consistency_core.spec import StageName
-from consistency_core.status import CampaignPhase, CampaignStatus, StageRecord, TrainingPhase
+from consistency_core.status import CampaignPhase, CampaignStatus, EvaluationRecord, StageRecord, TrainingPhase
 from consistency_local.console import LiveConsole, render_status, tick_line
-from consistency_local.report_data import rates_from_rows, transitions
+from consistency_local.report_data import domain_figures, paired_from_rows, rates_from_rows, transitions
 from consistency_local.rundir import RunDir
 from consistency_local.stage_process import Tick
 from consistency_local.stats import wilson
@@ -80,3 +80,35 @@ def test_rates_and_transitions_from_per_problem_rows() -> None:
     assert strata["math/hard"]["accuracy"].successes == 1
     assert transitions(before, after) == {"matched": 2, "failureToSuccess": 1, "successToFailure": 1,
                                           "stillFailure": 0, "stillSuccess": 0}
+
+
+def test_paired_changes_in_status_and_from_rows(tmp_path: Path) -> None:
+    before = [{"problemId": f"p{i}", "domain": "math", "greedyCorrect": i < 40, "consistent": i < 30,
+               "success": i < 40} for i in range(100)]
+    # 15 problems fixed, 3 broken, the rest unchanged
+    after = [dict(r, greedyCorrect=(r["greedyCorrect"] or 40 <= i < 55) and not i < 3,
+                  success=(r["success"] or 40 <= i < 55) and not i < 3) for i, r in enumerate(before)]
+    changes = paired_from_rows(before, after)
+    math = changes["math accuracy"]
+    assert (math.better, math.worse, math.n) == (15, 3, 100)
+    assert math.difference == pytest.approx(0.12) and math.low > 0 and math.p_value < 0.01
+    assert changes["consistency"].better == changes["consistency"].worse == 0
+
+    rd, _ = _running(tmp_path)
+    status = rd.load_status()
+    assert status is not None
+    status.evaluations = [EvaluationRecord(phase="1B.1", iteration=1, paired={"math accuracy": math.as_json()})]
+    rd.save_status(status)
+    text = render_status(tmp_path, now=datetime(2026, 1, 1, 0, 2, 5, tzinfo=UTC))
+    assert "MATH-CHANGE" in text and "+12.0pp [" in text and "p=0.0" in text
+    detail = render_status(rd.root, stages=True)
+    assert "math accuracy" in detail and "15" in detail
+
+
+def test_domain_consistency_and_sample_pass_at_1_from_rows() -> None:
+    rows = [{"problemId": "m", "domain": "math", "consistent": True, "samplesCorrect": 5, "samplesGraded": 5},
+            {"problemId": "c1", "domain": "code", "consistent": False, "samplesCorrect": 1, "samplesGraded": 5},
+            {"problemId": "c2", "domain": "code", "consistent": True, "samplesCorrect": 0, "samplesGraded": 5}]
+    consistency, pass1 = domain_figures(rows)
+    assert (consistency["code"].successes, consistency["code"].total) == (1, 2)
+    assert pass1 == {"math": 1.0, "code": pytest.approx(0.1)}

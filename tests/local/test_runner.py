@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from consistency_local.cli import main as cli_main
+from consistency_local.console import render_status
 
 from tests.local.campaign_fixtures import (
     build_constant_model,
@@ -77,7 +78,7 @@ def test_killed_run_resumes_and_completes_with_report(assets, tmp_path: Path, ca
     keys = [s["key"] for s in after["stages"]]
     # Every stage ran exactly once (no duplicates), in plan order, through 1B.1, the gate and 1B.2.
     assert keys == ["prepare", "baseline-evaluate", "1b1-i1-generate", "1b1-i1-distill", "1b1-i1-train",
-                    "1b1-i1-evaluate", "1b2-generate", "1b2-distill", "1b2-train", "1b2-evaluate"]
+                    "1b1-i1-evaluate", "1b2-generate", "1b2-distill", "1b2-train", "1b2-evaluate", "report"]
     # What had finished before the kill was not rerun: same records, same result files.
     assert after["stages"][: len(done_before)] == before["stages"][: len(done_before)]
     for name, mtime in results_before.items():
@@ -85,12 +86,23 @@ def test_killed_run_resumes_and_completes_with_report(assets, tmp_path: Path, ca
     gate = next(c for c in after["conditions"] if c["type"] == "GatePassed")
     assert gate["status"] == "True"
     assert [e["phase"] for e in after["evaluations"]] == ["baseline", "1B.1", "1B.2"]
+    # The report stage shipped the 1B.2 adapter with its model card, and the report, into the store.
+    outputs = after["outputs"]
+    card = Path(outputs["modelCard"].removeprefix("file://")).read_text()
+    assert "library_name: peft" in card and str(model) in card and "with this adapter (1B.2)" in card
+    assert (Path(outputs["adapter"].removeprefix("file://")) / "adapter_config.json").is_file()
+    assert "## Before / after" in Path(outputs["report"].removeprefix("file://")).read_text()
 
     report = (run_dir / "report" / "report.md").read_text()
     for figure in ("metrics.png", "strata.png", "transitions.png", "stages.png"):
         assert (run_dir / "report" / figure).stat().st_size > 1000
         assert figure in report
     assert "Wilson 95%" in report and "before" in report
+    # before/after also as paired comparisons (same problems, same seeds), in the report and the status
+    assert "paired change, baseline -> 1B.2" in report and "McNemar p=" in report
+    assert "math accuracy" in after["evaluations"][1]["paired"]
+    status_text = render_status(run_dir, stages=True)
+    assert "MATH-CHANGE" in status_text and "pp [" in status_text and "CHANGE (95% CI, McNemar p)" in status_text
     out = capsys.readouterr().out
     assert f"Report: {run_dir / 'report' / 'report.md'}" in out
     assert "math accuracy" in out and "[" in out  # rates printed with their interval
@@ -125,8 +137,8 @@ def test_failing_gate_takes_the_iterate_path_then_fails(assets, tmp_path: Path, 
     gen2 = json.loads((run_dir / "configs" / "1b1-i2-generate-a1.json").read_text())
     train2 = json.loads((run_dir / "configs" / "1b1-i2-train-a1.json").read_text())
     train1 = json.loads((run_dir / "configs" / "1b1-i1-train-a1.json").read_text())
-    assert gen2["params"]["temperature"] == 0.3
-    assert train2["params"]["epochs"] == train1["params"]["epochs"] + 1
+    assert gen2["params"]["sampling"]["temperature"] == 0.3
+    assert train2["params"]["training"]["epochs"] == train1["params"]["training"]["epochs"] + 1
     report = (run_dir / "report" / "report.md").read_text()
     assert "1B.1 i2" in report and "Missing data" not in report  # evaluation reports were read back from S3
 

@@ -110,10 +110,12 @@ def campaign_body(name: str, **overrides: Any) -> dict[str, Any]:
         "store": {"uri": "s3://campaigns/runs", "endpoint": "http://minio.store.svc:9000",
                   "credentialsSecret": "store-creds"},
         "retry": {"maxIterations": 2, "stageRetries": 1},
-        "resources": {"stages": {"generate": {"shards": 2, "gpus": 1}},
+        "resources": {"stages": {"generate": {"shards": 2, "gpus": 1}, "prepare": {"memory": "16Gi"}},
                       "nodeSelector": {"gpu.type": "h100"}, "priorityClassName": "batch-high",
                       "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml",
-                                       "effect": "NoSchedule"}]},
+                                       "effect": "NoSchedule"}],
+                      "cpuNodeSelector": {"pool": "cpu"},
+                      "cpuTolerations": [{"key": "spot", "operator": "Exists", "effect": "NoSchedule"}]},
         "budget": {"gpuHourUsd": 3.0, "maxUsd": 500.0},
     }
     for key, value in overrides.items():
@@ -159,7 +161,7 @@ class JobController:
             self.c.create("v1", "pods", pod, namespace=meta["namespace"])
 
     def succeed(self, job: dict[str, Any], metrics: dict[str, Any] | None = None,
-                outputs: dict[str, str] | None = None, seconds: float = 120.0) -> None:
+                outputs: dict[str, str] | None = None, seconds: float | None = 120.0) -> None:
         key = job["metadata"]["labels"]["consistency.dev/key"]
         shards = int(job["spec"].get("completions", 1))
         result = {"key": key, "ok": True, "metrics": metrics or {}, "outputs": outputs or {}, "seconds": seconds}

@@ -88,8 +88,9 @@ def test_applied_cr_gets_a_prepare_job_with_the_full_pod_spec(
     assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert pod["nodeSelector"] == {"gpu.type": "h100"} and pod["priorityClassName"] == "batch-high"
-    assert {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"} in pod["tolerations"]
+    # CPU stage: only the CPU scheduling, never the GPU nodes' selector or tolerations.
+    assert pod["nodeSelector"] == {"pool": "cpu"} and pod["priorityClassName"] == "batch-high"
+    assert pod["tolerations"] == [{"key": "spot", "operator": "Exists", "effect": "NoSchedule"}]
     [container] = pod["containers"]
     assert container["image"] == "registry.test/consistency-worker:test"  # operator default
     assert container["command"] == ["consistency-worker"]
@@ -100,8 +101,8 @@ def test_applied_cr_gets_a_prepare_job_with_the_full_pod_spec(
     assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"] == {"drop": ["ALL"]}
     assert {m["mountPath"] for m in container["volumeMounts"]} >= {"/tmp", "/cache"}
-    # CPU stage: no GPU requested.
-    assert container["resources"]["limits"] == {"cpu": "2", "memory": "8Gi"}
+    # CPU stage: no GPU requested, even though the spec overrides only prepare's memory.
+    assert container["resources"]["limits"] == {"cpu": "2", "memory": "16Gi"}
     env = {e["name"]: e for e in container["env"]}
     # The CR's store settings win over the operator defaults.
     assert env["AWS_ACCESS_KEY_ID"]["valueFrom"] == {
@@ -124,8 +125,10 @@ def test_applied_cr_gets_a_prepare_job_with_the_full_pod_spec(
     baseline = jobs.wait_job(NS, "spec-check", "baseline-evaluate")
     limits = baseline["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert limits == {"cpu": "4", "memory": "32Gi", "nvidia.com/gpu": "1"}
-    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in \
-        baseline["spec"]["template"]["spec"]["tolerations"]
+    assert baseline["spec"]["template"]["spec"]["tolerations"] == [
+        {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"},
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert baseline["spec"]["template"]["spec"]["nodeSelector"] == {"gpu.type": "h100"}
     jobs.succeed(baseline, BASELINE, {"report": "s3://campaigns/runs/default/spec-check/baseline-evaluate/r.json"})
     generate = jobs.wait_job(NS, "spec-check", "1b1-i1-generate")
     assert generate["spec"]["completionMode"] == "Indexed"
@@ -155,7 +158,22 @@ def test_gate_pass_promotes_to_expansion_and_succeeds(
     final = {"problems": 1483, "consistency": 0.71, "meanAgreement": 0.86, "accuracy": {"math": 0.6, "code": 0.61}}
     jobs.succeed(jobs.wait_job(NS, name, "1b2-evaluate"), final)
 
+    # The last stage: the CPU report stage, told the best adapter and a snapshot of the campaign.
+    report = jobs.wait_job(NS, name, "report")
+    pod = report["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"] == {"cpu": "2", "memory": "8Gi"}
+    assert pod["nodeSelector"] == {"pool": "cpu"}
+    assert report["spec"]["activeDeadlineSeconds"] == 3600
+    report_config = stage_config(report)
+    assert report_config.params.adapter_uri == f"s3://campaigns/runs/{NS}/{name}/1b2-train/adapter"
+    assert [e["phase"] for e in report_config.params.status["evaluations"]] == ["baseline", "1B.1", "1B.2"]
+    out = f"s3://campaigns/runs/{NS}/{name}/report"
+    jobs.succeed(report, {"figures": 4}, {"report": f"{out}/report.md", "adapter": f"{out}/adapter",
+                                          "modelCard": f"{out}/adapter/README.md"})
+
     obj = wait_status(cluster, NS, name, "Succeeded", lambda s: s["phase"] == "Succeeded")
+    assert obj["status"]["outputs"] == {"report": f"{out}/report.md", "adapter": f"{out}/adapter",
+                                        "modelCard": f"{out}/adapter/README.md"}
     status = obj["status"]
     assert condition(obj, "Complete")["status"] == "True"
     assert status["consistency"] == 0.71 and status["mathAccuracy"] == 0.6
@@ -168,7 +186,8 @@ def test_gate_pass_promotes_to_expansion_and_succeeds(
     # One Job per stage, none duplicated.
     keys = sorted(j["metadata"]["labels"]["consistency.dev/key"] for j in jobs.jobs(NS, name))
     assert keys == sorted(["prepare", "baseline-evaluate", "1b1-i1-generate", "1b1-i1-distill", "1b1-i1-train",
-                           "1b1-i1-evaluate", "1b2-generate", "1b2-distill", "1b2-train", "1b2-evaluate"])
+                           "1b1-i1-evaluate", "1b2-generate", "1b2-distill", "1b2-train", "1b2-evaluate",
+                           "report"])
     wait_events(cluster, NS, name, "GatePassed", "Promoted", "StageSucceeded", "CampaignSucceeded")
 
     # Everything written to status survives the real CRD's structural schema, and the printer columns
@@ -176,7 +195,8 @@ def test_gate_pass_promotes_to_expansion_and_succeeds(
     version = crd()["spec"]["versions"][0]
     assert pruned_fields(status, version["schema"]["openAPIV3Schema"]["properties"]["status"], ".status") == []
     for column in version["additionalPrinterColumns"]:
-        if column["jsonPath"].startswith(".status.") and column["name"] != "Stage":  # none runs now
+        # none runs now: no stage, no stage status
+        if column["jsonPath"].startswith(".status.") and column["name"] not in ("Stage", "Stage Status"):
             value: Any = obj
             for part in column["jsonPath"].strip(".").split("."):
                 value = value[part]
@@ -193,12 +213,12 @@ def test_gate_fail_starts_iteration_two_with_adjusted_knobs(
     assert gate["status"] == "False" and "consistency 0.310 < 0.60" in gate["message"]
 
     generate = stage_config(jobs.wait_job(NS, name, "1b1-i2-generate"))
-    assert generate.params.temperature == 0.2  # first entry of the default schedule (iteration 1: 0.7)
+    assert generate.params.sampling.temperature == 0.2  # first entry of the default schedule (iteration 1: 0.7)
     assert generate.iteration == 2
     jobs.succeed(jobs.wait_job(NS, name, "1b1-i2-generate"), GENERATE)
     jobs.succeed(jobs.wait_job(NS, name, "1b1-i2-distill"), DISTILL)
     train = jobs.wait_job(NS, name, "1b1-i2-train")
-    assert stage_config(train).params.epochs == 3  # 2 + epochsStep
+    assert stage_config(train).params.training.epochs == 3  # 2 + epochsStep
     assert train["metadata"]["labels"]["consistency.dev/iteration"] == "2"
     jobs.succeed(train, TRAIN)
     # maxIterations is 2 in these campaigns: a second failed gate fails the campaign with the numbers.
@@ -343,7 +363,7 @@ def test_spec_edits_mid_run_follow_the_documented_rules(
     jobs.succeed(generate, GENERATE)
     distill = stage_config(jobs.wait_job(NS, name, "1b1-i1-distill"))
     assert distill.model.uri == "hf://HuggingFaceTB/SmolLM2-135M-Instruct"
-    assert distill.params.min_agreement == 0.8 and distill.params.max_per_problem == 1
+    assert distill.params.filter.min_agreement == 0.8 and distill.params.filter.max_per_problem == 1
 
     # Reverting the pinned field clears the condition.
     cluster.patch(CT, CTS, NS, name, {"spec": {"model": {"uri": "hf://HuggingFaceTB/SmolLM2-135M-Instruct"}}})
@@ -408,7 +428,8 @@ def test_metrics_endpoint_reports_what_happened(
     status = get_ct(cluster, NS, name)["status"]
     cost = sample(text, "consistency_campaign_cost_usd", **ids)
     assert cost == pytest.approx(status["cost"]["usd"]) and cost > 0
-    assert sample(text, "consistency_campaign_gpu_hours", **ids) == pytest.approx(status["cost"]["gpuHours"])
+    gpu_seconds = sample(text, "consistency_campaign_gpu_seconds", **ids)
+    assert gpu_seconds == pytest.approx(status["cost"]["gpuHours"] * 3600)
     assert sample(text, "consistency_campaign_budget_usd", **ids) == 500.0
     # Running-stage gauges exist for the running stage only.
     assert [s["stage"] for s in series(text, "consistency_stage_start_timestamp_seconds", **ids)] == ["1b2-generate"]

@@ -17,7 +17,7 @@ from consistency_core.stages import StageResult
 from consistency_operator import specrules
 from consistency_operator.config import OperatorConfig, parse_config
 from consistency_operator.jobs import build_job
-from consistency_operator.metrics import FAMILY_NAMES, build_metrics, exposed_names
+from consistency_operator.metrics import FAMILY_NAMES, Metrics, build_metrics
 from consistency_operator.observe import CampaignObserver
 from consistency_operator.reconcile import merge_patch
 from consistency_operator.results import read_result
@@ -93,21 +93,49 @@ def test_operator_defaults_fill_in_store_settings() -> None:
     assert "completionMode" not in job["spec"]
 
 
+def pod_spec_of(spec: Any, action: sm.RunStage, settings: OperatorConfig, gpu_stage: bool = False) -> dict:
+    resources = spec.resources.stages.generate if gpu_stage else action.resources
+    return build_job(config=action.config, record=action.record, resources=resources, spec=spec,
+                     settings=settings)["spec"]["template"]["spec"]
+
+
 def test_chart_worker_scheduling_defaults_apply_when_the_spec_sets_none() -> None:
     env = {"CONSISTENCY_WORKER_NODE_SELECTOR": '{"pool": "gpu"}',
-           "CONSISTENCY_WORKER_TOLERATIONS": '[{"key": "dedicated", "operator": "Exists"}]'}
+           "CONSISTENCY_WORKER_TOLERATIONS": '[{"key": "dedicated", "operator": "Exists"}]',
+           "CONSISTENCY_WORKER_CPU_NODE_SELECTOR": '{"pool": "cpu"}',
+           "CONSISTENCY_WORKER_CPU_TOLERATIONS": '[{"key": "spot", "operator": "Exists"}]'}
     settings = parse_config([], env=env)
     spec, action = first_action(BASE_SPEC)
-    pod_spec = build_job(config=action.config, record=action.record, resources=action.resources, spec=spec,
-                         settings=settings)["spec"]["template"]["spec"]
-    assert pod_spec["nodeSelector"] == {"pool": "gpu"}
-    assert pod_spec["tolerations"] == [{"key": "dedicated", "operator": "Exists"}]
-    spec, action = first_action({**BASE_SPEC, "resources": {"nodeSelector": {"zone": "a"}}})
-    pod_spec = build_job(config=action.config, record=action.record, resources=action.resources, spec=spec,
-                         settings=settings)["spec"]["template"]["spec"]
-    assert pod_spec["nodeSelector"] == {"zone": "a"}
+    gpu_pod = pod_spec_of(spec, action, settings, gpu_stage=True)
+    assert gpu_pod["nodeSelector"] == {"pool": "gpu"}
+    assert gpu_pod["tolerations"] == [{"key": "dedicated", "operator": "Exists"},
+                                      {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    cpu_pod = pod_spec_of(spec, action, settings)  # prepare
+    assert cpu_pod["nodeSelector"] == {"pool": "cpu"}
+    assert cpu_pod["tolerations"] == [{"key": "spot", "operator": "Exists"}]
+    spec, action = first_action({**BASE_SPEC, "resources": {"nodeSelector": {"zone": "a"},
+                                                            "cpuNodeSelector": {"zone": "b"}}})
+    assert pod_spec_of(spec, action, settings, gpu_stage=True)["nodeSelector"] == {"zone": "a"}
+    assert pod_spec_of(spec, action, settings)["nodeSelector"] == {"zone": "b"}
     with pytest.raises(SystemExit, match="CONSISTENCY_WORKER_TOLERATIONS"):
         parse_config([], env={"CONSISTENCY_WORKER_TOLERATIONS": '{"not": "a list"}'})
+    with pytest.raises(SystemExit, match="CONSISTENCY_WORKER_CPU_NODE_SELECTOR"):
+        parse_config([], env={"CONSISTENCY_WORKER_CPU_NODE_SELECTOR": '["a list"]'})
+
+
+def test_cpu_stages_get_no_gpu_scheduling_even_with_partial_overrides() -> None:
+    gpu_toleration = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    spec, action = first_action({**BASE_SPEC, "resources": {
+        "nodeSelector": {"gpu.type": "h100"}, "tolerations": [gpu_toleration],
+        "stages": {"prepare": {"memory": "16Gi"}, "distill": {"deadlineSeconds": 600}}}})
+    pod = pod_spec_of(spec, action, OperatorConfig())
+    assert pod["containers"][0]["resources"]["limits"] == {"cpu": "2", "memory": "16Gi"}
+    assert "nodeSelector" not in pod and "tolerations" not in pod
+    assert not any(v["name"] == "dshm" for v in pod["volumes"])
+    distill = spec.resources.stages.distill
+    assert (distill.gpus, distill.cpu, distill.memory, distill.deadline_seconds) == (0, "2", "8Gi", 600)
+    gpu_pod = pod_spec_of(spec, action, OperatorConfig(), gpu_stage=True)
+    assert gpu_pod["nodeSelector"] == {"gpu.type": "h100"} and gpu_pod["tolerations"] == [gpu_toleration]
 
 
 # ---- results ---------------------------------------------------------------------------------------------
@@ -187,6 +215,14 @@ def test_pinned_fields_are_restored_and_named() -> None:
 
 # ---- metrics -------------------------------------------------------------------------------------------
 
+def exposed_names(metrics: Metrics) -> set[str]:
+    """Family names as scraped (counters with `_total`), to check against FAMILY_NAMES."""
+    names: set[str] = set()
+    for family in metrics.registry.collect():
+        names.add(f"{family.name}_total" if family.type == "counter" else family.name)
+    return names
+
+
 def test_every_documented_family_is_exposed() -> None:
     metrics = build_metrics()
     assert exposed_names(metrics) == set(FAMILY_NAMES)
@@ -225,3 +261,57 @@ def test_finished_jobs_are_counted_once_by_outcome() -> None:
     assert (count("retried"), count("failed"), count("succeeded")) == (1.0, 1.0, 0.0)
     assert metrics.registry.get_sample_value("consistency_stage_duration_seconds_count",
                                              {"stage": "prepare", "phase": "1B.1"}) == 2.0
+
+
+# ---- Kueue -----------------------------------------------------------------------------------------------
+
+def test_queue_name_labels_and_suspends_every_job_spec_wins_over_the_chart_default() -> None:
+    settings = parse_config([], env={"CONSISTENCY_QUEUE_NAME": "team-default"})
+    spec, action = first_action(BASE_SPEC)
+    job = build_job(config=action.config, record=action.record, resources=action.resources, spec=spec,
+                    settings=settings)
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-default"
+    assert job["spec"]["suspend"] is True
+    # The queue label is on the Job only (Kueue's Job integration), not copied onto the pods.
+    assert "kueue.x-k8s.io/queue-name" not in job["spec"]["template"]["metadata"]["labels"]
+    spec, action = first_action({**BASE_SPEC, "resources": {"queueName": "gpu-a100"}})
+    job = build_job(config=action.config, record=action.record, resources=action.resources, spec=spec,
+                    settings=settings)
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-a100"
+    job = build_job(config=action.config, record=action.record, resources=action.resources,
+                    spec=parse_spec(BASE_SPEC), settings=OperatorConfig())
+    assert "suspend" not in job["spec"] and "kueue.x-k8s.io/queue-name" not in job["metadata"]["labels"]
+
+
+def test_queued_stage_exports_no_start_or_deadline_until_admitted() -> None:
+    from consistency_core import queueing
+
+    metrics = build_metrics()
+    observer = CampaignObserver(metrics)
+    spec = parse_spec(BASE_SPEC)
+    status = sm.decide(spec, None, campaign="c1", namespace="ns", now=NOW).status
+    queueing.observe_job(status, suspended=True, started=None, now=NOW)
+    observer.observe("ns", "c1", spec, status)
+    assert not [s for fam in metrics.stage_start.collect() for s in fam.samples]
+    assert not [s for fam in metrics.stage_deadline.collect() for s in fam.samples]
+    queueing.observe_job(status, suspended=False, started=None, now=NOW.replace(hour=3))
+    observer.observe("ns", "c1", spec, status)
+    [sample] = [s for fam in metrics.stage_start.collect() for s in fam.samples]
+    assert sample.value == NOW.replace(hour=3).timestamp()
+
+
+# ---- locked-down stage pods ------------------------------------------------------------------------------
+
+def test_runtime_class_and_user_namespaces_from_the_chart_or_the_spec() -> None:
+    settings = parse_config([], env={"CONSISTENCY_WORKER_RUNTIME_CLASS": "gvisor",
+                                     "CONSISTENCY_WORKER_HOST_USERS": "false"})
+    spec, action = first_action(BASE_SPEC)
+    pod = pod_spec_of(spec, action, settings)
+    assert pod["runtimeClassName"] == "gvisor" and pod["hostUsers"] is False
+    spec, action = first_action({**BASE_SPEC, "resources": {"runtimeClassName": "kata", "hostUsers": True}})
+    pod = pod_spec_of(spec, action, settings)
+    assert pod["runtimeClassName"] == "kata" and "hostUsers" not in pod
+    pod = pod_spec_of(parse_spec(BASE_SPEC), action, OperatorConfig())
+    assert "runtimeClassName" not in pod and "hostUsers" not in pod
+    with pytest.raises(SystemExit, match="CONSISTENCY_WORKER_HOST_USERS"):
+        parse_config([], env={"CONSISTENCY_WORKER_HOST_USERS": "maybe"})

@@ -49,8 +49,8 @@ def test_default_render_is_cluster_wide_with_service_and_dashboard() -> None:
     manifests = render()
     assert kinds(manifests) == sorted([
         ("ClusterRole", None), ("ClusterRoleBinding", None), ("ConfigMap", NAMESPACE),
-        ("Deployment", NAMESPACE), ("Service", NAMESPACE), ("ServiceAccount", NAMESPACE),
-        ("ServiceAccount", NAMESPACE),
+        ("Deployment", NAMESPACE), ("NetworkPolicy", NAMESPACE), ("Service", NAMESPACE),
+        ("ServiceAccount", NAMESPACE), ("ServiceAccount", NAMESPACE),
     ])
     env = container_env(only(manifests, "Deployment"))
     assert env["CONSISTENCY_WATCH_NAMESPACES"] == ""
@@ -112,6 +112,11 @@ def test_operator_environment() -> None:
     assert env["CONSISTENCY_WORKER_SERVICE_ACCOUNT"] == "demo-consistency-operator-worker"
     assert env["CONSISTENCY_WORKER_NODE_SELECTOR"] == '{"gpu":"h100"}'
     assert env["CONSISTENCY_WORKER_TOLERATIONS"] == '[{"effect":"NoSchedule","key":"gpu","operator":"Exists"}]'
+    assert env["CONSISTENCY_WORKER_CPU_NODE_SELECTOR"] == '{"pool":"cpu"}'
+    assert env["CONSISTENCY_QUEUE_NAME"] == "team-gpus"
+    assert env["CONSISTENCY_WORKER_RUNTIME_CLASS"] == "gvisor"
+    assert env["CONSISTENCY_WORKER_HOST_USERS"] == "false"
+    assert env["CONSISTENCY_WORKER_CPU_TOLERATIONS"] == '[{"effect":"NoSchedule","key":"spot","operator":"Exists"}]'
     assert env["CONSISTENCY_VERBOSE"] == "1"
     assert env["EXTRA"] == "1"
     image = only(manifests, "Deployment").doc["spec"]["template"]["spec"]["containers"][0]["image"]
@@ -122,6 +127,9 @@ def test_operator_environment() -> None:
     assert default_env["CONSISTENCY_STORE_ENDPOINT"] == ""
     assert default_env["CONSISTENCY_STORE_SECRET"] == ""
     assert default_env["CONSISTENCY_VERBOSE"] == ""
+    assert default_env["CONSISTENCY_QUEUE_NAME"] == ""
+    assert default_env["CONSISTENCY_WORKER_RUNTIME_CLASS"] == ""
+    assert default_env["CONSISTENCY_WORKER_HOST_USERS"] == "true"
 
 
 def test_every_operator_setting_env_is_read_by_the_operator() -> None:
@@ -269,6 +277,11 @@ BAD_VALUES = [
     ({"store": {"endpoint": "minio:9000"}}, "at '/store/endpoint'"),
     ({"metrics": {"serviceMonitor": {"interval": "30 seconds"}}}, "at '/metrics/serviceMonitor/interval'"),
     ({"worker": {"tolerations": [{"key": "gpu", "effect": "Sometimes"}]}}, "at '/worker/tolerations/0/effect'"),
+    ({"worker": {"cpuNodeSelector": {"pool": 1}}}, "at '/worker/cpuNodeSelector/pool'"),
+    ({"worker": {"queueName": "Team Queue"}}, "at '/worker/queueName'"),
+    ({"worker": {"hostUsers": "no"}}, "at '/worker/hostUsers'"),
+    ({"networkPolicy": {"internet": {"except": ["169.254.169.254"]}}}, "at '/networkPolicy/internet/except/0'"),
+    ({"networkPolicy": {"internet": {"ports": [0]}}}, "at '/networkPolicy/internet/ports/0'"),
 ]
 
 
@@ -299,3 +312,74 @@ def test_readme_values_table_lists_every_value() -> None:
     keys = leaf_keys(values)
     assert keys - table == set(), "values missing from the README table"
     assert table - keys == set(), "README table documents values that do not exist"
+
+
+# ---- stage pods' NetworkPolicy ------------------------------------------------------------------------
+
+def _peer_allows(peer: dict[str, Any], ip: str) -> bool:
+    import ipaddress
+
+    block = peer.get("ipBlock")
+    if block is None:
+        return False  # pod/namespace selectors never match an external address
+    address = ipaddress.ip_address(ip)
+    cidr = ipaddress.ip_network(block["cidr"])
+    if address.version != cidr.version or address not in cidr:
+        return False
+    return not any(address in ipaddress.ip_network(e) for e in block.get("except", []))
+
+
+def egress_allowed(policy: dict[str, Any], ip: str, port: int, protocol: str = "TCP") -> bool:
+    """NetworkPolicy egress semantics for one destination: allowed iff some rule matches both its peers
+    (no `to` = any destination) and its ports (no `ports` = any port)."""
+    for rule in policy["spec"].get("egress") or []:
+        ports = rule.get("ports")
+        if ports and not any(p["port"] == port and p.get("protocol", "TCP") == protocol for p in ports):
+            continue
+        if "to" not in rule or any(_peer_allows(peer, ip) for peer in rule["to"]):
+            return True
+    return False
+
+
+def test_network_policy_default_denies_metadata_and_cluster_ranges_allows_dns_and_https() -> None:
+    [policy] = of_kind(render(), "NetworkPolicy")
+    assert policy.namespace == NAMESPACE
+    spec = policy.doc["spec"]
+    # Exactly the operator's stage pods (the labels jobs.py puts on every pod template).
+    from consistency_operator.jobs import LABEL_MANAGED_BY, MANAGED_BY
+
+    assert spec["podSelector"]["matchLabels"] == {LABEL_MANAGED_BY: MANAGED_BY,
+                                                  "app.kubernetes.io/name": "consistency-worker"}
+    assert spec["policyTypes"] == ["Ingress", "Egress"] and spec["ingress"] == []
+    doc = policy.doc
+    for ip, port in [("169.254.169.254", 80), ("169.254.169.254", 443), ("fd00:ec2::254", 80),
+                     ("10.96.0.1", 443), ("10.244.3.7", 443), ("172.20.0.10", 443), ("192.168.1.5", 443),
+                     ("100.64.0.10", 443), ("52.216.8.1", 22), ("52.216.8.1", 9000)]:
+        assert not egress_allowed(doc, ip, port), (ip, port)
+    for ip, port, proto in [("10.96.0.10", 53, "UDP"), ("169.254.20.10", 53, "UDP"), ("8.8.8.8", 53, "TCP"),
+                            ("52.216.8.1", 443, "TCP"), ("2600:1f18::1", 443, "TCP")]:
+        assert egress_allowed(doc, ip, port, proto), (ip, port, proto)
+
+
+def test_network_policy_per_stage_namespace_extra_egress_and_toggles() -> None:
+    manifests = render(COMBOS["namespaces-mode-all-on"])
+    assert sorted(m.namespace for m in of_kind(manifests, "NetworkPolicy")) == ["team-a", "team-b", "team-c"]
+    [policy] = of_kind(render(COMBOS["custom-images-and-scheduling"]), "NetworkPolicy")
+    assert egress_allowed(policy.doc, "10.0.5.10", 9000)  # the explicitly allowed in-network store
+    assert not egress_allowed(policy.doc, "10.0.5.11", 9000)
+    values = {"networkPolicy": {"internet": {"ports": [443, 8443], "ipv6": False,
+                                             "except": ["169.254.169.254/32", "10.0.0.0/8"]}}}
+    [policy] = of_kind(render(values), "NetworkPolicy")
+    assert egress_allowed(policy.doc, "52.216.8.1", 8443) and egress_allowed(policy.doc, "169.254.169.1", 443)
+    assert not egress_allowed(policy.doc, "169.254.169.254", 443) and not egress_allowed(policy.doc, "2600::1", 443)
+    [policy] = of_kind(render({"networkPolicy": {"dns": {"enabled": False}, "internet": {"enabled": False}}}),
+                       "NetworkPolicy")
+    assert policy.doc["spec"]["egress"] == [] and not egress_allowed(policy.doc, "8.8.8.8", 53, "UDP")
+    assert of_kind(render(COMBOS["all-off"]), "NetworkPolicy") == []
+
+
+def test_notes_warn_that_a_private_store_needs_an_egress_rule() -> None:
+    notes = render_raw({"store": {"endpoint": "http://minio.storage:9000"}})["consistency-operator/templates/NOTES.txt"]
+    assert "networkPolicy.extraEgress" in notes and "TCP 443" in notes
+    notes = render_raw({"networkPolicy": {"enabled": False}})["consistency-operator/templates/NOTES.txt"]
+    assert "extraEgress" not in notes

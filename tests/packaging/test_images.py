@@ -108,7 +108,7 @@ def test_entrypoints_exist_in_the_project() -> None:
     assert (REPO / "operator" / "consistency_operator" / "__main__.py").is_file()
 
 
-@pytest.mark.parametrize(("image", "extras"), [("operator", "operator"), ("worker", "worker,gpu")])
+@pytest.mark.parametrize(("image", "extras"), [("operator", "operator"), ("worker", "worker,gpu,local")])
 def test_installs_its_extras_under_constraints(image: str, extras: str) -> None:
     runs = " ".join(a for op, a in instructions(IMAGES[image] / "Dockerfile") if op == "RUN")
     assert re.search(rf'pip install --constraint /tmp/constraints.txt "\.\[{extras}\]"', runs), runs
@@ -140,7 +140,7 @@ def test_operator_image_has_no_gpu_stack() -> None:
     assert "worker/" not in copies.split() and "local/" not in copies.split()
 
 
-@pytest.mark.parametrize(("image", "extras"), [("operator", ("operator",)), ("worker", ("worker", "gpu"))])
+@pytest.mark.parametrize(("image", "extras"), [("operator", ("operator",)), ("worker", ("worker", "gpu", "local"))])
 def test_constraints_satisfy_the_project_requirements(image: str, extras: tuple[str, ...]) -> None:
     pins = constraints(image)
     for req in project_requirements(*extras):

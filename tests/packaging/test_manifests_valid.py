@@ -23,7 +23,7 @@ import yaml
 from packaging_helpers import CHART_DIR, COMBOS, REPO, Manifest, chart, render
 
 K8S_VERSIONS = ("1.25", kubernetes_validate.utils.latest_version())
-BUILTIN_GROUPS = ("v1", "apps/v1", "rbac.authorization.k8s.io/v1", "apiextensions.k8s.io/v1")
+BUILTIN_GROUPS = ("v1", "apps/v1", "rbac.authorization.k8s.io/v1", "apiextensions.k8s.io/v1", "networking.k8s.io/v1")
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -111,8 +111,8 @@ def test_builtin_kinds_validate_strictly(version: str) -> None:
             path = ".".join(str(p) for p in exc.path)
             pytest.fail(f"[{combo}] {m.template} {m.kind}/{m.name} on {version}: {path}: {exc.message}")
         checked.add(m.kind)
-    assert checked == {"ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "Role", "RoleBinding",
-                       "Service", "ServiceAccount"}
+    assert checked == {"ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "NetworkPolicy", "Role",
+                       "RoleBinding", "Service", "ServiceAccount"}
 
 
 def test_validator_rejects_a_broken_deployment() -> None:

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from consistency_core.stages import StageConfig
+from consistency_core.model import WireModel, nested_model
+from consistency_core.stages import DistillParams, EvaluateParams, GenerateParams, StageConfig, TrainParams
 from consistency_worker.problems import Problem
 from consistency_worker.prompts import build_messages
 from consistency_worker.stages import run_stage
@@ -53,6 +54,31 @@ def write_train_data(path: Path, problems: list[Problem] = PROBLEMS, copies: int
     return path
 
 
+PARAMS_MODELS: dict[str, type[WireModel]] = {
+    "generate": GenerateParams, "distill": DistillParams, "train": TrainParams, "evaluate": EvaluateParams,
+}
+# What the state machine always fills in; tests of one stage need not spell it out.
+STRUCTURAL_DEFAULTS: dict[str, dict[str, Any]] = {"generate": {"shards": 1, "tensorParallelSize": 1}}
+
+
+def nest_params(stage: str, flat: dict[str, Any]) -> dict[str, Any]:
+    """Stage params from spec-style flat knobs (e.g. `epochs`, `minAgreement`): each knob moves into the
+    spec section the params carry it in (`training`, `sampling`, `filter`, `failures`)."""
+    model = PARAMS_MODELS.get(stage)
+    params = {**STRUCTURAL_DEFAULTS.get(stage, {}), **flat}
+    if model is None:
+        return params
+    for name, info in model.model_fields.items():
+        section = nested_model(info.annotation)
+        if section is None or not section.__module__.endswith(".spec"):
+            continue
+        aliases = {f.alias or n for n, f in section.model_fields.items()}
+        part = {k: params.pop(k) for k in list(params) if k in aliases}
+        if part:
+            params[info.alias or name] = part
+    return params
+
+
 def stage_config(stage: str, store_uri: str, model_uri: str, params: dict[str, Any], *, key: str | None = None,
                  seed: int = 11, backend: str = "hf", output: str | None = None) -> StageConfig:
     key = key or f"t-{stage}"
@@ -67,7 +93,7 @@ def stage_config(stage: str, store_uri: str, model_uri: str, params: dict[str, A
         "outputUri": output or f"{store_uri.rstrip('/')}/{key}",
         "model": {"uri": model_uri},
         "backend": backend,
-        "params": {"kind": stage, **params},
+        "params": {"kind": stage, **nest_params(stage, params)},
     })
 
 

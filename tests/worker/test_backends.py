@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 from consistency_core.spec import Backend, ModelRef
-from consistency_worker.backends import derive_seed, encode_prompt, open_backend, select_backend
+from consistency_worker.backends import encode_prompt, open_backend, select_backend
 from consistency_worker.backends.hf import HFBackend
 from consistency_worker.backends.vllm import engine_kwargs, lora_rank_limit
-from consistency_worker.models import ModelError, ResolvedModel, adapter_rank, cpu_quota, resolve_model
+from consistency_worker.models import ModelError, ResolvedModel, adapter_rank, resolve_model
 from consistency_worker.prompts import render_prompt
+from consistency_worker.seeds import derive_seed
 from consistency_worker.store import open_store
 
 from tests.worker.model_fixtures import PROBLEMS, single_torch_thread, tiny_model_dir
@@ -83,11 +84,6 @@ def test_resolve_s3_model_downloads_once_and_loads(s3_bucket: str, tmp_path: Pat
     assert json.loads((Path(again.location) / "config.json").read_text()) == {"marker": True}
     with pytest.raises(ModelError, match="needs a store"):
         resolve_model(ModelRef(uri=uri))
-
-
-def test_cpu_quota_reads_the_cgroup_or_reports_unlimited() -> None:
-    quota = cpu_quota()
-    assert quota is None or quota >= 1
 
 
 # ------------------------------------------------------------------------------------ selection

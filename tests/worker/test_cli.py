@@ -27,7 +27,8 @@ from consistency_core.stages import (
     StageResult,
 )
 from consistency_worker.manifest import ManifestBuilder
-from consistency_worker.stages.context import Progress, StageContext, parse_shard, resolve_shard
+from consistency_worker.progress import Progress
+from consistency_worker.stages.context import StageContext, parse_shard, resolve_shard
 from consistency_worker.store import open_store
 
 from tests.conftest import REPO_ROOT, make_bucket
@@ -228,8 +229,11 @@ def test_sigterm_while_running_is_retryable(tmp_path: Path) -> None:
     )
     try:
         assert proc.stderr is not None
-        # The first log line comes after the SIGTERM handler is installed.
-        assert "reading the stage config from -" in proc.stderr.readline()
+        # This log line comes right after the SIGTERM handler is installed (thread-pool lines may precede it).
+        lines = [proc.stderr.readline()]
+        while "reading the stage config from -" not in lines[-1]:
+            assert lines[-1], f"worker stopped logging before reading its config: {lines}"
+            lines.append(proc.stderr.readline())
         proc.terminate()
         _, stderr = proc.communicate(timeout=30)
     finally:
@@ -266,8 +270,8 @@ def generate_config(tmp_path: Path, shards: int) -> StageConfig:
     return StageConfig.model_validate({
         "campaign": "c", "key": "1b1-i1-generate", "stage": "generate", "phase": "1B.1", "iteration": 1,
         "seed": 1, "store": {"uri": str(tmp_path)}, "outputUri": str(tmp_path / "gen"), "model": {"uri": "m"},
-        "params": {"kind": "generate", "problemsUri": "p.jsonl", "samples": 2, "temperature": 0.5,
-                   "maxNewTokens": 8, "shards": shards},
+        "params": {"kind": "generate", "problemsUri": "p.jsonl", "shards": shards, "tensorParallelSize": 1,
+                   "sampling": {"samples": 2, "temperature": 0.5, "maxNewTokens": 8}},
     })
 
 
@@ -328,3 +332,20 @@ def test_manifest_hashes_outputs_and_records_code_version(tmp_path: Path) -> Non
     assert manifest["inputs"]["data"]["bytes"] == 3
     assert manifest["codeVersion"]["package"] and "work" in manifest["timings"]
     assert json.loads((tmp_path / "out/manifest.json").read_text()) == manifest
+
+
+def test_hub_token_never_leaves_in_the_result_or_the_log(tmp_path: Path) -> None:
+    """HF_TOKEN (from spec.model.tokenSecret) is redacted from the termination message and from every log
+    line, tracebacks included, even when the failure's own text contains it."""
+    token = "hf_cliTestTokenValue0123456789"
+    missing = tmp_path / token / "train.jsonl"  # the error message names this path, token and all
+    config = prepare_config(str(tmp_path / "store"), missing, missing)
+    result_file = tmp_path / "result.json"
+    proc = run_cli(["prepare", "--config", "env:CFG", "--log-level", "DEBUG"],
+                   env={"CFG": json.dumps(config), "HF_TOKEN": token, "CONSISTENCY_RESULT_FILE": str(result_file)})
+    assert proc.returncode in (EXIT_PERMANENT, EXIT_RETRYABLE), proc.stderr
+    result = read_result(result_file)
+    assert result["ok"] is False and "***" in result["message"]
+    assert token not in result_file.read_text()
+    assert token not in proc.stdout + proc.stderr
+    assert "***" in proc.stderr  # the log did mention the path, redacted

@@ -14,6 +14,9 @@ from consistency_worker.prompts import build_messages
 from consistency_worker.stages import PermanentStageError, run_stage
 from consistency_worker.stages.context import StageContext
 from consistency_worker.stages.distill import STATS, Example, cap_total, format_reference
+from pydantic import ValidationError
+
+from tests.worker.model_fixtures import nest_params
 
 
 def c(text: str, answer: str | None = None, correct: bool | None = None) -> Completion:
@@ -87,13 +90,15 @@ def setup_dirs(tmp_path: Path, problems: list[Problem], records: list[Generation
         (gen / shard_file_name(i, shards)).write_bytes(dump_records(records[i::shards]))
 
 
-def distill_config(tmp_path: Path, out: str = "distill", seed: int = 3, **params: Any) -> StageConfig:
+def distill_config(tmp_path: Path, out: str = "distill", seed: int = 3, **settings: Any) -> StageConfig:
+    """A distill config; `settings` are spec-style flat knobs (nest_params puts them in their sections)."""
+    params = nest_params("distill", {"problemsUri": str(tmp_path / "prep/problems.jsonl"),
+                                     "generationsUri": str(tmp_path / "gen"), "minAgreement": 0.6,
+                                     "maxPerProblem": 2, "mode": "consistent", **settings})
     return StageConfig.model_validate({
         "campaign": "c", "key": f"k-{out}", "stage": "distill", "phase": "1B.1", "iteration": 1, "seed": seed,
         "store": {"uri": str(tmp_path)}, "outputUri": str(tmp_path / out), "model": {"uri": "m"},
-        "params": {"kind": "distill", "problemsUri": str(tmp_path / "prep/problems.jsonl"),
-                   "generationsUri": str(tmp_path / "gen"), "minAgreement": 0.6, "maxPerProblem": 2,
-                   "mode": "consistent", **params},
+        "params": {"kind": "distill", **params},
     })
 
 
@@ -302,8 +307,8 @@ def test_errors_are_permanent_and_rerun_is_idempotent(tmp_path: Path) -> None:
         run(distill_config(tmp_path), tmp_path)
 
     setup_dirs(tmp_path, problems, records, shards=3)
-    with pytest.raises(PermanentStageError, match=r"params\.failure: required"):
-        run(distill_config(tmp_path, mode="failures"), tmp_path)
+    with pytest.raises(ValidationError, match=r"params\.failures: required"):
+        distill_config(tmp_path, mode="failures")
 
     only_bad = [r for r in records if r.problem_id in ("split", "all-wrong")]
     setup_dirs(tmp_path, problems, only_bad, shards=1)
@@ -318,3 +323,65 @@ def test_errors_are_permanent_and_rerun_is_idempotent(tmp_path: Path) -> None:
     assert run(distill_config(tmp_path, out="ok"), tmp_path) == first
     assert (tmp_path / "ok" / DISTILL_TRAIN).stat().st_mtime_ns == stamp
     assert (tmp_path / "ok" / RESULT).is_file()
+
+
+def _gsm8k_training_lines(shared: Path, n: int) -> list[dict[str, Any]]:
+    """What a 1B.1 distill writes, for real GSM8K problems: chat lines whose target is the worked solution."""
+    from consistency_worker.loaders import load_problems
+    from consistency_worker.stages.distill import format_reference
+
+    problems = load_problems({"name": "gsm8k-train", "uri": str(shared / "gsm8k" / "train.jsonl"),
+                              "format": "gsm8k", "limit": n}).problems
+    return [{"messages": [*build_messages(p), {"role": "assistant", "content": format_reference(p)}],
+             "problemId": p.id, "source": "sample"} for p in problems]
+
+
+def test_failures_mode_replays_a_share_of_the_1b1_examples(tmp_path: Path, shared_datasets: Path) -> None:
+    from consistency_worker.stages.distill import replay_count
+
+    problems, records = failure_cases()
+    setup_dirs(tmp_path, problems, records)
+    replay_file = tmp_path / "1b1-distill" / DISTILL_TRAIN
+    replay_file.parent.mkdir()
+    lines = _gsm8k_training_lines(shared_datasets, 40)
+    lines[0]["problemId"] = "shaky"  # 1B.1 trained "shaky" too: its new 1B.2 targets replace the old one
+    replay_file.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    params = failures_params(replayUri=str(replay_file), replayFraction=0.2)
+    result = run(distill_config(tmp_path, **params), tmp_path)
+    m = result.metrics
+    # 11 new examples; 0.2 of the output replayed: round(11 * 0.2 / 0.8) = 3, so 3 of 14 lines
+    assert (m["newExamples"], m["replayed"], m["examples"]) == (11, 3, 14)
+    out = train_lines(tmp_path)
+    replayed = [x for x in out if x["source"] == "replay"]
+    assert len(replayed) == 3 and all(x["problemId"].startswith("gsm8k-train/") for x in replayed)
+    assert all(x["messages"][-1]["content"].rstrip().split("#### ")[-1].isdigit() for x in replayed)
+    stats = json.loads((tmp_path / "distill" / STATS).read_text())
+    assert (stats["replayed"], stats["replayAvailable"]) == (3, 39)
+    assert "3 replayed" in result.message
+    # seeded: the same lines again
+    again = run(distill_config(tmp_path, out="again", **params), tmp_path)
+    assert again.metrics["replayed"] == 3
+    assert [x for x in train_lines(tmp_path, "again") if x["source"] == "replay"] == replayed
+    # off, and bounded by what exists
+    off = run(distill_config(tmp_path, out="off", **failures_params(replayUri=str(replay_file), replayFraction=0)),
+              tmp_path)
+    assert off.metrics["replayed"] == 0 and off.metrics["examples"] == 11
+    assert replay_count(11, 0.5, 39) == 11 and replay_count(100, 0.9, 39) == 39 and replay_count(0, 0.2, 5) == 0
+    with pytest.raises(PermanentStageError, match="replayUri"):
+        run(distill_config(tmp_path, out="missing",
+                           **failures_params(replayUri=str(tmp_path / "nope.jsonl"), replayFraction=0.2)), tmp_path)
+
+
+def test_problems_file_is_read_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # One read serves both the manifest's hash and the parse (a big scan set is not downloaded twice).
+    problems, records = consistent_cases()
+    setup_dirs(tmp_path, problems, records)
+    config = distill_config(tmp_path)
+    ctx = StageContext.create(config, scratch_dir=tmp_path / "scratch")
+    reads: list[str] = []
+    real = ctx.store.read_bytes
+    monkeypatch.setattr(ctx.store, "read_bytes", lambda uri: reads.append(uri) or real(uri))
+    assert run_stage(ctx).ok
+    assert reads.count(config.params.problems_uri) == 1
+    manifest = json.loads((tmp_path / "distill" / "manifest.json").read_text())
+    assert manifest["inputs"]["problems"]["sha256"]

@@ -68,6 +68,19 @@ def test_metrics_from_graded_generations() -> None:
     assert rows[3]["failureReasons"][0].startswith("agreement 0.00")
 
 
+def test_failure_rule_is_the_specs() -> None:
+    from consistency_core.spec import FailureCriteria
+
+    outcomes = [outcome_of(r) for r in RECORDS]
+    default = [per_problem_row(o, r)["success"] for o, r in zip(outcomes, RECORDS, strict=True)]
+    assert default == [True, False, True, False]
+    # agreement only (a wrong greedy answer alone is no failure), and a stricter 0.8 bar: "c" (0.75) fails
+    strict = FailureCriteria(maxAgreement=0.8, includeWrong=False)
+    rows = [per_problem_row(o, r, strict) for o, r in zip(outcomes, RECORDS, strict=True)]
+    assert [row["success"] for row in rows] == [True, False, False, False]
+    assert rows[1]["failureReasons"] == ["agreement 0.50 < 0.80"]
+
+
 def test_compare_counts_transitions() -> None:
     before = [{"problemId": "a", "domain": "math", "success": False},
               {"problemId": "b", "domain": "math", "success": True},
@@ -123,6 +136,14 @@ def test_baseline_train_evaluate_round(tmp_path: Path) -> None:
     assert [r["problemId"] for r in rows] == [p.id for p in PROBLEMS]
     assert sum(r["greedyCorrect"] for r in rows if r["domain"] == "math") == round(
         m["accuracy"]["math"] * sum(p.domain == "math" for p in PROBLEMS))
+    # the paired comparison: same problems, so the difference is the net count of changed problems
+    math = m["paired"]["math accuracy"]
+    n_math = sum(p.domain == "math" for p in PROBLEMS)
+    assert math["n"] == n_math and math["better"] >= 1 and math["worse"] == 0
+    assert math["difference"] == pytest.approx(m["accuracy"]["math"] - base.metrics["accuracy"]["math"], abs=1e-3)
+    assert math["low"] <= math["difference"] <= math["high"]
+    assert math["pValue"] == pytest.approx(2 ** (1 - math["better"]) if math["better"] > 1 else 1.0)
+    assert report["comparison"]["paired"]["success"]["better"] == m["failureToSuccess"]
 
 
 def test_missing_baseline_report_is_a_config_error(tmp_path: Path) -> None:

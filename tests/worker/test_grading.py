@@ -50,10 +50,22 @@ MBPP_KNOWN_BROKEN: frozenset[str] = frozenset()
         ("The answer is 1/2", "0.5"),
         ("The answer is 5 km.", "5"),
         ("The answer is 12.", "12"),
-        # rambling into a made-up next question: the first explicit marker wins
+        # rambling into a made-up next question: the first #### wins
         ("#### 18\n\nQuestion: Tom has 3 cars and buys 4. How many?\n#### 7", "18"),
-        ("The answer is 18.\n\nQuestion: Bob has 3 pens... The answer is 9.", "18"),
-        ("The answer is 18. Now another: \\boxed{9}", "18"),
+        # #### beats every other marker, wherever it is
+        ("The answer is 2 apples for Tom.\nThen 2 + 5 = 7\n#### 7", "7"),
+        ("\\boxed{3}\n#### 7", "7"),
+        # the last boxed, the last "answer is": earlier ones are intermediate results
+        ("The answer is 18. Now another: \\boxed{9}", "9"),
+        ("First \\boxed{4}, corrected: \\boxed{5}", "5"),
+        ("The answer to part one is 6 eggs.\nSo the answer is 12.", "12"),
+        ("The answer is 18.\nAfter checking, the final answer is 19.", "19"),
+        # LaTeX digit grouping
+        ("The final answer is $\\boxed{1{,}080}$.", "1080"),
+        ("\\boxed{1\\,080}", "1080"),
+        ("\\boxed{\\$2{,}500.00}", "2500"),
+        ("So we get $12{,}345$ dollars.", "12345"),
+        ("\\boxed{\\dfrac{1{,}000}{8}}", "125"),
         # "2 points/answer = 48" is arithmetic, not an answer marker (a real GSM8K solution)
         ("He earned 24 answers * 2 points/answer = 48 points.\n#### 66", "66"),
         ("no numbers here", None),
@@ -99,6 +111,51 @@ def test_every_gsm8k_gold_solution_matches_its_answer(shared_datasets: Path) -> 
         assert all(math_answers_match(p.solution or "", p.answer or "") for p in report.problems)
 
 
+def _gsm8k_rows(shared_datasets: Path, split: str = "test") -> list[dict[str, str]]:
+    import json
+
+    return [json.loads(line) for line in (shared_datasets / "gsm8k" / f"{split}.jsonl").read_text().splitlines()
+            if line]
+
+
+def _intermediates(solution: str) -> list[str]:
+    """Numbers a worked solution computes before its final line (its <<a*b=c>> results)."""
+    import re
+
+    return re.findall(r"=(-?[\d.]+)>>", solution)
+
+
+def test_model_style_completions_on_gsm8k_grade_the_final_answer(shared_datasets: Path) -> None:
+    """Every GSM8K test problem, written out the ways chat models end their answers: LaTeX-boxed with
+    {,} thousands separators, an intermediate "answer is" before the final one, a #### line followed by
+    chatter with other numbers. The earliest-marker rule got these wrong (1{,}080 graded as 1)."""
+    rows = _gsm8k_rows(shared_datasets)
+    wrong: list[tuple[int, str, str | None]] = []
+    big = 0
+    for i, row in enumerate(rows):
+        gold = canonical_number(row["answer"].rsplit("####", 1)[1])
+        assert gold is not None
+        body = row["answer"].rsplit("####", 1)[0].strip()
+        steps = _intermediates(row["answer"]) or ["0"]
+        if "." not in gold and abs(int(gold)) >= 1000:
+            big += 1
+            grouped = f"{int(gold):,}".replace(",", "{,}")
+        else:
+            grouped = gold
+        styles = [
+            f"{body}\n\nThe final answer is $\\boxed{{{grouped}}}$.",
+            f"For the first part the answer is {steps[0]}.\n{body}\nSo the answer is {gold}.",
+            f"{body}\n#### {gold}\n\nQuestion: a made-up follow-up costs {steps[-1]}?\nThe answer is 3.",
+            f"The answer is {steps[0]} for now. {body}\n#### {gold}",
+        ]
+        for text in styles:
+            got = extract_math_answer(text)
+            if not math_answers_match(text, gold):
+                wrong.append((i, text[-60:], got))
+    assert big > 100  # the {,} case is common, not an edge case
+    assert wrong == [], wrong[:5]
+
+
 # ------------------------------------------------------------------------------------------- choices
 
 
@@ -116,6 +173,15 @@ def test_every_gsm8k_gold_solution_matches_its_answer(shared_datasets: Path) -> 
         ("The correct answer is: B", "B"),
         ("C. Paris is the capital of France.", "C"),
         ("A) x\nB) y\nLooking at both, the answer is B", "B"),
+        # the last commitment wins; weighing "option A" is not choosing it
+        ("Option A is tempting, but option B fits better.\nAnswer: B", "B"),
+        ("Let's look at choice A first. It fails. Choice D works.\nThe answer is D.", "D"),
+        ("The answer is A? No: re-reading, the answer is C.", "C"),
+        ("So the final result is $\\boxed{C}$", "C"),
+        ("\\boxed{\\text{B}}", "B"),
+        ("Reasoning...\n(D) is correct since 7 * 8 = 56.", "D"),
+        ("Thinking it over.\nB. Queue", "B"),
+        ("A. Oxygen\nB. Carbon dioxide\nC. Nitrogen\nD. Helium", None),
         ("I think the answer is a bit unclear", None),
         ("Between (A) and (C), hard to say", None),
         ("no idea", None),
@@ -124,6 +190,32 @@ def test_every_gsm8k_gold_solution_matches_its_answer(shared_datasets: Path) -> 
 )
 def test_extract_choice(completion: str, expected: str | None) -> None:
     assert extract_choice(completion) == expected
+
+
+def _mmlu_rows() -> list[Problem]:
+    return load_problems({"uri": str(Path(__file__).parent / "data" / "mmlu_sample.csv"),
+                          "format": "mmlu"}).problems
+
+
+def test_reasoning_style_completions_on_mmlu_rows_grade_the_final_choice() -> None:
+    """Each MMLU row answered the way instruction-tuned models write: the options weighed one by one
+    (naming wrong ones first), then a commitment in one of the usual forms."""
+    problems = _mmlu_rows()
+    assert len(problems) == 8
+    for p in problems:
+        gold = p.answer or ""
+        others = [x for x in "ABCD" if x != gold]
+        weighing = (f"Let's consider option {others[0]}: {p.choices['ABCD'.index(others[0])]}. That does not fit.\n"
+                    f"Choice {others[1]} ({p.choices['ABCD'.index(others[1])]}) is also wrong.\n")
+        forms = [f"Answer: {gold}", f"Therefore, the answer is ({gold}).", f"$\\boxed{{{gold}}}$",
+                 f"**{gold}**", f"{gold}. {p.choices['ABCD'.index(gold)]}"]
+        for form in forms:
+            completion = weighing + form
+            assert extract_choice(completion) == gold, completion
+            assert grade(p, completion).correct, completion
+        # an answer revised at the end: the last one counts
+        revised = f"The answer is {others[2]}.\nWait, that is wrong: {weighing}The answer is {gold}."
+        assert extract_choice(revised) == gold
 
 
 # ---------------------------------------------------------------------------------------------- code
@@ -208,6 +300,9 @@ def test_mbpp_reference_solutions_pass(shared_datasets: Path) -> None:
     results = run_many([join_program(p.solution or "", p.tests or "") for p in problems], timeout_s=60)
     failing = {p.id for p, r in zip(problems, results, strict=True) if not r.passed}
     assert failing == MBPP_KNOWN_BROKEN, sorted(failing)
+    # the same through grade_many, whose tests record every assertion (test-outcome signatures)
+    grades = grade_many([(p, p.solution or "") for p in problems], timeout_s=60)
+    assert {p.id for p, g in zip(problems, grades, strict=True) if not g.correct} == MBPP_KNOWN_BROKEN
 
 
 # ------------------------------------------------------------------------------------- grade dispatch
@@ -227,5 +322,5 @@ def test_grade_and_grade_many_dispatch_by_domain() -> None:
     ]
     grades = grade_many(pairs, workers=2)
     assert [g.correct for g in grades] == [False, True, True, False]
-    assert [g.answer for g in grades] == ["6", "pass", "C", "fail"]
+    assert [g.answer for g in grades] == ["6", "pass", "C", "F"]
     assert grades[3].detail.startswith("failed")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from consistency_worker.loaders import MBPP_SPLITS, DatasetError, EmptyDatasetError, LoadReport, load_problems
-from consistency_worker.problems import Problem, read_jsonl, write_jsonl
+from consistency_worker.problems import Problem, ProblemFileError, parse_problems
 
 DATA = Path(__file__).parent / "data"
 
@@ -197,6 +197,37 @@ def test_mmlu_jsonl_hf_style(tmp_path: Path) -> None:
     assert "four options" in report.malformed[0][1]
 
 
+def _mmlu_validation_like(tmp_path: Path) -> Path:
+    """cais/mmlu's layout (question, subject, choices, answer index), sorted by subject as that split
+    is: the fixture's real questions spread over three subjects of 40, 25 and 10 rows."""
+    base = load_problems({"uri": str(DATA / "mmlu_sample.csv"), "format": "mmlu"}).problems
+    rows, n = [], 0
+    for subject, size in (("abstract_algebra", 40), ("anatomy", 25), ("astronomy", 10)):
+        for _ in range(size):
+            p = base[n % len(base)]
+            rows.append({"question": f"{p.prompt} (#{n})", "subject": subject, "choices": list(p.choices),
+                         "answer": "ABCD".index(p.answer or "A")})
+            n += 1
+    return _write_jsonl(tmp_path / "mmlu-validation.jsonl", rows)
+
+
+def test_mmlu_limit_is_a_seeded_sample_stratified_by_subject(tmp_path: Path) -> None:
+    from collections import Counter
+
+    uri = str(_mmlu_validation_like(tmp_path))
+    spec = {"name": "mmlu-validation", "uri": uri, "format": "mmlu", "limit": 15}
+    drawn = load_problems(spec, seed=7).problems
+    # proportional to the subjects (40:25:10 of 75), not the first 15 rows (all abstract_algebra)
+    assert Counter(p.stratum for p in drawn) == {"abstract_algebra": 8, "anatomy": 5, "astronomy": 2}
+    assert [p.id for p in drawn] == [p.id for p in load_problems(spec, seed=7).problems]  # seeded
+    assert {p.id for p in drawn} != {p.id for p in load_problems(spec, seed=8).problems}
+    assert [p.id for p in drawn] != [f"mmlu-validation/{i}" for i in range(15)]
+    # other formats keep the first N (GSM8K, MBPP are not sorted by anything that matters)
+    gsm = load_problems({"name": "g", "uri": str(_write_jsonl(tmp_path / "g.jsonl", GSM_ROWS)), "format": "gsm8k",
+                         "limit": 2}, seed=7).problems
+    assert [p.id for p in gsm] == ["g/0", "g/1"]
+
+
 # ------------------------------------------------------------------------------------------ jsonl
 
 
@@ -308,12 +339,15 @@ def test_hf_hub_unreachable_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) ->
 # ---------------------------------------------------------------------------------------- records
 
 
-def test_problem_round_trips_through_jsonl(tmp_path: Path) -> None:
+def test_problem_round_trips_through_jsonl() -> None:
     p = Problem(id="x/1", domain="reasoning", prompt="Q?", choices=("a", "b", "c", "d"), answer="A")
-    path = tmp_path / "p.jsonl"
-    write_jsonl([p, p.model_copy(update={"id": "x/2"})], str(path))
-    back = read_jsonl(str(path))
+    text = "".join(q.to_jsonl() + "\n\n" for q in (p, p.model_copy(update={"id": "x/2"})))
+    back = parse_problems(text, "p.jsonl")
     assert back[0] == p and back[1].id == "x/2"
+    with pytest.raises(ProblemFileError, match=r"p\.jsonl:3: duplicate problem id 'x/1'"):
+        parse_problems(p.to_jsonl() + "\n\n" + p.to_jsonl(), "p.jsonl")
+    with pytest.raises(ProblemFileError, match=r"p\.jsonl:2: not a problem record"):
+        parse_problems(p.to_jsonl() + "\n{}", "p.jsonl")
     assert back[1].content_hash == p.content_hash  # the hash ignores the id
     assert "\n" not in p.to_jsonl()
     with pytest.raises(ValueError, match="needs an answer"):

@@ -65,7 +65,8 @@ def test_prepare_real_gsm8k_and_mbpp(shared_datasets: Path, tmp_path: Path) -> N
     assert result.ok
     m = result.metrics
     assert (m["selection"], m["scan"], m["eval"], m["malformed"]) == (40, 480, 100, 0)
-    assert m["perDataset"]["gsm8k-train"] == {"rows": 400, "problems": 400, "malformed": 0}
+    assert m["perDataset"]["gsm8k-train"] == {"rows": 400, "problems": 400, "malformed": 0, "overlapExcluded": 0}
+    assert m["ngramOverlap"] == {"count": 0, "examples": []}
     # Equal stratum weights: 10 easy, 10 medium, 10 hard GSM8K problems (each stratum has >= 10).
     assert m["strata"]["math"] == {"easy": 10, "hard": 10, "medium": 10}
     assert sum(m["strata"]["code"].values()) == 10
@@ -158,6 +159,45 @@ def test_leakage_guard_covers_eval_datasets_not_evaluated_this_run(shared_datase
         run(config, tmp_path)
 
 
+def test_near_copies_sharing_a_13_gram_are_left_out_and_listed(shared_datasets: Path, tmp_path: Path) -> None:
+    """The whole GSM8K train split scanned against the whole test split: four train problems share a
+    13-word run with a test problem (real near-duplicates in GSM8K). MBPP is checked against HumanEval
+    too: an MBPP-style task that quotes a HumanEval docstring is caught."""
+    mbpp = tmp_path / "mbpp.jsonl"
+    rows = [json.loads(line) for line in (shared_datasets / "mbpp/mbpp.jsonl").read_text().splitlines()]
+    rows[700]["text"] = ("Write a function to check if in given list of numbers, are any two numbers closer to "
+                         "each other than given threshold.")
+    mbpp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    datasets = [
+        {"name": "gsm8k-train", "uri": str(shared_datasets / "gsm8k/train.jsonl"), "format": "gsm8k",
+         "roles": ["train", "scan"]},
+        {"name": "gsm8k-test", "uri": str(shared_datasets / "gsm8k/test.jsonl"), "format": "gsm8k",
+         "roles": ["eval"]},
+        {"name": "mbpp-train", "uri": str(mbpp), "format": "mbpp", "split": "train", "roles": ["train", "scan"]},
+        {"name": "humaneval", "uri": "builtin://humaneval", "format": "humaneval", "roles": ["eval"]},
+    ]
+    store_uri = str(tmp_path / "store")
+    config = config_for(store_uri, datasets, [{"dataset": "gsm8k-train", "count": 7469},
+                                              {"dataset": "mbpp-train", "count": 373}],
+                        ["gsm8k-train", "mbpp-train"], ["gsm8k-test", "humaneval"])
+    result = run(config, tmp_path)
+    overlap = result.metrics["ngramOverlap"]
+    pairs = [(e["trainId"], e["evalId"]) for e in overlap["examples"]]
+    assert overlap["count"] == 5
+    assert pairs == [("gsm8k-train/20", "gsm8k-test/632"), ("gsm8k-train/406", "gsm8k-test/581"),
+                     ("gsm8k-train/1314", "gsm8k-test/602"), ("gsm8k-train/5162", "gsm8k-test/602"),
+                     ("mbpp-train/701", "humaneval/0")]
+    assert "rose" in overlap["examples"][0]["ngram"]
+    assert result.metrics["perDataset"]["gsm8k-train"]["overlapExcluded"] == 4
+    # left out of the pools before drawing: all 7473 - 4 remaining train problems, none of the five
+    out = f"{store_uri}/1b1-i1/prepare"
+    store = open_store(store_uri)
+    used = {r["id"] for name in (PREPARE_SELECTION, PREPARE_SCAN) for r in store.read_jsonl(f"{out}/{name}")}
+    assert len(used) == 7469 + 373 and not used & {a for a, _ in pairs}
+    report = store.read_json(f"{out}/{REPORT}")
+    assert report["ngramOverlap"]["n"] == 13 and report["ngramOverlap"]["count"] == 5
+
+
 def test_malformed_rows_are_counted_and_reported(shared_datasets: Path, tmp_path: Path) -> None:
     good = _gsm8k_rows(shared_datasets / "gsm8k/train.jsonl", 20)
     bad = [
@@ -177,7 +217,8 @@ def test_malformed_rows_are_counted_and_reported(shared_datasets: Path, tmp_path
                  tmp_path)
     assert result.metrics["malformed"] == 3
     assert result.metrics["selection"] == 20
-    assert result.metrics["perDataset"]["dirty"] == {"rows": 23, "problems": 20, "malformed": 3}
+    assert result.metrics["perDataset"]["dirty"] == {"rows": 23, "problems": 20, "malformed": 3,
+                                                     "overlapExcluded": 0}
     examples = result.metrics["malformedExamples"]
     assert [e["row"] for e in examples] == [6, 7, 8]
     assert "invalid JSON" in examples[0]["reason"]

@@ -444,3 +444,27 @@ def test_fresh_uids_stay_inside_the_mapped_range(monkeypatch: pytest.MonkeyPatch
     assert sandbox_mod._usable_uid_range((200_000, 260_000)) == (60_535, 65_536)
     monkeypatch.setattr(sandbox_mod, "_mapped_uid_ceiling", lambda: 0)  # only root mapped
     assert sandbox_mod._usable_uid_range((200_000, 260_000)) is None
+
+
+# ------------------------------------------------------------------------------- pod-sized pool
+
+
+def test_pool_and_memory_cap_follow_the_pods_cgroup(tmp_path: Path) -> None:
+    """A cgroup-v2-like tree granting 1 CPU and 1 GiB: 2 programs at once (1 CPU + the round-trip slot),
+    each capped at a quarter GiB (half the free memory, split two ways), however many threads ask."""
+    root = tmp_path / "cgroup"
+    root.mkdir()
+    for name, text in {"cgroup.controllers": "cpu memory pids", "cpu.max": "100000 100000",
+                       "memory.max": str(1 << 30), "memory.current": "0"}.items():
+        (root / name).write_text(text + "\n")
+    (tmp_path / "self").write_text("0::/\n")
+    config = SandboxConfig(namespaces=False, cgroups=False, fresh_uid=False, cgroup_root=str(root),
+                           self_cgroup=str(tmp_path / "self"))
+    with Sandbox(config) as sb:
+        assert (sb.pool.workers, sb.pool.memory_bytes) == (2, 256 << 20)
+        results = sb.run_many(["import time\ntime.sleep(0.2)"] * 6, workers=6)
+        assert all(r.passed for r in results) and len(sb._all) <= 2, (results, len(sb._all))
+        assert sb.run("x = bytearray(64 << 20)").passed
+        # Over the pod's share even when the caller asks for more: the cap is the pool's.
+        big = sb.run("x = bytearray(400 << 20)", limits=SandboxLimits(memory_bytes=1 << 30))
+        assert big.status == "error" and "MemoryError" in big.reason, big

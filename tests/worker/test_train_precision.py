@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from consistency_core.spec import LoraConfig, ModelRef
+from consistency_core.spec import LoraConfig, ModelRef, TrainingKnobs
 
 from tests.worker.model_fixtures import single_torch_thread, tiny_model_dir, write_train_data
 
@@ -26,7 +26,7 @@ def attention_dtypes(tmp_path: Path, device: str, monkeypatch: pytest.MonkeyPatc
     import json
 
     from consistency_worker.models import bnb_4bit_unsupported, load_model, load_tokenizer, resolve_model
-    from consistency_worker.training import TrainSettings, build_examples, train_lora, wrap_lora
+    from consistency_worker.training import build_examples, train_lora, wrap_lora
     from peft import prepare_model_for_kbit_training
 
     why = bnb_4bit_unsupported(device)
@@ -47,10 +47,11 @@ def attention_dtypes(tmp_path: Path, device: str, monkeypatch: pytest.MonkeyPatc
     base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=True,
                                            gradient_checkpointing_kwargs={"use_reentrant": False})
     model = wrap_lora(base, LoraConfig(r=8, alpha=16, dropout=0.0), init_adapter_dir=None)
-    settings = TrainSettings(epochs=1, learning_rate=1e-3, batch_size=2, gradient_accumulation=1, max_seq_len=512,
-                             lora=LoraConfig(r=8, alpha=16, dropout=0.0), seed=0)
+    knobs = TrainingKnobs(epochs=1, learning_rate=1e-3, batch_size=2, gradient_accumulation=1, max_seq_len=512,
+                          lora=LoraConfig(r=8, alpha=16, dropout=0.0))
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording_sdpa)
-    outcome = train_lora(model, examples, settings, pad_id=tokenizer.pad_token_id, checkpoints=None, quantized=True)
+    outcome = train_lora(model, examples, knobs, seed=0, pad_id=tokenizer.pad_token_id, checkpoints=None,
+                         quantized=True)
     assert outcome.steps == 2
     return seen
 

@@ -9,23 +9,9 @@ from consistency_worker.voting import (
     Outcome,
     aggregate,
     failure,
-    is_consistent,
     majority_vote,
-    normalise_answer,
     normalise_code,
 )
-
-
-def test_normalise_answer_per_domain() -> None:
-    assert normalise_answer("math", "so... #### 1,200") == "1200"
-    assert normalise_answer("math", "The answer is 1200.0") == "1200"
-    assert normalise_answer("reasoning", "Answer: c") is None and normalise_answer("reasoning", "Answer: C") == "C"
-    assert normalise_answer("code", "whatever", test_passed=True) == "pass"
-    assert normalise_answer("code", "whatever", test_passed=False) == "fail"
-    with pytest.raises(ValueError, match="test_passed"):
-        normalise_answer("code", "x")
-    with pytest.raises(ValueError, match="unknown domain"):
-        normalise_answer("poetry", "x")
 
 
 def test_normalise_code_ignores_formatting_and_comments() -> None:
@@ -41,7 +27,7 @@ def test_majority_vote_and_agreement() -> None:
     assert (vote.answer, vote.count, vote.total, vote.agreement, vote.consistent) == ("5", 3, 5, 0.6, False)
     assert vote.distribution == {"5": 3, "7": 1}
     assert majority_vote(["3", "3", "3"]).consistent
-    assert not is_consistent(["3", "3", None])
+    assert not majority_vote(["3", "3", None]).consistent
     empty = majority_vote([None, None])
     assert (empty.answer, empty.agreement, empty.consistent) == (None, 0.0, False)
     assert majority_vote([]).answer is None
@@ -135,3 +121,14 @@ def test_render_prompt_falls_back_to_plain_text() -> None:
     text = render_prompt(_tokenizer(None), MMLU)
     assert "<|" not in text and "Question: Which is a mammal?" in text and "D) Crab" in text
     assert text.rstrip().endswith("Answer:")
+
+
+def test_pass_at_k_unbiased_estimator() -> None:
+    from consistency_worker.voting import pass_at_k
+
+    assert pass_at_k(5, 2, 1) == pytest.approx(0.4)
+    assert pass_at_k(5, 0, 1) == 0.0 and pass_at_k(5, 5, 1) == 1.0
+    assert pass_at_k(10, 3, 5) == pytest.approx(1 - 21 / 252)  # 1 - C(7,5)/C(10,5)
+    assert pass_at_k(4, 3, 2) == 1.0
+    with pytest.raises(ValueError):
+        pass_at_k(3, 4, 1)

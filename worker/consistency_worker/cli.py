@@ -17,9 +17,12 @@ import sys
 from pathlib import Path
 from types import FrameType
 
+from consistency_core.spec import StageName
 from consistency_core.stages import EXIT_OK, EXIT_PERMANENT, EXIT_RETRYABLE, StageConfig, StageResult
 
-STAGE_CHOICES = ("prepare", "generate", "distill", "train", "evaluate")
+from consistency_worker.resources import limit_thread_pools
+
+STAGE_CHOICES = tuple(s.value for s in StageName)
 ENV_RESULT_FILE = "CONSISTENCY_RESULT_FILE"
 DEFAULT_TERMINATION_PATH = Path("/dev/termination-log")
 _SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "HF_TOKEN")
@@ -99,6 +102,16 @@ def redact(text: str) -> str:
         if value and len(value) >= 4:
             text = text.replace(value, "***")
     return text
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class RedactingFormatter(logging.Formatter):
+    """Redacts the whole formatted record, tracebacks included (an exception's text may hold a secret)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 def classify(exc: BaseException) -> bool:
@@ -195,15 +208,18 @@ def _run_data_parallel(processes: int, args: argparse.Namespace, out_path: Path 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format=LOG_FORMAT)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(RedactingFormatter(LOG_FORMAT))
     # botocore logs request details at DEBUG; keep it quiet even at --log-level DEBUG.
     for noisy in ("botocore", "boto3", "s3transfer", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Before torch, numpy or tokenizers load: their thread pools would otherwise size to the node. Before the
+    # SIGTERM handler too, which raises Preempted: raised here, outside the try below, it would exit 1, not 75.
+    limit_thread_pools()
     signal.signal(signal.SIGTERM, _on_sigterm)
     log.info("consistency-worker %s: reading the stage config from %s", args.stage,
              args.config if not args.config.startswith("env:") else args.config.split(":", 1)[0] + ":...")
-
     out_path = termination_path(args.result_file)
     text: str | None = None
     scratch: Path | None = None

@@ -120,6 +120,18 @@ def torchrun_command(nproc: int, worker_args: list[str]) -> list[str]:
             "--nproc-per-node", str(nproc), "-m", "consistency_worker.cli", *worker_args]
 
 
+def rank_env(nproc: int) -> dict[str, str]:
+    """The environment of the ranks: the pod's CPUs shared out, so N processes do not each start a thread
+    pool the size of the whole pod (the CLI sized the pools for one process before this)."""
+    from consistency_worker.resources import THREAD_ENV
+
+    env = dict(os.environ)
+    for name in THREAD_ENV:
+        if env.get(name, "").isdigit():
+            env[name] = str(max(1, int(env[name]) // nproc))
+    return env
+
+
 def launch(nproc: int, worker_args: list[str]) -> tuple[int, str | None]:
     """Run the stage in `nproc` processes; returns (torchrun's exit code, rank 0's result JSON or None).
 
@@ -129,7 +141,7 @@ def launch(nproc: int, worker_args: list[str]) -> tuple[int, str | None]:
         result_file = Path(tmp) / "result.json"
         command = torchrun_command(nproc, [*worker_args, "--result-file", str(result_file)])
         log.info("data-parallel training in %d processes: %s", nproc, " ".join(command))
-        proc = subprocess.Popen(command)
+        proc = subprocess.Popen(command, env=rank_env(nproc))
         previous = signal.getsignal(signal.SIGTERM)
 
         def forward(signum: int, _frame: Any) -> None:

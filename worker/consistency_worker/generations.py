@@ -71,7 +71,7 @@ def dump_records(records: Iterable[GenerationRecord]) -> bytes:
 def parse_records(text: str, source: str) -> list[GenerationRecord]:
     """Records of one JSONL text; a bad line raises an error naming `source` and the line number."""
     records = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in enumerate(text.split("\n"), start=1):  # not splitlines(): U+2028 in text
         if not line.strip():
             continue
         try:

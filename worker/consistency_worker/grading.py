@@ -7,7 +7,10 @@ Public API used by the generate and evaluate stages and by external checks:
 
 from __future__ import annotations
 
+import ast
+import copy
 import re
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -25,8 +28,10 @@ __all__ = [
     "extract_math_answer",
     "grade",
     "grade_many",
+    "instrument_tests",
     "math_answers_match",
     "run_tests",
+    "signature_of",
 ]
 
 # ---------------------------------------------------------------------------------------------------
@@ -87,15 +92,19 @@ def _last_number(text: str) -> Decimal | None:
     return _to_decimal(matches[-1]) if matches else None
 
 
-# Explicit final-answer markers. The earliest one that carries a number wins: a model that rambles on
-# into a made-up next question repeats the markers with other numbers after its real answer.
-_MARKERS = [
-    re.compile(r"####\s*(?P<span>[^\n]*)"),
-    re.compile(r"\\boxed\s*\{(?P<span>(?:[^{}]|\{[^{}]*\})*)\}"),
-    # Not "answer =": worked solutions say "2 points/answer = 48" mid-way.
-    re.compile(r"(?i)\b(?:final\s+answer|the\s+answer|answer)\s*(?:is\b|:)\s*:?\s*(?P<span>[^\n]*)"),
-]
+# Final-answer markers, in order of precedence (see extract_math_answer).
+_HASHES = re.compile(r"####\s*(?P<span>[^\n]*)")
+_BOXED = re.compile(r"\\boxed\s*\{(?P<span>(?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*)\}")
+# Not "answer =": worked solutions say "2 points/answer = 48" mid-way.
+_PHRASE = re.compile(r"(?i)\b(?:final\s+answer|the\s+answer|answer)\s*(?:is\b|:)\s*:?\s*(?P<span>[^\n]*)")
 _BOLD = re.compile(r"\*\*(?P<span>[^*\n]+?)\*\*")
+# LaTeX digit grouping: 1{,}080 and 1\,080 (thin space) are 1080, not 1 followed by 080.
+_LATEX_COMMA = re.compile(r"(?<=\d)\{,\}(?=\d)")
+_LATEX_SPACE = re.compile(r"(?<=\d)\\[,!;: ]\s*(?=\d{3}(?!\d))")
+
+
+def _untex(text: str) -> str:
+    return _LATEX_SPACE.sub("", _LATEX_COMMA.sub(",", text))
 
 
 def _span_number(span: str) -> Decimal | None:
@@ -105,24 +114,31 @@ def _span_number(span: str) -> Decimal | None:
     return _first_number(span)
 
 
-def extract_math_answer(completion: str) -> str | None:
-    """The completion's final numeric answer as a canonical number string, or None."""
-    if not completion:
-        return None
-    candidates: list[tuple[int, Decimal]] = []
-    for pattern in _MARKERS:
-        for match in pattern.finditer(completion):
-            value = _span_number(match.group("span"))
-            if value is not None:
-                candidates.append((match.start(), value))
-                break
-    if candidates:
-        return _format(min(candidates, key=lambda c: c[0])[1])
-    for match in reversed(list(_BOLD.finditer(completion))):
+def _marked(pattern: re.Pattern[str], text: str, *, last: bool) -> Decimal | None:
+    matches = list(pattern.finditer(text))
+    for match in reversed(matches) if last else matches:
         value = _span_number(match.group("span"))
         if value is not None:
-            return _format(value)
-    value = _last_number(completion)
+            return value
+    return None
+
+
+def extract_math_answer(completion: str) -> str | None:
+    """The completion's final numeric answer as a canonical number string, or None.
+
+    Precedence: the first ``#### X`` (GSM8K's format; a model that rambles on into a made-up next
+    question repeats it with other numbers); else the last ``\\boxed{...}``; else the last "answer is" /
+    "Answer:" phrase; else the last bold span with a number; else the last number. Earlier mentions of
+    "the answer" are usually intermediate results, so among the later markers the last one wins."""
+    if not completion:
+        return None
+    text = _untex(completion)
+    value = _marked(_HASHES, text, last=False)
+    for pattern in (_BOXED, _PHRASE, _BOLD):
+        if value is None:
+            value = _marked(pattern, text, last=True)
+    if value is None:
+        value = _last_number(text)
     return None if value is None else _format(value)
 
 
@@ -139,11 +155,15 @@ def math_answers_match(completion: str, gold: str) -> bool:
 # multiple choice
 
 _LETTER = r"(?:\*\*|__)?\s*[(\[]?\s*(?P<letter>[A-Da-d])\s*[)\].:]?(?:\*\*|__)?(?![A-Za-z0-9])"
+# A commitment: "answer is X", "Answer: X", "the correct option is X". A bare "option A" / "choice A"
+# is the model weighing an option while reasoning, not choosing it.
 _CHOICE_MARKER = re.compile(
-    r"(?i)\b(?:answer|option|choice)(?:\s+(?:is|would\s+be|should\s+be))?\s*(?:is\s*)?[:=\-]?\s*" + _LETTER
+    r"(?i)(?:\banswer|\b(?:correct|right|best|final)\s+(?:option|choice))"
+    r"(?:\s+(?:is|would\s+be|should\s+be|must\s+be))?\s*(?:is\s*)?[:=\-]?\s*" + _LETTER
 )
+_CHOICE_BOXED = re.compile(r"\\boxed\s*\{\s*(?:\\text\{\s*)?\(?(?P<letter>[A-D])\)?\s*\}?\s*\}")
 _CHOICE_BOLD = re.compile(r"\*\*\s*\(?(?P<letter>[A-D])\)?[.:]?\s*\*\*")
-_CHOICE_LEADING = re.compile(r"^\s*\(?(?P<letter>[A-D])(?:[).:]|\s*$|\s+[-\u2013]\s)")
+_CHOICE_LINE = re.compile(r"(?m)^[ \t]*\(?(?P<letter>[A-D])(?:[).:]|[ \t]*$|[ \t]+[-\u2013][ \t])")
 _CHOICE_PAREN = re.compile(r"\((?P<letter>[A-D])\)")
 
 
@@ -156,19 +176,24 @@ def _letter_ok(match: re.Match[str]) -> str | None:
 
 
 def extract_choice(completion: str) -> str | None:
-    """The chosen letter A-D, or None when the completion does not commit to one."""
+    """The chosen letter A-D, or None when the completion does not commit to one.
+
+    Precedence: the last explicit commitment ("Answer: X", "the answer is X", "the correct option is X",
+    ``\\boxed{X}``); else the last bold letter; else a letter opening a line ("X." / "(X)" / "X)"),
+    when those lines name one letter (several are the options listed out); else a single distinct "(X)"."""
     if not completion:
         return None
-    for match in _CHOICE_MARKER.finditer(completion):
-        letter = _letter_ok(match)
-        if letter:
-            return letter
+    marked = [(m.start(), _letter_ok(m)) for m in _CHOICE_MARKER.finditer(completion)]
+    marked += [(m.start(), m.group("letter")) for m in _CHOICE_BOXED.finditer(completion)]
+    marked = [(pos, letter) for pos, letter in marked if letter]
+    if marked:
+        return max(marked)[1]
     bold = _CHOICE_BOLD.findall(completion)
     if bold:
         return bold[-1]
-    leading = _CHOICE_LEADING.match(completion)
-    if leading:
-        return leading.group("letter")
+    lines = list(_CHOICE_LINE.finditer(completion))
+    if lines and len({m.group("letter") for m in lines}) == 1:
+        return lines[0].group("letter")
     parens = set(_CHOICE_PAREN.findall(completion))
     if len(parens) == 1:
         return parens.pop()
@@ -217,12 +242,88 @@ def run_tests(program: str, tests: str, timeout_s: float = 10.0, *,
 
 
 # ---------------------------------------------------------------------------------------------------
+# test-outcome signatures: two programs "agree" when they pass and fail the same assertions
+
+_SIG_PRELUDE = """
+_cw_sig_outcomes = []
+_cw_sig_first = []
+def _cw_sig_note(mark, exc=None):
+    _cw_sig_outcomes.append(mark)
+    if exc is not None and not _cw_sig_first:
+        _cw_sig_first.append(exc)
+"""
+_SIG_EPILOGUE = """
+if _cw_sig_first:
+    _cw_sig = "".join(_cw_sig_outcomes)
+    if len(_cw_sig) > {max_len}:
+        import hashlib as _cw_hashlib
+        _cw_sig = "h" + _cw_hashlib.sha256(_cw_sig.encode()).hexdigest()[:16]
+    # the first assertion that did not hold decides failed (false) or error (raised), as without the recording
+    _cw_sig_type = AssertionError if next(m for m in _cw_sig_outcomes if m != "P") == "F" else RuntimeError
+    raise _cw_sig_type("[{nonce}:" + _cw_sig + "] first failure: " + repr(_cw_sig_first[0])[:120])
+"""
+_SIGNATURE_MAX = 64
+
+
+_RECORD_TEMPLATE = ast.parse(
+    "try:\n    _cw_sig_ok = bool(TEST)\n"
+    "except Exception as _cw_sig_exc:\n    _cw_sig_note('E', _cw_sig_exc)\n"
+    "else:\n    if _cw_sig_ok:\n        _cw_sig_note('P')\n"
+    "    else:\n        _cw_sig_note('F', AssertionError(MSG))\n"
+).body[0]
+
+
+class _Fill(ast.NodeTransformer):
+    def __init__(self, values: dict[str, ast.expr]) -> None:
+        self.values = values
+
+    def visit_Name(self, node: ast.Name) -> ast.expr:
+        return self.values.get(node.id, node)
+
+
+class _AssertRecorder(ast.NodeTransformer):
+    """``assert test, msg`` -> evaluate ``test``, note P (true), F (false) or E (it raised), go on."""
+
+    def visit_Assert(self, node: ast.Assert) -> ast.AST:
+        msg = node.msg if node.msg is not None else ast.Constant("")
+        filled = _Fill({"TEST": node.test, "MSG": msg}).visit(copy.deepcopy(_RECORD_TEMPLATE))
+        return ast.copy_location(filled, node)
+
+
+def instrument_tests(tests: str, nonce: str) -> str | None:
+    """``tests`` rewritten so every assertion is recorded instead of stopping the run; at the end a
+    failing run raises (AssertionError, or RuntimeError when the first bad assertion raised) with the
+    signature tagged by ``nonce``, so passed/failed/error mean what they meant. None when the tests do
+    not parse."""
+    try:
+        tree = ast.parse(tests)
+    except (SyntaxError, ValueError):
+        return None
+    body = ast.unparse(ast.fix_missing_locations(_AssertRecorder().visit(tree)))
+    return _SIG_PRELUDE + body + "\n" + _SIG_EPILOGUE.format(nonce=nonce, max_len=_SIGNATURE_MAX)
+
+
+def signature_of(result: TestResult, nonce: str | None) -> str:
+    """The answer a code sample votes with: "pass" (every assertion held), the P/F/E string of its
+    assertions in the order they ran ("PPF": the third failed; E: it raised), or how the run ended
+    before the tests could finish ("timeout", "error")."""
+    if result.passed:
+        return "pass"
+    if nonce:
+        match = re.search(rf"\[{nonce}:([PFEh0-9a-f]+)\]", result.reason)
+        if match:
+            return match.group(1)
+    return result.status if result.status in ("timeout", "error") else "fail"
+
+
+# ---------------------------------------------------------------------------------------------------
 # one entry point per problem
 
 
 @dataclass(frozen=True)
 class Grade:
-    """``answer``: the normalised answer used for voting (number, letter, or "pass"/"fail" for code)."""
+    """``answer``: the normalised answer used for voting: a number (math), a letter (reasoning), the
+    test-outcome signature (code, see ``signature_of``)."""
 
     correct: bool
     answer: str | None
@@ -238,17 +339,28 @@ def _grade_text(problem: Problem, completion: str) -> Grade:
     return Grade(correct=letter is not None and letter == (problem.answer or "").upper(), answer=letter)
 
 
-def _code_grade(result: TestResult) -> Grade:
-    return Grade(correct=result.passed, answer="pass" if result.passed else "fail",
-                 detail=f"{result.status}: {result.reason}".rstrip(": "))
+def _code_grade(result: TestResult, nonce: str | None) -> Grade:
+    reason = re.sub(rf"\[{nonce}:[^\]]*\] ", "", result.reason) if nonce else result.reason
+    return Grade(correct=result.passed, answer=signature_of(result, nonce),
+                 detail=f"{result.status}: {reason}".rstrip(": "))
+
+
+def _code_source(problem: Problem, completion: str) -> tuple[str, str | None]:
+    """The script that grades one code completion, and the nonce tagging its signature (a fresh one per
+    run, so the model's own output cannot forge it)."""
+    nonce = secrets.token_hex(6)
+    tests = instrument_tests(problem.tests or "", nonce)
+    if tests is None:
+        return join_program(build_program(problem, completion), problem.tests or ""), None
+    return join_program(build_program(problem, completion), tests), nonce
 
 
 def grade(problem: Problem, completion: str, *, timeout_s: float = 10.0) -> Grade:
     """Grade one completion for one problem."""
     if problem.domain != "code":
         return _grade_text(problem, completion)
-    program = build_program(problem, completion)
-    return _code_grade(run_program(join_program(program, problem.tests or ""), timeout_s=timeout_s))
+    source, nonce = _code_source(problem, completion)
+    return _code_grade(run_program(source, timeout_s=timeout_s), nonce)
 
 
 def grade_many(pairs: Sequence[tuple[Problem, str]], *, timeout_s: float = 10.0,
@@ -259,7 +371,8 @@ def grade_many(pairs: Sequence[tuple[Problem, str]], *, timeout_s: float = 10.0,
     for i, (p, c) in enumerate(pairs):
         if p.domain != "code":
             grades[i] = _grade_text(p, c)
-    sources = [join_program(build_program(pairs[i][0], pairs[i][1]), pairs[i][0].tests or "") for i in code_idx]
-    for i, result in zip(code_idx, run_many(sources, workers=workers, timeout_s=timeout_s), strict=True):
-        grades[i] = _code_grade(result)
+    scripts = [_code_source(*pairs[i]) for i in code_idx]
+    results = run_many([src for src, _ in scripts], workers=workers, timeout_s=timeout_s)
+    for i, result, (_, nonce) in zip(code_idx, results, scripts, strict=True):
+        grades[i] = _code_grade(result, nonce)
     return [g for g in grades if g is not None]

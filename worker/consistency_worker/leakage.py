@@ -1,10 +1,12 @@
-"""Leakage guard: no training or scan problem may appear in an evaluation set."""
+"""Leakage guard: no training or scan problem may appear in an evaluation set, as an exact copy
+(normalised text; refused) or as a near copy sharing a 13-word run (reported and left out)."""
 
 from __future__ import annotations
 
 import re
 import unicodedata
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from .problems import Problem
 
@@ -45,3 +47,44 @@ def check_leakage(train_like: list[Problem], eval: list[Problem], *, max_example
     leaks = find_leaks(train_like, eval)
     if leaks:
         raise LeakageError(leaks, max_examples)
+
+
+# ---------------------------------------------------------------------------------------------------
+# n-gram overlap: the standard contamination test (GPT-3, Brown et al. 2020, used 13-grams). A train
+# problem that shares a 13-word run with an evaluation problem is a paraphrase or a variant of it.
+
+NGRAM = 13
+
+
+def ngrams(text: str, n: int = NGRAM) -> set[tuple[str, ...]]:
+    """The n-word runs of the normalised text (none when it has fewer than n words)."""
+    words = normalise_text(text).split()
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+@dataclass(frozen=True)
+class Overlap:
+    """A train/scan problem sharing an n-gram with an evaluation problem (the first shared one)."""
+
+    train_id: str
+    eval_id: str
+    ngram: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"trainId": self.train_id, "evalId": self.eval_id, "ngram": self.ngram}
+
+
+def find_overlaps(train_like: Iterable[Problem], eval_problems: Iterable[Problem],
+                  n: int = NGRAM) -> list[Overlap]:
+    """One ``Overlap`` per train problem whose prompt shares an n-gram with some eval problem's prompt,
+    in train order. Exact copies count too (a caller that refuses those checks them first)."""
+    index: dict[tuple[str, ...], str] = {}
+    for p in eval_problems:
+        for gram in sorted(ngrams(p.prompt, n)):
+            index.setdefault(gram, p.id)
+    found = []
+    for p in train_like:
+        shared = sorted(g for g in ngrams(p.prompt, n) if g in index)
+        if shared:
+            found.append(Overlap(p.id, index[shared[0]], " ".join(shared[0])))
+    return found

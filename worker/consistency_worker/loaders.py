@@ -26,7 +26,7 @@ from .sources import (
     iter_rows,
     source_label,
 )
-from .strata import code_stratum, math_stratum
+from .strata import code_stratum, math_stratum, stratified_sample
 
 __all__ = [
     "FORMATS",
@@ -218,9 +218,11 @@ def _mmlu(row: Row, number: int, spec: _Spec) -> Problem:
         raise MalformedRow("field `choices`: every option must be non-empty text")
     answer = _letter(row.get("answer"))
     ident = row.get("id")
+    subject = row.get("subject")
     return Problem(
         id=f"{spec.name}/{ident if ident is not None else number - 1}", domain=_domain(spec, "reasoning"),
-        prompt=str(question), choices=tuple(str(c) for c in choices), answer=answer, stratum="all",
+        prompt=str(question), choices=tuple(str(c) for c in choices), answer=answer,
+        stratum=str(subject).strip() if isinstance(subject, str) and subject.strip() else "all",
         source=spec.name,
     )
 
@@ -303,10 +305,18 @@ FORMATS: dict[str, Parser] = {
 _CSV_HEADERS = frozenset({"question", "prompt", "answer", "id", "choices", "a", "subject"})
 
 
-def load_problems(spec_like: Any, *, reader: Reader | None = None) -> LoadReport:
+# Formats whose sources are sorted by a stratum (MMLU: by subject), so their first N rows are a few
+# subjects only: `limit` draws a seeded sample stratified by that stratum instead.
+_SAMPLED_LIMIT = frozenset({"mmlu"})
+
+
+def load_problems(spec_like: Any, *, reader: Reader | None = None, seed: int = 0) -> LoadReport:
     """Load one dataset source into problems. ``reader(uri) -> bytes`` replaces the default byte reader
-    (local files, s3:// through ``consistency_worker.store``); hf:// sources go through ``datasets``."""
+    (local files, s3:// through ``consistency_worker.store``); hf:// sources go through ``datasets``.
+    ``limit`` keeps the first N problems, except for MMLU: a sample of N stratified by subject, drawn
+    with ``seed`` (the same problems for the same seed and source)."""
     spec = _as_spec(spec_like)
+    sampled = spec.format in _SAMPLED_LIMIT
     parse = FORMATS[spec.format]
     header_hint = _CSV_HEADERS | {v.lower() for v in spec.fields.values()}
     report = LoadReport(problems=[], source=spec.uri)
@@ -331,8 +341,10 @@ def load_problems(spec_like: Any, *, reader: Reader | None = None) -> LoadReport
             continue
         seen.add(problem.id)
         report.problems.append(problem)
-        if spec.limit is not None and len(report.problems) >= spec.limit:
+        if spec.limit is not None and not sampled and len(report.problems) >= spec.limit:
             break
+    if sampled and spec.limit is not None and len(report.problems) > spec.limit:
+        report.problems = stratified_sample(report.problems, spec.limit, seed=seed)
     if report.malformed:
         shown = "; ".join(f"row {n}: {r}" for n, r in report.malformed[:5])
         log.warning("%s: skipped %d malformed row(s): %s", spec.uri, len(report.malformed), shown)

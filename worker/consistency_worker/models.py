@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from consistency_core.spec import ModelRef
 
+from consistency_worker.resources import usable_cpus
+
 if TYPE_CHECKING:
     from consistency_worker.store import Store
 
@@ -130,36 +132,17 @@ def _probe_bnb_4bit(device: str) -> str | None:
     return None
 
 
-def cpu_quota() -> int | None:
-    """CPUs granted by the cgroup (v2 cpu.max or v1 cfs quota), None when unlimited or unknown."""
-    candidates = (("/sys/fs/cgroup/cpu.max", None),
-                  ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us"))
-    for quota_file, period_file in candidates:
-        try:
-            if period_file is None:
-                quota, period = Path(quota_file).read_text().split()[:2]
-            else:
-                quota, period = Path(quota_file).read_text().strip(), Path(period_file).read_text().strip()
-        except (OSError, ValueError):
-            continue
-        if quota in ("max", "-1"):
-            return None
-        return max(1, int(int(quota) // int(period)))
-    return None
-
-
 def configure_cpu_threads() -> int:
     """Match torch's intra-op threads to the CPUs this pod may use. torch sizes its pool from the host's
-    cores, ignoring a container's CPU limit; the oversubscribed threads then spin against the quota and
-    can make CPU training tens of times slower. OMP_NUM_THREADS, when set, wins."""
+    cores, ignoring a container's CPU quota and affinity; the oversubscribed threads then spin against
+    the quota and can make CPU training tens of times slower. OMP_NUM_THREADS, when set, wins (the CLI
+    sets it from the same helper before torch starts, unless the user did)."""
     import torch
 
-    if os.environ.get("OMP_NUM_THREADS"):
-        return torch.get_num_threads()
-    quota = cpu_quota()
-    if quota is not None and quota < torch.get_num_threads():
-        torch.set_num_threads(quota)
-        log.info("torch CPU threads set to %d (container CPU limit)", quota)
+    wanted = int(os.environ.get("OMP_NUM_THREADS") or 0) or usable_cpus()
+    if wanted < torch.get_num_threads():
+        torch.set_num_threads(wanted)
+        log.info("torch CPU threads set to %d (pod CPU limit)", wanted)
     return torch.get_num_threads()
 
 
@@ -230,6 +213,8 @@ def load_model(
     import torch
     from transformers import AutoModelForCausalLM
 
+    if quantize_4bit and model.gguf_file:
+        return _load_gguf_4bit(model, device)
     kwargs = _hub_kwargs(model)
     if quantize_4bit:
         from transformers import BitsAndBytesConfig
@@ -261,6 +246,26 @@ def load_model(
     if not quantize_4bit:
         loaded.to(device)
     return loaded
+
+
+def _load_gguf_4bit(model: ResolvedModel, device: str) -> Any:
+    """transformers cannot quantise while it reads a GGUF file: dequantise it (as for LoRA), write that as
+    a safetensors checkpoint in a temporary directory, and load the checkpoint in 4-bit."""
+    import tempfile
+
+    from safetensors.torch import save_model
+
+    dense = load_model(model, device="cpu")
+    with tempfile.TemporaryDirectory(prefix="gguf-dense-") as tmp:
+        # save_pretrained refuses a GGUF-loaded model; its weights and config are ordinary once dequantised.
+        config = dense.config.to_dict()
+        config.pop("quantization_config", None)
+        Path(tmp, "config.json").write_text(json.dumps(config))
+        save_model(dense, str(Path(tmp) / "model.safetensors"))
+        del dense
+        checkpoint = ResolvedModel(tmp, None, None, is_local=True, dtype=model.dtype,
+                                   max_model_len=model.max_model_len)
+        return load_model(checkpoint, device=device, quantize_4bit=True)
 
 
 def _has_dtype_kwarg() -> bool:

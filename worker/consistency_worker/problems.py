@@ -66,12 +66,23 @@ def compute_content_hash(problem: Problem | dict[str, Any]) -> str:
     return "sha256:" + hashlib.sha256(blob).hexdigest()
 
 
-def write_jsonl(problems: list[Problem], path: str) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
-        for p in problems:
-            fh.write(p.to_jsonl() + "\n")
+class ProblemFileError(ValueError):
+    """A problems file has a bad line or a repeated id (permanent: the same file fails the same way)."""
 
 
-def read_jsonl(path: str) -> list[Problem]:
-    with open(path, encoding="utf-8") as fh:
-        return [Problem.from_jsonl(line) for line in fh if line.strip()]
+def parse_problems(text: str, source: str) -> list[Problem]:
+    """The problems of a JSONL text (the one reader of problems files); errors name source and line."""
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    for lineno, line in enumerate(text.split("\n"), start=1):  # not splitlines(): U+2028 in GSM8K text
+        if not line.strip():
+            continue
+        try:
+            problem = Problem.from_jsonl(line)
+        except ValueError as exc:
+            raise ProblemFileError(f"{source}:{lineno}: not a problem record: {exc}") from None
+        if problem.id in seen:
+            raise ProblemFileError(f"{source}:{lineno}: duplicate problem id {problem.id!r}")
+        seen.add(problem.id)
+        problems.append(problem)
+    return problems

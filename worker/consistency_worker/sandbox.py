@@ -61,6 +61,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from .resources import PoolSize, read_pod_resources, sandbox_pool_size
+
 log = logging.getLogger(__name__)
 
 Status = Literal["passed", "failed", "timeout", "error"]
@@ -77,7 +79,8 @@ class SandboxError(RuntimeError):
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    """Per-program resource limits. ``cpu_s`` defaults to the wall timeout rounded up."""
+    """Per-program resource limits. ``cpu_s`` defaults to the wall timeout rounded up. ``memory_bytes``
+    is a ceiling: a sandbox lowers it to its pool's share of the pod's memory (``Sandbox.pool``)."""
 
     timeout_s: float = 10.0
     cpu_s: int | None = None
@@ -126,7 +129,12 @@ class Isolation:
 
 @dataclass(frozen=True)
 class SandboxConfig:
-    """Knobs for tests and unusual platforms; ``None`` means "use it when available"."""
+    """Knobs for tests and unusual platforms; ``None`` means "use it when available".
+
+    ``workers`` (programs at once) and each program's memory cap are sized from the pod's cgroup CPU
+    quota, CPU affinity and memory limit (``resources.sandbox_pool_size``), read under ``cgroup_root``
+    for this process's cgroup as ``self_cgroup`` names it; ``workers`` set here overrides the CPU part.
+    """
 
     python: str = sys.executable
     namespaces: bool | None = None
@@ -135,6 +143,9 @@ class SandboxConfig:
     uid_range: tuple[int, int] = (200_000, 260_000)
     tmp_root: str | None = None
     limits: SandboxLimits = field(default_factory=SandboxLimits)
+    workers: int | None = None
+    cgroup_root: str | None = None  # None: resources.CGROUP_ROOT
+    self_cgroup: str | None = None  # None: resources.SELF_CGROUP
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -381,10 +392,19 @@ def _remove_cgroup_dir(path: str) -> None:
 
 class Sandbox:
     """Runs programs, each in its own confined process. Thread-safe: ``run_many`` and callers' own
-    threads share its pool of hosts (one per concurrent run). ``close()`` stops the hosts."""
+    threads share its pool of hosts (one per concurrent run, at most ``pool.workers`` at once, so the
+    programs' memory caps together fit the pod). ``close()`` stops the hosts."""
 
     def __init__(self, config: SandboxConfig | None = None) -> None:
         self.config = config or SandboxConfig()
+        # Measured once, when the worker has loaded what it needs (grading starts after the model).
+        root, own = self.config.cgroup_root, self.config.self_cgroup
+        pod = read_pod_resources(Path(root) if root else None, Path(own) if own else None)
+        self.pool: PoolSize = sandbox_pool_size(pod, self.config.limits.memory_bytes, self.config.workers)
+        log.info("sandbox pool: %d programs at once, %d MiB each (pod: %d CPUs, memory limit %s, %d MiB in use)",
+                 self.pool.workers, self.pool.memory_bytes >> 20, pod.cpus,
+                 f"{pod.memory_bytes >> 20} MiB" if pod.memory_bytes else "unknown", pod.memory_used_bytes >> 20)
+        self._slots = threading.BoundedSemaphore(self.pool.workers)
         self.isolation = probe_isolation(self.config)
         self._cgroup = _cgroup_bases() if self.isolation.cgroup else None
         self._expose = "-"
@@ -480,6 +500,11 @@ class Sandbox:
         limits = limits or self.config.limits
         if timeout_s is not None:
             limits = replace(limits, timeout_s=timeout_s)
+        limits = replace(limits, memory_bytes=min(limits.memory_bytes, self.pool.memory_bytes))
+        with self._slots:
+            return self._run(source, limits)
+
+    def _run(self, source: str, limits: SandboxLimits) -> TestResult:
         uid = self._take_uid() if self.isolation.fresh_uid else -1
         req = {
             "source": source, "timeout_s": limits.timeout_s, "uid": uid, "cpu_s": limits.effective_cpu_s(),
@@ -512,9 +537,9 @@ class Sandbox:
 
     def run_many(self, sources: Iterable[str], *, workers: int | None = None,
                  timeout_s: float | None = None, limits: SandboxLimits | None = None) -> list[TestResult]:
-        """Run programs in parallel (``workers`` hosts); results in input order."""
+        """Run programs in parallel (``workers`` threads, default the pool's size); results in input order."""
         items = list(sources)
-        workers = max(1, min(workers or default_workers(), len(items) or 1))
+        workers = max(1, min(workers or self.pool.workers, len(items) or 1))
         if workers == 1:
             return [self.run(s, timeout_s=timeout_s, limits=limits) for s in items]
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sandbox") as pool:
@@ -522,8 +547,8 @@ class Sandbox:
 
 
 def default_workers() -> int:
-    """Programs are CPU-bound; one extra slot covers the host round trips."""
-    return (os.cpu_count() or 1) + 1
+    """Programs at once in a default sandbox here (from the pod's CPUs and memory, never the node's)."""
+    return sandbox_pool_size(read_pod_resources(), SandboxLimits().memory_bytes).workers
 
 
 _default: Sandbox | None = None

@@ -105,7 +105,7 @@ def iter_rows(uri: str, *, reader: Reader | None = None, split: str | None = Non
 
 
 def _looks_like_jsonl(text: str) -> bool:
-    lines = [line for line in text.splitlines() if line.strip()]
+    lines = [line for line in text.split("\n") if line.strip()]
     if len(lines) < 2:
         return False
     try:
@@ -116,7 +116,7 @@ def _looks_like_jsonl(text: str) -> bool:
 
 
 def _jsonl_rows(text: str) -> Iterator[tuple[int, Row | MalformedRow]]:
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 inside strings
         if not line.strip():
             continue
         try:

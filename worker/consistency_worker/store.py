@@ -71,7 +71,9 @@ class JsonlError(ValueError):
 def parse_jsonl_objects(text: str, source: str) -> list[dict[str, Any]]:
     """JSON objects of a JSONL text, blank lines skipped; a bad line raises JsonlError naming source:line."""
     rows = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    # Only "\n" ends a JSONL line: str.splitlines() also splits at U+2028 and U+0085, which
+    # json.dumps(ensure_ascii=False) leaves raw inside strings (GSM8K has some).
+    for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:

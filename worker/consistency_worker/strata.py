@@ -3,7 +3,8 @@
 Strata: GSM8K-style math by the number of solution steps (non-empty lines before ``####``): easy 0-2,
 medium 3-5, hard 6+. Code by the reference solution's length in non-empty, non-comment lines: easy <= 4,
 medium 5-9, hard 10+ (roughly 40/40/20 on MBPP, a usable proxy for how much a model must get right).
-Reasoning (MMLU) has no difficulty signal: "all". Problems without a reference solution: "all".
+Reasoning (MMLU) has no difficulty signal: its subject when the source names one, else "all".
+Problems without a reference solution: "all".
 """
 
 from __future__ import annotations
@@ -16,9 +17,6 @@ from fractions import Fraction
 from .problems import Problem
 
 log = logging.getLogger(__name__)
-
-STRATA = ("easy", "medium", "hard")
-
 
 def gsm8k_steps(solution: str) -> int:
     """Number of non-empty lines before the ``####`` line of a worked solution."""

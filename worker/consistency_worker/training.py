@@ -21,6 +21,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import math
 import shutil
@@ -30,12 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from consistency_core.spec import LoraConfig
+from consistency_core.spec import LoraConfig, TrainingKnobs
 from consistency_core.stages import join_uri
 
-from consistency_worker.backends import derive_seed, encode_prompt
+from consistency_worker.backends import encode_prompt
 from consistency_worker.distributed import World, all_reduce_gradients, broadcast_parameters
 from consistency_worker.prompts import plain_prompt
+from consistency_worker.seeds import derive_seed
 from consistency_worker.store import Store
 
 log = logging.getLogger(__name__)
@@ -59,19 +62,6 @@ class TrainingDataError(ValueError):
 class Example:
     input_ids: list[int]
     labels: list[int]
-
-
-@dataclass
-class TrainSettings:
-    epochs: int
-    learning_rate: float
-    batch_size: int
-    gradient_accumulation: int
-    max_seq_len: int
-    lora: LoraConfig
-    seed: int
-    checkpoint_steps: int = 50
-    warmup_ratio: float = 0.03
 
 
 @dataclass
@@ -283,7 +273,7 @@ class CheckpointStore:
         uri = join_uri(self.root, LATEST)
         return self.store.read_json(uri) if self.store.is_file(uri) else None
 
-    def save(self, model: Any, state: dict[str, Any], fingerprint: dict[str, Any]) -> str:
+    def save(self, model: Any, state: dict[str, Any], fingerprint: dict[str, Any], processes: int = 1) -> str:
         import torch
 
         step = state["step"]
@@ -299,7 +289,8 @@ class CheckpointStore:
         torch.save(state, local / STATE_FILE)
         uri = join_uri(self.root, f"step-{step:06d}")
         self.store.upload_dir(local, uri)
-        self.store.write_json(join_uri(self.root, LATEST), {"step": step, "uri": uri, "fingerprint": fingerprint})
+        self.store.write_json(join_uri(self.root, LATEST),
+                              {"step": step, "uri": uri, "fingerprint": fingerprint, "processes": processes})
         shutil.rmtree(local, ignore_errors=True)
         self._prune(keep_uri=uri)
         return uri
@@ -338,12 +329,12 @@ class CheckpointStore:
 # ------------------------------------------------------------------------------------------ loop
 
 
-def total_steps(n_examples: int, settings: TrainSettings, world_size: int = 1) -> int:
+def total_steps(n_examples: int, knobs: TrainingKnobs, world_size: int = 1) -> int:
     """Optimizer steps of a whole run: a partial last batch and a partial accumulation group still count.
     With data parallelism a step takes batch_size x gradient_accumulation examples on each of world_size
     ranks (batch_size is per device)."""
-    batches_per_epoch = math.ceil(n_examples / settings.batch_size)
-    return math.ceil(batches_per_epoch / (settings.gradient_accumulation * world_size)) * settings.epochs
+    batches_per_epoch = math.ceil(n_examples / knobs.batch_size)
+    return math.ceil(batches_per_epoch / (knobs.gradient_accumulation * world_size)) * knobs.epochs
 
 
 def forward_precision(device: Any) -> contextlib.AbstractContextManager[Any]:
@@ -364,11 +355,28 @@ def enable_tf32() -> None:
     torch.backends.cudnn.allow_tf32 = True
 
 
+def resume_fingerprint(examples: list[Example], knobs: TrainingKnobs, seed: int) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the training data itself (sha256 of the tokenised
+    examples, so a re-distilled file of the same size never resumes a stale checkpoint), maxSeqLen and the
+    schedule-defining knobs."""
+    digest = hashlib.sha256()
+    for ex in examples:
+        digest.update(json.dumps([ex.input_ids, ex.labels], separators=(",", ":")).encode())
+        digest.update(b"\n")
+    return {
+        "examples": len(examples), "dataSha256": digest.hexdigest(), "maxSeqLen": knobs.max_seq_len,
+        "epochs": knobs.epochs, "batchSize": knobs.batch_size, "gradientAccumulation": knobs.gradient_accumulation,
+        "learningRate": knobs.learning_rate, "warmupRatio": knobs.warmup_ratio, "seed": seed, "r": knobs.lora.r,
+        "method": knobs.method,
+    }
+
+
 def train_lora(
     model: Any,
     examples: list[Example],
-    settings: TrainSettings,
+    knobs: TrainingKnobs,
     *,
+    seed: int,
     pad_id: int,
     checkpoints: CheckpointStore | None,
     quantized: bool,
@@ -389,26 +397,26 @@ def train_lora(
     device = next(p for p in model.parameters()).device
     if device.type == "cuda":
         enable_tf32()
-    all_steps = total_steps(len(examples), settings, world.size)
-    steps_per_epoch = all_steps // settings.epochs
-    micro_per_step = settings.gradient_accumulation * world.size
+    all_steps = total_steps(len(examples), knobs, world.size)
+    steps_per_epoch = all_steps // knobs.epochs
+    micro_per_step = knobs.gradient_accumulation * world.size
     lengths = [len(e.input_ids) for e in examples]
     trainable = [p for p in model.parameters() if p.requires_grad]
     broadcast_parameters(trainable, world)
-    optimizer = make_optimizer(trainable, settings.learning_rate, paged=quantized and device.type == "cuda")
-    scheduler = make_scheduler(optimizer, all_steps, settings.warmup_ratio)
+    optimizer = make_optimizer(trainable, knobs.learning_rate, paged=quantized and device.type == "cuda")
+    scheduler = make_scheduler(optimizer, all_steps, knobs.warmup_ratio)
 
-    # What a checkpoint must match to be resumed: the same data size and schedule-defining knobs.
-    fingerprint = {
-        "examples": len(examples), "epochs": settings.epochs, "batchSize": settings.batch_size,
-        "gradientAccumulation": settings.gradient_accumulation, "learningRate": settings.learning_rate,
-        "seed": settings.seed, "r": settings.lora.r,
-    }
+    fingerprint = resume_fingerprint(examples, knobs, seed)
     step, losses, resumed_from = 0, [], None
     pointer = checkpoints.latest() if checkpoints else None
     if pointer is not None and pointer.get("fingerprint") != fingerprint:
         log.warning("ignoring checkpoint %s: made for %s, this run is %s", pointer.get("uri"),
                     pointer.get("fingerprint"), fingerprint)
+        pointer = None
+    if pointer is not None and pointer.get("processes", 1) != world.size:
+        # A step takes batch_size x accumulation examples per process: another process count is another schedule.
+        log.warning("ignoring checkpoint %s: made by %s process(es), this run has %d", pointer.get("uri"),
+                    pointer.get("processes", 1), world.size)
         pointer = None
     if pointer is not None and checkpoints is not None:
         state = checkpoints.load(model, pointer)
@@ -417,24 +425,24 @@ def train_lora(
         _restore_rng(state["rng"])
         step, losses, resumed_from = state["step"], state["losses"], state["step"]
         if world.rank:  # the checkpoint holds rank 0's RNG; other ranks draw their own dropout masks
-            torch.manual_seed(derive_seed("rank", settings.seed, world.rank, step))
+            torch.manual_seed(derive_seed("rank", seed, world.rank, step))
         log.info("resumed from checkpoint %s at step %d of %d", pointer["uri"], step, all_steps)
     else:
-        torch.manual_seed(derive_seed("rank", settings.seed, world.rank, 0) if world.rank else settings.seed)
+        torch.manual_seed(derive_seed("rank", seed, world.rank, 0) if world.rank else seed)
 
     def checkpoint() -> None:
         if checkpoints is not None and world.is_writer:
             checkpoints.save(model, {
                 "step": step, "losses": losses, "rng": _rng_state(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            }, fingerprint)
+            }, fingerprint, world.size)
 
     model.train()
     tokens, started = 0, time.monotonic()
     if progress is not None:
         progress.update(step)
-    for epoch in range(step // steps_per_epoch, settings.epochs):
-        steps = epoch_steps(lengths, settings.batch_size, micro_per_step, settings.seed, epoch)
+    for epoch in range(step // steps_per_epoch, knobs.epochs):
+        steps = epoch_steps(lengths, knobs.batch_size, micro_per_step, seed, epoch)
         first_step = step - epoch * steps_per_epoch  # > 0 only in the epoch a resume lands in
         for step_in_epoch in range(first_step, steps_per_epoch):
             group = steps[step_in_epoch]
@@ -462,7 +470,7 @@ def train_lora(
             if progress is not None:
                 progress.update(1)
             end_of_epoch = step_in_epoch == steps_per_epoch - 1
-            if end_of_epoch or step % settings.checkpoint_steps == 0:
+            if end_of_epoch or step % knobs.checkpoint_steps == 0:
                 checkpoint()
             if on_step is not None:
                 on_step(step)

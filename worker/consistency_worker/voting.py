@@ -1,4 +1,4 @@
-"""Self-consistency: answer normalisation, majority vote, agreement, failure criteria, aggregation.
+"""Self-consistency: code normalisation, majority vote, agreement, failure criteria, aggregation.
 
 Pure functions over already-graded samples; no model, no I/O.
 """
@@ -6,26 +6,10 @@ Pure functions over already-graded samples; no model, no I/O.
 from __future__ import annotations
 
 import ast
+import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-
-from .grading import extract_choice, extract_math_answer
-
-
-def normalise_answer(domain: str, completion: str, *, test_passed: bool | None = None) -> str | None:
-    """The answer a sample votes for. math: canonical number; reasoning: letter; code: "pass"/"fail"
-    from running its tests (two programs agree when they behave the same on the tests; ``test_passed``
-    must be given). None: the sample gave no usable answer."""
-    if domain == "math":
-        return extract_math_answer(completion)
-    if domain == "reasoning":
-        return extract_choice(completion)
-    if domain == "code":
-        if test_passed is None:
-            raise ValueError("code answers are test outcomes: pass test_passed")
-        return "pass" if test_passed else "fail"
-    raise ValueError(f"unknown domain {domain!r}")
 
 
 def normalise_code(code: str) -> str:
@@ -64,14 +48,6 @@ def majority_vote(answers: Sequence[str | None], *, prefer: str | None = None) -
                 distribution=dict(counts))
 
 
-def agreement(answers: Sequence[str | None]) -> float:
-    return majority_vote(answers).agreement
-
-
-def is_consistent(answers: Sequence[str | None]) -> bool:
-    return majority_vote(answers).consistent
-
-
 @dataclass(frozen=True)
 class Failure:
     failed: bool
@@ -99,10 +75,18 @@ class Outcome:
     vote: Vote
     greedy_correct: bool | None = None
     majority_correct: bool | None = None
+    samples_correct: int = 0  # sampled answers that are right
+    samples_graded: int = 0  # sampled answers with a gold verdict
 
 
 @dataclass
 class GroupStats:
+    """Per-group counts. ``consistency``: share of problems whose k samples all give the same answer in
+    the domain's sense (math: canonical number, reasoning: letter, code: test-outcome signature);
+    ``consistency_given_correct``: the same among problems with at least one correct sample (for code
+    this leaves out problems every sample fails, whose agreement says nothing about the skill);
+    ``pass_at_1``: the unbiased pass@1 estimate from the k samples, mean over problems of c/k."""
+
     n: int = 0
     greedy_correct: int = 0
     greedy_graded: int = 0
@@ -110,6 +94,10 @@ class GroupStats:
     majority_graded: int = 0
     consistent: int = 0
     agreement_sum: float = 0.0
+    any_correct: int = 0
+    consistent_any_correct: int = 0
+    pass1_sum: float = 0.0
+    pass1_graded: int = 0
 
     def add(self, o: Outcome) -> None:
         self.n += 1
@@ -121,18 +109,37 @@ class GroupStats:
         if o.majority_correct is not None:
             self.majority_graded += 1
             self.majority_correct += o.majority_correct
+        if o.samples_graded:
+            self.pass1_graded += 1
+            self.pass1_sum += pass_at_k(o.samples_graded, o.samples_correct, 1)
+        if o.samples_correct:
+            self.any_correct += 1
+            self.consistent_any_correct += o.vote.consistent
 
     def as_dict(self) -> dict[str, float | int | None]:
-        def rate(a: int, b: int) -> float | None:
+        def rate(a: float, b: int) -> float | None:
             return a / b if b else None
 
         return {
             "n": self.n,
             "accuracy": rate(self.greedy_correct, self.greedy_graded),
             "majority_accuracy": rate(self.majority_correct, self.majority_graded),
+            "pass_at_1": rate(self.pass1_sum, self.pass1_graded),
             "consistency": rate(self.consistent, self.n),
+            "consistency_given_correct": rate(self.consistent_any_correct, self.any_correct),
+            "problems_with_correct": self.any_correct,
             "mean_agreement": self.agreement_sum / self.n if self.n else None,
         }
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct (Chen et al. 2021): 1 - C(n-c, k) / C(n, k).
+    For k = 1 it is c / n."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
 def aggregate(outcomes: Iterable[Outcome], *, key: str = "stratum") -> dict[str, dict[str, float | int | None]]:

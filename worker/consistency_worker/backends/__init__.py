@@ -9,7 +9,6 @@ which shard, batch or resumed run it lands in.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,12 +36,6 @@ class GenerationBackend(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-def derive_seed(*parts: object) -> int:
-    """A stable 31-bit seed from any parts (Python's hash() is salted per process, so not usable)."""
-    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
 def encode_prompt(tokenizer: Any, text: str) -> list[int]:

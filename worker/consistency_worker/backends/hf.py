@@ -25,8 +25,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from consistency_worker.backends import derive_seed, encode_prompt
+from consistency_worker.backends import encode_prompt
 from consistency_worker.models import ResolvedModel, cuda_available, load_model, load_tokenizer
+from consistency_worker.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -239,8 +240,11 @@ class HFBackend:
             for start in range(0, len(prompts), group):
                 input_ids, attention = left_pad(prompts[start : start + group], self.pad_id)
                 cache = DynamicCache(config=model.config)
-                out = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), use_cache=True,
-                            logits_to_keep=1, **{self.cache_kwarg: cache})
+                # Positions count real tokens only, so a left-padded row sees the positions it would alone.
+                position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
+                out = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                            position_ids=position_ids.to(device), use_cache=True, logits_to_keep=1,
+                            **{self.cache_kwarg: cache})
                 if any(type(layer) is not DynamicLayer for layer in cache.layers):
                     return None
                 pad = width - input_ids.shape[1]

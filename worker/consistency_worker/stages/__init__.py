@@ -12,28 +12,16 @@ import importlib
 import time
 from types import ModuleType
 
+from consistency_core.spec import StageName
 from consistency_core.stages import StageResult
 
 from consistency_worker.distributed import current_world
 from consistency_worker.stages.context import StageContext
+from consistency_worker.stages.errors import PermanentStageError, StageFailure
 
-STAGES = ("prepare", "generate", "distill", "train", "evaluate")
+__all__ = ["STAGES", "PermanentStageError", "StageContext", "StageFailure", "load_stage", "run_stage"]
 
-
-class StageFailure(Exception):
-    """A stage could not finish; `retryable` picks the exit code."""
-
-    retryable = False
-
-
-class PermanentStageError(StageFailure):
-    """Bad config or data (missing dataset, leakage, ...): retrying cannot help."""
-
-
-class RetryableStageError(StageFailure):
-    """A transient condition (preemption, OOM, unreachable service): a new attempt may succeed."""
-
-    retryable = True
+STAGES = tuple(s.value for s in StageName)
 
 
 def load_stage(stage: str) -> ModuleType:

@@ -8,24 +8,26 @@ below failure.max_agreement); targets are correct samples (gold), modal-answer s
 min_agreement (no gold), else the problem's reference solution (use_reference_solutions).
 
 Both modes: targets chosen in a seeded order per problem, deduplicated by normalised text, capped per
-problem, then capped in total (max_examples) spread evenly over domain/stratum groups. Every drop is
+problem, then capped in total (max_examples) spread evenly over domain/stratum groups. With replay_uri
+(1B.2: the passing 1B.1 iteration's training data), a seeded sample of those lines is appended so they make
+up replay_fraction of the output (limits forgetting); problems with new examples are not replayed. Every drop is
 counted with its reason, per domain and stratum, in stats.json and the result's metrics."""
 
 from __future__ import annotations
 
-import hashlib
-import random
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from consistency_core.stages import DISTILL_TRAIN, DistillParams, StageConfig, StageResult
+from consistency_core.spec import AgreementFilter, FailureExamples
+from consistency_core.stages import DISTILL_TRAIN, DistillMode, DistillParams, StageConfig, StageResult
 
 from consistency_worker.generations import Completion, GenerationRecord
 from consistency_worker.grading import extract_code
 from consistency_worker.problems import Problem
+from consistency_worker.seeds import derive_rng
 from consistency_worker.stages import PermanentStageError
 from consistency_worker.stages.context import StageContext
 from consistency_worker.voting import Vote, failure, majority_vote, normalise_code
@@ -40,7 +42,6 @@ LOW_AGREEMENT = "low_agreement"
 NO_CORRECT_SAMPLE = "no_correct_sample"
 NOT_FAILURE = "not_failure"
 NO_TARGET = "no_target"
-ALL_DUPLICATES = "all_duplicates"
 # Candidate-level drops (why a completion is not a target).
 WRONG = "wrong"
 NOT_MODAL = "not_modal"
@@ -55,12 +56,6 @@ _SPACE = re.compile(r"\s+")
 def normalise_completion(text: str) -> str:
     """Dedupe key: whitespace-insensitive, so reflowed copies of one answer count once."""
     return _SPACE.sub(" ", text).strip()
-
-
-def problem_rng(seed: int, problem_id: str) -> random.Random:
-    """Per-problem stream: the choice for one problem is independent of record order and sharding."""
-    digest = hashlib.sha256(f"{seed}:distill:{problem_id}".encode()).digest()
-    return random.Random(int.from_bytes(digest[:8], "big"))
 
 
 @dataclass
@@ -121,7 +116,8 @@ def _filter_candidates(record: GenerationRecord, modal: str | None, gold: bool,
 def _choose(texts: list[tuple[str, Source]], record: GenerationRecord, limit: int, seed: int,
             dropped: Counter[str]) -> list[Example]:
     """Seeded order, then dedupe by normalised text, then the per-problem cap."""
-    problem_rng(seed, record.problem_id).shuffle(texts)
+    # Per-problem stream: the choice for one problem is independent of record order and sharding.
+    derive_rng(seed, "distill", record.problem_id).shuffle(texts)
     chosen: list[Example] = []
     seen: set[str] = set()
     for text, source in texts:
@@ -136,7 +132,7 @@ def _choose(texts: list[tuple[str, Source]], record: GenerationRecord, limit: in
     return chosen
 
 
-def decide_consistent(record: GenerationRecord, params: DistillParams, seed: int) -> Decision:
+def decide_consistent(record: GenerationRecord, rule: AgreementFilter, seed: int) -> Decision:
     if not record.samples:
         return Decision(record, 0.0, None, reason=NO_SAMPLES)
     vote = _vote(record)
@@ -144,7 +140,7 @@ def decide_consistent(record: GenerationRecord, params: DistillParams, seed: int
     decision = Decision(record, agreement, modal)
     if modal is None:
         decision.reason = NO_ANSWER
-    elif agreement < params.min_agreement:
+    elif agreement < rule.min_agreement:
         decision.reason = LOW_AGREEMENT
     else:
         gold = _has_gold(record)
@@ -153,7 +149,7 @@ def decide_consistent(record: GenerationRecord, params: DistillParams, seed: int
             decision.reason = NO_CORRECT_SAMPLE if gold else NO_TARGET
         else:
             texts: list[tuple[str, Source]] = [(c.text, "sample") for c in candidates]
-            decision.examples = _choose(texts, record, params.max_per_problem, seed, decision.dropped)
+            decision.examples = _choose(texts, record, rule.max_per_problem, seed, decision.dropped)
     return decision
 
 
@@ -176,11 +172,9 @@ def format_reference(problem: Problem) -> str | None:
     return None
 
 
-def decide_failure(record: GenerationRecord, problem: Problem | None, params: DistillParams,
-                   seed: int) -> Decision:
-    criteria = params.failure
-    if criteria is None:
-        raise PermanentStageError("params.failure: required when params.mode is 'failures'")
+def decide_failure(record: GenerationRecord, problem: Problem | None, rule: AgreementFilter,
+                   failures: FailureExamples, seed: int) -> Decision:
+    criteria = failures.failure
     vote = _vote(record)
     modal, agreement = vote.answer, vote.agreement
     decision = Decision(record, agreement, modal)
@@ -193,14 +187,14 @@ def decide_failure(record: GenerationRecord, problem: Problem | None, params: Di
 
     gold = _has_gold(record)
     texts: list[tuple[str, Source]] = []
-    if gold or (modal is not None and agreement >= params.min_agreement):
+    if gold or (modal is not None and agreement >= rule.min_agreement):
         texts = [(c.text, "sample") for c in _filter_candidates(record, modal, gold, decision.dropped)]
     elif record.samples:
         decision.dropped[NOT_MODAL] += len(record.samples)
     if texts:
-        decision.examples = _choose(texts, record, params.max_per_problem, seed, decision.dropped)
+        decision.examples = _choose(texts, record, rule.max_per_problem, seed, decision.dropped)
         return decision
-    reference = format_reference(problem) if (params.use_reference_solutions and problem) else None
+    reference = format_reference(problem) if (failures.use_reference_solutions and problem) else None
     if reference is not None:
         decision.examples = [Example(record.problem_id, record.domain, record.stratum, reference, "reference", 0)]
     else:
@@ -217,7 +211,7 @@ def cap_total(examples: list[Example], max_examples: int | None, seed: int) -> t
     groups: dict[tuple[str, str], list[int]] = defaultdict(list)
     for i, ex in enumerate(examples):
         groups[(ex.domain, ex.stratum)].append(i)
-    rng = random.Random(int.from_bytes(hashlib.sha256(f"{seed}:distill-cap".encode()).digest()[:8], "big"))
+    rng = derive_rng(seed, "distill-cap")
     queues: list[list[int]] = []
     for key in sorted(groups):
         problems = sorted({examples[i].problem_id for i in groups[key]})
@@ -283,17 +277,6 @@ class Stats:
         return out
 
 
-def _load_problems(ctx: StageContext, uri: str) -> dict[str, Problem]:
-    problems: dict[str, Problem] = {}
-    for i, row in enumerate(ctx.store.read_jsonl(uri), start=1):
-        try:
-            problem = Problem.model_validate(row)
-        except ValueError as exc:
-            raise PermanentStageError(f"{uri}:{i}: not a problem record: {exc}") from None
-        problems[problem.id] = problem
-    return problems
-
-
 def _training_line(problem: Problem, example: Example) -> dict[str, Any]:
     from consistency_worker.prompts import build_messages
 
@@ -305,17 +288,14 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
     params = config.params
     if not isinstance(params, DistillParams):
         raise PermanentStageError(f"distill got params of kind {params.kind!r}")
-    if params.mode == "failures" and params.failure is None:
-        raise PermanentStageError("params.failure: required when params.mode is 'failures'")
     from consistency_worker.generations import GenerationsError, read_generations
 
     with ctx.manifest.timed("read"):
-        problems = _load_problems(ctx, params.problems_uri)
+        problems = {p.id: p for p in ctx.read_problems(params.problems_uri)}
         try:
             records = read_generations(ctx.store, params.generations_uri)
         except GenerationsError as exc:
             raise PermanentStageError(str(exc)) from None
-    ctx.manifest.add_input("problems", params.problems_uri)
     ctx.manifest.add_input("generations", params.generations_uri)
     unknown = [r.problem_id for r in records if r.problem_id not in problems]
     if unknown:
@@ -328,25 +308,30 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
     examples: list[Example] = []
     with ctx.manifest.timed("filter"), ctx.progress(len(records), "distill") as progress:
         for record in records:
-            if params.mode == "consistent":
-                decision = decide_consistent(record, params, config.seed)
+            if params.failures is None:
+                decision = decide_consistent(record, params.filter, config.seed)
             else:
-                decision = decide_failure(record, problems[record.problem_id], params, config.seed)
+                decision = decide_failure(record, problems[record.problem_id], params.filter, params.failures,
+                                          config.seed)
             stats.add(decision)
             examples.extend(decision.examples)
             progress.update()
-    kept, capped = cap_total(examples, params.max_examples, config.seed)
+    kept, capped = cap_total(examples, params.failures.max_examples if params.failures else None, config.seed)
     stats.add_examples(kept, capped)
+    replay, replay_pool = _replay_lines(ctx, params, kept, config.seed)
 
     train_uri = ctx.output(DISTILL_TRAIN)
     stats_uri = ctx.output(STATS)
     with ctx.manifest.timed("write"):
-        data = ctx.store.write_jsonl(train_uri, (_training_line(problems[ex.problem_id], ex) for ex in kept))
+        lines = [*(_training_line(problems[ex.problem_id], ex) for ex in kept), *replay]
+        data = ctx.store.write_jsonl(train_uri, lines)
         ctx.manifest.add_output("train", train_uri, data=data)
         summary = {
             "mode": params.mode,
             "records": len(records),
             "examples": len(kept),
+            "replayed": len(replay),
+            "replayAvailable": replay_pool,
             "groups": stats.as_json(),
         }
         ctx.store.write_json(stats_uri, summary)
@@ -359,19 +344,47 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
             f"(dropped: {stats.total('droppedProblems')}); see {stats_uri}"
         )
     metrics: dict[str, Any] = {
-        "examples": len(kept),
+        "examples": len(kept) + len(replay),
+        "newExamples": len(kept),
+        "replayed": len(replay),
         "problems": len(records),
         "problemsKept": stats.total("problemsKept"),
         "dropped": stats.total("droppedProblems"),
         "droppedCandidates": stats.total("droppedCandidates"),
         "perDomain": _per_domain(kept),
     }
-    if params.mode == "failures":
+    if params.mode == DistillMode.failures:
         metrics.update(failures=stats.total("failures"), fromSamples=stats.total("fromSamples"),
                        fromReference=stats.total("fromReference"))
+    replayed = f" + {len(replay)} replayed from {params.replay_uri}" if replay else ""
     return StageResult(key=config.key, ok=True, metrics=metrics,
                        outputs={"train": train_uri, "stats": stats_uri},
-                       message=f"{len(kept)} training examples from {metrics['problemsKept']} problems")
+                       message=f"{len(kept)} training examples from {metrics['problemsKept']} problems{replayed}")
+
+
+def replay_count(new: int, fraction: float, available: int) -> int:
+    """Replayed lines so that they make up ``fraction`` of new + replayed (fewer if fewer exist)."""
+    if fraction <= 0 or new <= 0:
+        return 0
+    return min(available, round(new * fraction / (1.0 - fraction)))
+
+
+def _replay_lines(ctx: StageContext, params: DistillParams, kept: list[Example],
+                  seed: int) -> tuple[list[dict[str, Any]], int]:
+    """A seeded sample of an earlier distill's training lines (1B.1's, for 1B.2) to mix back in, none for a
+    problem that has new examples here (its new targets replace the old). Returns (lines, pool size)."""
+    fraction = params.failures.replay_fraction if params.failures is not None else 0.0
+    if not params.replay_uri or fraction <= 0:
+        return [], 0
+    if not ctx.store.is_file(params.replay_uri):
+        raise PermanentStageError(f"params.replayUri: no training data at {params.replay_uri}")
+    ctx.manifest.add_input("replay", params.replay_uri)
+    fresh = {ex.problem_id for ex in kept}
+    pool = [row for row in ctx.store.read_jsonl(params.replay_uri) if row.get("problemId") not in fresh]
+    n = replay_count(len(kept), fraction, len(pool))
+    rng = derive_rng(seed, "distill-replay")
+    chosen = sorted(rng.sample(range(len(pool)), n))
+    return [{**pool[i], "source": "replay"} for i in chosen], len(pool)
 
 
 def _per_domain(examples: list[Example]) -> dict[str, int]:

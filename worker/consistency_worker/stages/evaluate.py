@@ -1,12 +1,15 @@
 """evaluate stage: answer the evaluation sets (greedy + k samples, through the generate stage's code) with
 the trained adapter (or none: baseline) and report accuracy, consistency and before/after changes.
 
-- accuracy per domain: the greedy answer (math: exact numeric match; code: pass@1 by running the tests;
-  reasoning: letter match);
-- consistency rate: share of problems whose k samples all give the same answer; mean agreement: mean
-  share of samples on the modal answer (voting module);
-- per problem against a baseline report: a problem is a *failure* by the 1B.2 criteria (greedy answer
-  wrong, or agreement below 0.30), else a success; failure -> success and success -> failure counts.
+- accuracy per domain: the greedy answer (math: exact numeric match; code: greedy pass@1 by running the
+  tests; reasoning: letter match); passAt1: the unbiased pass@1 estimate from the k samples (mean c/k);
+- consistency per domain: share of problems whose k samples all give the same answer: math the same
+  canonical number, reasoning the same letter, code the same test-outcome signature (which assertions
+  hold); consistencyGivenCorrect: the same among problems with at least one correct sample; the headline
+  consistency pools every domain; mean agreement: mean share of samples on the modal answer;
+- per problem against a baseline report: a problem is a *failure* by the spec's 1B.2 criteria
+  (params.failure = spec.expansion.failure: greedy answer wrong when includeWrong, or agreement below
+  maxAgreement), else a success; failure -> success and success -> failure counts.
 
 Outputs: report.json (summary), per_problem.jsonl (one line per problem), the generations shard file.
 """
@@ -16,17 +19,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from consistency_core.spec import FailureCriteria
 from consistency_core.stages import EVALUATE_REPORT, EvaluateParams, StageConfig, StageResult, join_uri
+from consistency_core.stats import paired
 
+from consistency_worker.answering import SamplingSettings, generate_records, load_backend
 from consistency_worker.generations import GenerationRecord
 from consistency_worker.stages import PermanentStageError
 from consistency_worker.stages.context import StageContext
-from consistency_worker.stages.generate import SamplingSettings, generate_records, load_backend, read_problems
 from consistency_worker.store import Store
 from consistency_worker.voting import Outcome, aggregate, failure, majority_vote
 
 PER_PROBLEM = "per_problem.jsonl"
-FAILURE_AGREEMENT = 0.30  # the 1B.2 default: below this share on the modal answer a problem "fails"
 
 
 def outcome_of(record: GenerationRecord) -> Outcome:
@@ -39,11 +43,18 @@ def outcome_of(record: GenerationRecord) -> Outcome:
     else:
         majority_correct = any(graded) if graded else None
     return Outcome(problem_id=record.problem_id, domain=record.domain, stratum=record.stratum, vote=vote,
-                   greedy_correct=record.greedy.correct, majority_correct=majority_correct)
+                   greedy_correct=record.greedy.correct, majority_correct=majority_correct,
+                   samples_correct=sum(s.correct is True for s in record.samples),
+                   samples_graded=sum(s.correct is not None for s in record.samples))
 
 
-def per_problem_row(outcome: Outcome, record: GenerationRecord) -> dict[str, Any]:
-    verdict = failure(outcome.greedy_correct, outcome.vote, min_agreement=FAILURE_AGREEMENT)
+def per_problem_row(outcome: Outcome, record: GenerationRecord,
+                    criteria: FailureCriteria | None = None) -> dict[str, Any]:
+    """One problem's line in per_problem.jsonl; ``success``: not a failure by ``criteria`` (the spec's
+    expansion.failure: a wrong greedy answer when includeWrong, agreement below maxAgreement)."""
+    criteria = criteria or FailureCriteria()
+    greedy = outcome.greedy_correct if criteria.include_wrong else None
+    verdict = failure(greedy, outcome.vote, min_agreement=criteria.max_agreement)
     return {
         "problemId": outcome.problem_id,
         "domain": outcome.domain,
@@ -54,6 +65,8 @@ def per_problem_row(outcome: Outcome, record: GenerationRecord) -> dict[str, Any
         "majorityCorrect": outcome.majority_correct,
         "agreement": round(outcome.vote.agreement, 4),
         "consistent": outcome.vote.consistent,
+        "samplesCorrect": outcome.samples_correct,
+        "samplesGraded": outcome.samples_graded,
         "success": not verdict.failed,
         "failureReasons": list(verdict.reasons),
     }
@@ -72,13 +85,18 @@ def summarise(outcomes: Sequence[Outcome]) -> dict[str, Any]:
     table = {name: {k: _round(v) for k, v in row.items()} for name, row in by_domain.items()}
     strata = {name: {k: _round(v) for k, v in row.items()}
               for name, row in aggregate(outcomes, key="domain/stratum").items()}
+    def per_domain(key: str) -> dict[str, Any]:
+        return {d: _round(row[key]) for d, row in by_domain.items() if d != "all" and row[key] is not None}
+
     return {
         "problems": len(outcomes),
         "consistency": _round(overall.get("consistency") or 0.0),
         "meanAgreement": _round(overall.get("mean_agreement") or 0.0),
         "accuracy": accuracy,
-        "majorityAccuracy": {d: _round(row["majority_accuracy"]) for d, row in by_domain.items()
-                             if d != "all" and row["majority_accuracy"] is not None},
+        "consistencyByDomain": per_domain("consistency"),
+        "consistencyGivenCorrect": per_domain("consistency_given_correct"),
+        "passAt1": per_domain("pass_at_1"),
+        "majorityAccuracy": per_domain("majority_accuracy"),
         "byDomain": table,
         "byStratum": strata,
     }
@@ -103,7 +121,29 @@ def compare(rows: Sequence[dict[str, Any]], baseline_rows: Sequence[dict[str, An
         domain["matched"] += 1
         if key in domain:
             domain[key] += 1
-    return {**counts, "byDomain": by_domain}
+    return {**counts, "byDomain": by_domain, "paired": paired_changes(rows, baseline_rows)}
+
+
+def paired_changes(rows: Sequence[dict[str, Any]], baseline_rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Every before/after figure on the problems both evaluations share, as a paired comparison:
+    difference, Newcombe 95% interval and exact McNemar p (consistency_core.stats). Keys: "<domain>
+    accuracy" (greedy), "<domain> consistency", "success" (not a failure by the 1B.2 rule)."""
+    before = {r["problemId"]: r for r in baseline_rows}
+    matched = [(before[r["problemId"]], r) for r in rows if r["problemId"] in before]
+    out: dict[str, Any] = {}
+    for domain in sorted({r["domain"] for _, r in matched}):
+        mine = [(b, a) for b, a in matched if a["domain"] == domain]
+        graded = [(bool(b["greedyCorrect"]), bool(a["greedyCorrect"])) for b, a in mine
+                  if b.get("greedyCorrect") is not None and a.get("greedyCorrect") is not None]
+        if graded:
+            out[f"{domain} accuracy"] = paired(graded).as_json()
+        agreed = [(bool(b["consistent"]), bool(a["consistent"])) for b, a in mine
+                  if b.get("consistent") is not None and a.get("consistent") is not None]
+        if agreed:
+            out[f"{domain} consistency"] = paired(agreed).as_json()
+    if matched:
+        out["success"] = paired((bool(b["success"]), bool(a["success"])) for b, a in matched).as_json()
+    return out
 
 
 def read_baseline(store: Store, uri: str) -> tuple[str, list[dict[str, Any]]]:
@@ -120,12 +160,11 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
     params = config.params
     if not isinstance(params, EvaluateParams):
         raise PermanentStageError(f"evaluate stage got params of kind {params.kind!r}")
-    ctx.manifest.add_input("problems", params.problems_uri, data=ctx.store.read_bytes(params.problems_uri))
-    problems = read_problems(ctx.store, params.problems_uri)
+    problems = ctx.read_problems(params.problems_uri)
     baseline = read_baseline(ctx.store, params.baseline_report_uri) if params.baseline_report_uri else None
     if params.adapter_uri:
         ctx.manifest.add_input("adapter", params.adapter_uri)
-    settings = SamplingSettings(params.samples, params.temperature, params.max_new_tokens, config.seed)
+    settings = SamplingSettings(params.sampling, config.seed)
     with ctx.manifest.timed("load"):
         backend = load_backend(config, ctx, params.adapter_uri)
     try:
@@ -135,22 +174,22 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
         backend.close()
 
     outcomes = [outcome_of(r) for r in records]
-    rows = [per_problem_row(o, r) for o, r in zip(outcomes, records, strict=True)]
+    rows = [per_problem_row(o, r, params.failure) for o, r in zip(outcomes, records, strict=True)]
     summary = summarise(outcomes)
     per_problem_uri = ctx.output(PER_PROBLEM)
     ctx.manifest.add_output("perProblem", per_problem_uri, data=ctx.store.write_jsonl(per_problem_uri, rows))
-    metrics: dict[str, Any] = {k: summary[k] for k in ("problems", "consistency", "meanAgreement", "accuracy")}
+    metrics: dict[str, Any] = {k: summary[k] for k in ("problems", "consistency", "meanAgreement", "accuracy",
+                                                       "consistencyByDomain", "consistencyGivenCorrect", "passAt1")}
     report: dict[str, Any] = {
         **summary,
         "adapterUri": params.adapter_uri,
         "model": config.model.uri,
         "backend": backend.name,
-        "samples": params.samples,
-        "temperature": params.temperature,
-        "maxNewTokens": params.max_new_tokens,
+        **params.sampling.to_wire(),
         "seed": config.seed,
         "phase": config.phase,
         "iteration": config.iteration,
+        "failure": params.failure.to_wire(),
         "perProblemUri": per_problem_uri,
         "generationsUri": generations_uri,
     }
@@ -158,7 +197,8 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
         comparison = compare(rows, baseline[1])
         report["comparison"] = {"baselineReportUri": baseline[0], **comparison}
         metrics.update(failureToSuccess=comparison["failureToSuccess"],
-                       successToFailure=comparison["successToFailure"], compared=comparison["matched"])
+                       successToFailure=comparison["successToFailure"], compared=comparison["matched"],
+                       paired=comparison["paired"])
     report_uri = ctx.output(EVALUATE_REPORT)
     ctx.store.write_json(report_uri, report)
     ctx.manifest.add_output("report", report_uri)

@@ -6,7 +6,6 @@ Outputs in the stage's directory: selection.jsonl, scan.jsonl, eval.jsonl (Probl
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter
 from dataclasses import asdict, is_dataclass
@@ -23,7 +22,9 @@ from consistency_core.stages import (
     StageResult,
 )
 
+from consistency_worker.leakage import NGRAM, Overlap, find_overlaps, normalise_text
 from consistency_worker.problems import Problem
+from consistency_worker.seeds import rng_seed
 from consistency_worker.stages import PermanentStageError
 from consistency_worker.stages.context import StageContext
 
@@ -31,6 +32,7 @@ REPORT = "report.json"
 MALFORMED_IN_REPORT = 50  # first rows with reasons kept in report.json
 MALFORMED_IN_METRICS = 3  # ... and in the <= 4 KiB result
 LEAK_EXAMPLES = 5
+OVERLAP_IN_REPORT = 50
 
 
 def _malformed_rows(items: list[Any], limit: int, reason_chars: int) -> list[dict[str, Any]]:
@@ -72,8 +74,8 @@ def _needed(params: PrepareParams) -> list[DatasetSpec]:
     return [ds for ds in params.datasets if ds.name in names]
 
 
-def _load_all(specs: list[DatasetSpec], ctx: StageContext) -> tuple[dict[str, list[Problem]], dict[str, Any],
-                                                                   list[dict[str, Any]]]:
+def _load_all(specs: list[DatasetSpec], ctx: StageContext,
+              seed: int) -> tuple[dict[str, list[Problem]], dict[str, Any], list[dict[str, Any]]]:
     from consistency_worker.loaders import load_problems
 
     problems: dict[str, list[Problem]] = {}
@@ -83,7 +85,7 @@ def _load_all(specs: list[DatasetSpec], ctx: StageContext) -> tuple[dict[str, li
         for spec in specs:
             with ctx.manifest.timed(f"load:{spec.name}"):
                 try:
-                    report = load_problems(spec)
+                    report = load_problems(spec, seed=rng_seed(seed, f"limit:{spec.name}"))
                 except FileNotFoundError as exc:
                     raise PermanentStageError(f"dataset {spec.name!r} ({spec.uri}): not found: {exc}") from None
             loaded = list(report.problems)
@@ -115,18 +117,13 @@ def _select(params: PrepareParams, problems: dict[str, list[Problem]], seed: int
         weights = sel.strata.model_dump() if sel.strata is not None else None
         try:
             # Each selection gets its own seed stream, so adding a dataset leaves the others unchanged.
-            drawn = stratified_sample(pool, sel.count, weights, seed=hash_seed(seed, sel.dataset))
+            drawn = stratified_sample(pool, sel.count, weights, seed=rng_seed(seed, sel.dataset))
         except ValueError as exc:
             raise PermanentStageError(
                 f"params.selection[{i}] ({sel.dataset}, count {sel.count}): {exc}"
             ) from None
         selection.extend(drawn)
     return selection
-
-
-def hash_seed(seed: int, name: str) -> int:
-    """A seed derived from (seed, name) that is stable across processes (unlike hash())."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "big")
 
 
 def _unique(problems: list[Problem], what: str) -> list[Problem]:
@@ -144,13 +141,18 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
         raise PermanentStageError(f"prepare got params of kind {params.kind!r}")
     from consistency_worker.leakage import LeakageError, check_leakage
 
-    problems, per_dataset, malformed = _load_all(_needed(params), ctx)
+    problems, per_dataset, malformed = _load_all(_needed(params), ctx, config.seed)
+    eval_names = [ds.name for ds in params.datasets if DatasetRole.eval in ds.roles and ds.name in problems]
+    with ctx.manifest.timed("overlap"):
+        overlaps = _drop_overlaps(params, problems, [p for n in eval_names for p in problems[n]], per_dataset)
+    if overlaps:
+        ctx.logger.warning("left out %d train/scan problem(s) sharing a %d-gram with an evaluation problem, "
+                           "e.g. %s", len(overlaps), NGRAM, overlaps[0].as_json())
     with ctx.manifest.timed("select"):
         selection = _unique(_select(params, problems, config.seed), "selection")
         scan = _unique([p for name in params.scan_datasets for p in problems[name]], "scan")
         evaluation = _unique([p for name in params.eval_datasets for p in problems[name]], "eval")
-    eval_role = [p for name, ps in problems.items()
-                 for p in ps if DatasetRole.eval in next(d for d in params.datasets if d.name == name).roles]
+    eval_role = [p for name in eval_names for p in problems[name]]
 
     with ctx.manifest.timed("leakage"):
         seen: set[str] = set()
@@ -182,6 +184,8 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
         "perDataset": per_dataset,
         "strata": strata,
         "malformed": malformed,
+        "ngramOverlap": {"n": NGRAM, "count": len(overlaps),
+                         "examples": [o.as_json() for o in overlaps[:OVERLAP_IN_REPORT]]},
     }
     outputs["report"] = ctx.output(REPORT)
     ctx.store.write_json(outputs["report"], report)
@@ -194,6 +198,7 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
         "malformed": total_malformed,
         "perDataset": {name: {k: v for k, v in d.items() if k != "strata"} for name, d in per_dataset.items()},
         "strata": strata["selection"],
+        "ngramOverlap": {"count": len(overlaps), "examples": [o.as_json() for o in overlaps[:LEAK_EXAMPLES]]},
     }
     if malformed:
         metrics["malformedExamples"] = _malformed_rows(malformed, MALFORMED_IN_METRICS, 120)
@@ -201,11 +206,34 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
                          message=f"{len(selection)} selected, {len(scan)} scan, {len(evaluation)} eval problems")
     # The termination message drops all metrics when too big; shed the detail (kept in report.json)
     # first so the counts the control plane reads always arrive.
-    for detail in ("malformedExamples", "perDataset", "strata"):
+    for detail in ("malformedExamples", "perDataset", "strata", "overlapExamples"):
         if len(json.dumps(result.to_wire()).encode()) <= TERMINATION_MESSAGE_LIMIT:
             break
-        result.metrics.pop(detail, None)
+        if detail == "overlapExamples":
+            result.metrics["ngramOverlap"]["examples"] = [
+                {k: v[:60] for k, v in e.items()} for e in result.metrics["ngramOverlap"]["examples"][:2]]
+        else:
+            result.metrics.pop(detail, None)
     return result
+
+
+def _drop_overlaps(params: PrepareParams, problems: dict[str, list[Problem]], eval_role: list[Problem],
+                   per_dataset: dict[str, Any]) -> list[Overlap]:
+    """Leave train/scan problems that share a 13-gram with an evaluation problem out of the pools (before
+    the selection is drawn, so counts stay exact) and return what was left out. Exact copies stay in:
+    the exact check refuses the campaign for those, with their ids."""
+    exact = {normalise_text(p.prompt) for p in eval_role}
+    names = [n for n in dict.fromkeys([*(s.dataset for s in params.selection), *params.scan_datasets])
+             if n in problems]
+    candidates = {p.id: p for n in names for p in problems[n]}
+    overlaps = [o for o in find_overlaps(candidates.values(), eval_role)
+                if normalise_text(candidates[o.train_id].prompt) not in exact]
+    dropped = {o.train_id for o in overlaps}
+    for name in names:
+        kept = [p for p in problems[name] if p.id not in dropped]
+        per_dataset[name]["overlapExcluded"] = len(problems[name]) - len(kept)
+        problems[name] = kept
+    return overlaps
 
 
 def _strata_counts(problems: list[Problem]) -> dict[str, dict[str, int]]:

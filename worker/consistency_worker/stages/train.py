@@ -14,9 +14,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from consistency_core.spec import LoraConfig
 from consistency_core.stages import TRAIN_ADAPTER, StageConfig, StageResult, TrainParams
 
-from consistency_worker.distributed import World, current_world, init_process_group, rank_zero_first
+from consistency_worker.distributed import (
+    World,
+    current_world,
+    destroy_process_group,
+    init_process_group,
+    rank_zero_first,
+)
 from consistency_worker.models import (
     ModelError,
     ResolvedModel,
@@ -31,13 +38,11 @@ from consistency_worker.models import (
 )
 from consistency_worker.stages import PermanentStageError
 from consistency_worker.stages.context import StageContext
-from consistency_worker.stages.generate import cache_dir
 from consistency_worker.store import JsonlError, parse_jsonl_objects
 from consistency_worker.training import (
     CHECKPOINTS,
     CheckpointStore,
     TrainingDataError,
-    TrainSettings,
     build_examples,
     total_steps,
     train_lora,
@@ -79,7 +84,7 @@ def _non_reentrant_checkpointing(model: Any) -> None:
     model.config.use_cache = False
 
 
-def build_model(model_ref: ResolvedModel, method: str, device: str, init_dir: Path | None, params: TrainParams
+def build_model(model_ref: ResolvedModel, method: str, device: str, init_dir: Path | None, lora: LoraConfig
                 ) -> Any:
     """The model to train, its trainable parameters set: LoRA on a 4-bit or full-precision base (fresh,
     or continuing `init_dir`), or every weight of the (possibly earlier fine-tuned) model."""
@@ -89,12 +94,12 @@ def build_model(model_ref: ResolvedModel, method: str, device: str, init_dir: Pa
         base = load_model(model_ref, device=device, quantize_4bit=True)
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=True,
                                                gradient_checkpointing_kwargs={"use_reentrant": False})
-        return wrap_lora(base, params.lora, init_adapter_dir=init_dir)
+        return wrap_lora(base, lora, init_adapter_dir=init_dir)
     if method == "lora":
         base = load_model(model_ref, device=device)
         if device.startswith("cuda"):
             _non_reentrant_checkpointing(base)
-        return wrap_lora(base, params.lora, init_adapter_dir=init_dir)
+        return wrap_lora(base, lora, init_adapter_dir=init_dir)
     # Full fine-tuning keeps fp32 master weights (bf16 AdamW updates would round away small steps); the
     # forward still runs in bf16 under autocast on CUDA.
     model = load_model(model_ref, device=device, dtype="float32")
@@ -112,13 +117,14 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
     params = config.params
     if not isinstance(params, TrainParams):
         raise PermanentStageError(f"train stage got params of kind {params.kind!r}")
+    knobs = params.training
     world = current_world()
     device = _device(world)
     init_process_group(world, device.split(":")[0])
     if params.processes != world.size:
         ctx.logger.warning("params.processes=%d but this run has %d process(es) (not started by torchrun?)",
                            params.processes, world.size)
-    method, fallback = choose_method(params.method, device)
+    method, fallback = choose_method(knobs.method, device)
     if fallback:
         ctx.logger.warning("method qlora: %s; training plain LoRA on the full-precision base instead", fallback)
     ctx.logger.info("training method: %s on %s (%d process(es))", METHOD_LABELS[method], device, world.size)
@@ -128,11 +134,11 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
     with ctx.manifest.timed("load"):
         init_dir = None
         with rank_zero_first(world):  # one download into a model cache the ranks may share
-            model_ref = resolve_model(config.model, ctx.store, cache_dir(ctx))
+            model_ref = resolve_model(config.model, ctx.store, ctx.cache_dir)
             if params.init_adapter_uri:
                 ctx.manifest.add_input("initAdapter", params.init_adapter_uri)
                 try:
-                    init_dir = fetch_adapter(params.init_adapter_uri, ctx.store, cache_dir(ctx))
+                    init_dir = fetch_adapter(params.init_adapter_uri, ctx.store, ctx.cache_dir)
                 except ModelError as exc:
                     raise PermanentStageError(str(exc)) from None
         if init_dir is not None and is_full_model(init_dir):
@@ -145,7 +151,7 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
         try:
             # Parse the bytes already read for the manifest: one download of the data, not two.
             rows = parse_jsonl_objects(data.decode("utf-8"), params.data_uri)
-            examples, dropped = build_examples(tokenizer, rows, params.max_seq_len, source=params.data_uri)
+            examples, dropped = build_examples(tokenizer, rows, knobs.max_seq_len, source=params.data_uri)
         except (JsonlError, TrainingDataError) as exc:
             raise PermanentStageError(str(exc)) from None
         if not examples:
@@ -153,7 +159,7 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
         import torch
 
         torch.manual_seed(config.seed)
-        model = build_model(model_ref, method, device, init_dir, params)
+        model = build_model(model_ref, method, device, init_dir, knobs.lora)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     # Evidence of what actually runs, not what was asked: the base's linear layers held in 4 bits.
     layers_4bit = sum(type(m).__module__.startswith("bitsandbytes") and type(m).__name__ == "Linear4bit"
@@ -161,17 +167,14 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
     ctx.logger.info("%d examples (%d dropped: prompt longer than maxSeqLen), %d trainable parameters",
                     len(examples), dropped, trainable)
 
-    settings = TrainSettings(
-        epochs=params.epochs, learning_rate=params.learning_rate, batch_size=params.batch_size,
-        gradient_accumulation=params.gradient_accumulation, max_seq_len=params.max_seq_len,
-        lora=params.lora, seed=config.seed, checkpoint_steps=params.checkpoint_steps,
-    )
     checkpoints = CheckpointStore(ctx.store, ctx.output(CHECKPOINTS), Path(ctx.scratch_dir) / "checkpoints")
-    steps = total_steps(len(examples), settings, world.size)
+    steps = total_steps(len(examples), knobs, world.size)
     with ctx.manifest.timed("train"), ctx.progress(steps, "train steps") as progress:
-        outcome = train_lora(model, examples, settings, pad_id=tokenizer.pad_token_id, checkpoints=checkpoints,
+        outcome = train_lora(model, examples, knobs, seed=config.seed, pad_id=tokenizer.pad_token_id,
+                             checkpoints=checkpoints,
                              quantized=method == "qlora", on_step=on_step_hook,
                              progress=progress if world.is_writer else None, world=world)
+    destroy_process_group()  # the ranks' last collective was the final step's all-reduce
 
     quantization = "nf4" if method == "qlora" else "none"
     metrics: dict[str, Any] = {
@@ -206,7 +209,7 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
     loss_uri = ctx.output(LOSS_FILE)
     ctx.store.write_json(loss_uri, {"steps": outcome.losses, **outcome.extra})
     ctx.manifest.add_output("loss", loss_uri)
-    ctx.manifest.extra.update(method=METHOD_LABELS[method], methodRequested=params.method, quantization=quantization,
+    ctx.manifest.extra.update(method=METHOD_LABELS[method], methodRequested=knobs.method, quantization=quantization,
                               device=device, processes=world.size, trainableParameters=trainable,
                               resumedFromStep=outcome.resumed_from_step, tokens=outcome.tokens,
                               trainSeconds=outcome.seconds)
