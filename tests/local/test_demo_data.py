@@ -30,6 +30,13 @@ def test_same_seed_same_bytes_other_seed_other_problems(tmp_path: Path) -> None:
         assert a[split].read_bytes() != c[split].read_bytes()
 
 
+def test_step_weights_restrict_the_strata() -> None:
+    easy = generate_splits(5, {"eval": 60}, step_weights={1: 1.0, 2: 1.0})["eval"]
+    assert {count_steps(p.answer) for p in easy} == {1, 2}
+    with pytest.raises(ValueError, match="step_weights"):
+        generate_splits(5, {"eval": 1}, step_weights={0: 1.0})
+
+
 def test_eval_split_does_not_depend_on_pretrain_size() -> None:
     # Growing the pretrain corpus (to tune the model) must never change the held-out questions.
     small = generate_splits(3, {**SIZES, "pretrain": 10})

@@ -188,6 +188,27 @@ def test_hf_samples_do_not_depend_on_batching(backend: HFBackend) -> None:
     assert alone[0] == batched[2]
 
 
+def test_hf_shared_prefill_loop_matches_transformers_generate(backend: HFBackend) -> None:
+    """The backend's own loop (one prefill per prompt, finished rows dropped) samples exactly what
+    transformers' generate() gives with the same Gumbel noise, sampled and greedy, with rows finishing early."""
+    assert backend.cache_kwarg is not None  # the tiny Llama takes the shared-prefill loop
+    prompts = prompts_for(backend)
+    seeds = [derive_seed("g", i) for i in range(len(prompts))]
+    # Every token id of the random model's vocabulary stops a row with some probability: make one id EOS.
+    eos, own_loop = backend.eos_ids, backend.cache_kwarg
+    backend.eos_ids = sorted({*eos, 7, 11, 13})
+    try:
+        own = [backend.generate(prompts, n=4, temperature=t, max_new_tokens=14, seeds=seeds) for t in (1.5, 0.0)]
+        backend.cache_kwarg = None
+        reference = [backend.generate(prompts, n=4, temperature=t, max_new_tokens=14, seeds=seeds) for t in (1.5, 0.0)]
+    finally:
+        backend.eos_ids = eos
+        backend.cache_kwarg = own_loop
+    assert own == reference
+    lengths = {len(backend.tokenizer(s, add_special_tokens=False)["input_ids"]) for s in own[0][0] + own[0][1]}
+    assert len(lengths) > 1  # some rows stopped before others
+
+
 def test_hf_low_temperature_approaches_greedy(backend: HFBackend) -> None:
     prompts = prompts_for(backend)[:2]
     greedy = backend.generate(prompts, n=1, temperature=0.0, max_new_tokens=10, seeds=[1, 2])
@@ -226,7 +247,7 @@ def _stop_candidate(text: str) -> int | None:
     return None
 
 
-def test_hf_stop_string_ends_generation_early_and_is_cut(backend: HFBackend) -> None:
+def test_hf_stop_string_cuts_the_answer_and_clears_the_budget_flag(backend: HFBackend) -> None:
     prompt = prompts_for(backend)[0]
     for seed in range(50):  # the first seeded continuation that runs the whole budget and has a candidate
         request = GenerationRequest(prompt, 1, 1.0, 24, seed)
