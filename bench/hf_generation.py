@@ -92,10 +92,10 @@ def main() -> int:
 
     import torch
     from consistency_core.spec import ModelRef
-    from consistency_worker.backends import derive_seed
     from consistency_worker.backends.hf import HFBackend
     from consistency_worker.models import resolve_model
     from consistency_worker.prompts import render_prompt
+    from consistency_worker.seeds import derive_seed
     from consistency_worker.tinymodel import build_tiny_model, smollm2_gguf_path
 
     if args.threads:
