@@ -75,10 +75,17 @@ def test_killed_run_resumes_and_completes_with_report(assets, tmp_path: Path, ca
 
     after = statuses(run_dir)
     assert after["phase"] == "Succeeded", after["message"]
-    keys = [s["key"] for s in after["stages"]]
-    # Every stage ran exactly once (no duplicates), in plan order, through 1B.1, the gate and 1B.2.
-    assert keys == ["prepare", "baseline-evaluate", "1b1-i1-generate", "1b1-i1-distill", "1b1-i1-train",
-                    "1b1-i1-evaluate", "1b2-generate", "1b2-distill", "1b2-train", "1b2-evaluate", "report"]
+    succeeded = [s["key"] for s in after["stages"] if s["outcome"] == "Succeeded"]
+    # Every stage succeeded exactly once (no duplicates), in plan order, through 1B.1, the gate and 1B.2.
+    assert succeeded == ["prepare", "baseline-evaluate", "1b1-i1-generate", "1b1-i1-distill", "1b1-i1-train",
+                         "1b1-i1-evaluate", "1b2-generate", "1b2-distill", "1b2-train", "1b2-evaluate", "report"]
+    # The only other record allowed is the attempt the kill interrupted: when the worker was already running,
+    # it got SIGTERM with the runner (PR_SET_PDEATHSIG) and reported a retryable preemption, which the
+    # resumed run counts as a failed attempt and retries (timing decides whether the kill lands there).
+    others = [s for s in after["stages"] if s["outcome"] != "Succeeded"]
+    assert len(others) <= 1, others
+    for record in others:
+        assert record["key"] not in done_before and "SIGTERM" in record["message"], record
     # What had finished before the kill was not rerun: same records, same result files.
     assert after["stages"][: len(done_before)] == before["stages"][: len(done_before)]
     for name, mtime in results_before.items():
