@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -28,17 +27,6 @@ pytestmark = pytest.mark.timeout(120)
 
 NS = "team-a"
 TOKEN = "hf_emulatorSecretTokenValue42"
-
-
-@pytest.fixture(scope="module")
-def operator(cluster: EmulatedCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    workdir = tmp_path_factory.mktemp("operator-platform")
-    op = OperatorProcess(cluster.write_kubeconfig(workdir / "kubeconfig"), workdir, "default,team-a")
-    op.start()
-    try:
-        yield op
-    finally:
-        op.stop()
 
 
 def env_of(job: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -51,6 +51,29 @@ class Generated:
     hit_limit: bool = False
 
 
+class PromptGeneration:
+    """`generate` for a backend that answers `generate_requests`: one request per prompt, texts only."""
+
+    def generate_requests(self, requests: Sequence[GenerationRequest]) -> list[list[Generated]]:
+        raise NotImplementedError
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        n: int,
+        temperature: float,
+        max_new_tokens: int,
+        seeds: Sequence[int],
+    ) -> list[list[str]]:
+        """`n` completions per prompt (temperature 0: greedy), decoded without special tokens."""
+        if len(seeds) != len(prompts):
+            raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
+        requests = [GenerationRequest(prompt, n, temperature, max_new_tokens, seed)
+                    for prompt, seed in zip(prompts, seeds, strict=True)]
+        return [[g.text for g in done] for done in self.generate_requests(requests)]
+
+
 class GenerationBackend(Protocol):
     name: str
     tokenizer: Any

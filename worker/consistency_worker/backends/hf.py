@@ -25,7 +25,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from consistency_worker.backends import Generated, GenerationRequest, cut_at_stop, encode_prompt
+from consistency_worker.backends import (
+    Generated,
+    GenerationRequest,
+    PromptGeneration,
+    cut_at_stop,
+    encode_prompt,
+)
 from consistency_worker.models import ResolvedModel, cuda_available, load_model, load_tokenizer
 from consistency_worker.prompts import stop_strings
 from consistency_worker.seeds import derive_seed
@@ -137,7 +143,7 @@ def left_pad(batch: Sequence[Sequence[int]], pad_id: int) -> tuple[Any, Any]:
     return input_ids, attention
 
 
-class HFBackend:
+class HFBackend(PromptGeneration):
     name = "hf"
 
     def __init__(
@@ -179,21 +185,6 @@ class HFBackend:
         if self.tokenizer.eos_token_id is not None:
             ids.add(self.tokenizer.eos_token_id)
         return sorted(ids)
-
-    def generate(
-        self,
-        prompts: Sequence[str],
-        *,
-        n: int,
-        temperature: float,
-        max_new_tokens: int,
-        seeds: Sequence[int],
-    ) -> list[list[str]]:
-        if len(seeds) != len(prompts):
-            raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
-        requests = [GenerationRequest(prompt, n, temperature, max_new_tokens, seed)
-                    for prompt, seed in zip(prompts, seeds, strict=True)]
-        return [[g.text for g in done] for done in self.generate_requests(requests)]
 
     def generate_requests(self, requests: Sequence[GenerationRequest]) -> list[list[Generated]]:
         """Requests that share temperature and budget decode together; greedy requests decode once."""

@@ -43,6 +43,7 @@ from consistency_worker.backends import (
     SEEDING_PER_SEQUENCE,
     Generated,
     GenerationRequest,
+    PromptGeneration,
     encode_prompt,
 )
 from consistency_worker.models import ResolvedModel, adapter_rank, load_tokenizer
@@ -192,7 +193,7 @@ def _supported(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if k in known}
 
 
-class VLLMBackend:
+class VLLMBackend(PromptGeneration):
     name = "vllm"
 
     def __init__(
@@ -232,21 +233,6 @@ class VLLMBackend:
         outputs = self.llm.generate(inputs, params, lora_request=self.lora_request, use_tqdm=False)
         triples = [[(c.index, c.text, c.finish_reason) for c in out.outputs] for out in outputs]
         return collect(requests, triples)
-
-    def generate(
-        self,
-        prompts: Sequence[str],
-        *,
-        n: int,
-        temperature: float,
-        max_new_tokens: int,
-        seeds: Sequence[int],
-    ) -> list[list[str]]:
-        if len(seeds) != len(prompts):
-            raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
-        requests = [GenerationRequest(prompt, n, temperature, max_new_tokens, seed)
-                    for prompt, seed in zip(prompts, seeds, strict=True)]
-        return [[g.text for g in done] for done in self.generate_requests(requests)]
 
     def close(self) -> None:
         llm, self.llm = self.llm, None
