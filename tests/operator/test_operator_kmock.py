@@ -410,6 +410,9 @@ def series(text: str, name: str, **labels: str) -> list[dict[str, str]]:
 def test_metrics_endpoint_reports_what_happened(
         cluster: EmulatedCluster, operator: OperatorProcess, jobs: JobController) -> None:
     name = "metered"
+    # An invalid campaign of this test's own, so the reconcile-error counter is this test's to check.
+    cluster.create(CT, CTS, campaign_body("metered-invalid", thresholds={"consistency": 1.5}), namespace=NS)
+    wait_events(cluster, NS, "metered-invalid", "InvalidSpec")
     cluster.create(CT, CTS, campaign_body(name), namespace=NS)
     run_quick_fix(jobs, name, PASSING)
     jobs.wait_job(NS, name, "1b2-generate")
