@@ -468,3 +468,29 @@ def test_pool_and_memory_cap_follow_the_pods_cgroup(tmp_path: Path) -> None:
         # Over the pod's share even when the caller asks for more: the cap is the pool's.
         big = sb.run("x = bytearray(400 << 20)", limits=SandboxLimits(memory_bytes=1 << 30))
         assert big.status == "error" and "MemoryError" in big.reason, big
+
+
+def test_a_long_lived_host_does_not_leak_descriptors() -> None:
+    # One host runs every program of a sequential caller; a descriptor kept per program (the pidfd it
+    # waits on) made the ~1,000th program fail with "filedescriptor out of range in select()".
+    with Sandbox() as sb:
+        sb.run("print(1)")
+        [host] = sb._all
+        # The host may run under a launcher (unshare --fork): count the descriptors of every process in it.
+        def open_fds() -> int:
+            pids, total = [host.proc.pid], 0
+            while pids:
+                pid = pids.pop()
+                total += len(os.listdir(f"/proc/{pid}/fd"))
+                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+                pids += [int(c) for c in children]
+            return total
+
+        try:
+            before = open_fds()
+        except PermissionError:
+            pytest.skip("the host's /proc/<pid>/fd is not readable by this user")
+        for _ in range(30):
+            assert sb.run("print(2)").stdout.strip() == "2"
+        assert sb._all == [host]
+        assert open_fds() <= before + 2

@@ -335,18 +335,27 @@ def _wait(pid: int, timeout_s: float) -> int | None:
         fd = os.pidfd_open(pid)
     except (OSError, AttributeError):
         fd = None
+    # poll, not select: a long-lived host's descriptors can pass select's FD_SETSIZE (1024).
+    poller = None
+    if fd is not None:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
     deadline = time.monotonic() + timeout_s
-    while True:
-        done, wstatus = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return wstatus
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return None
+    try:
+        while True:
+            done, wstatus = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return wstatus
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            if poller is not None:
+                poller.poll(max(1, int(left * 1000)))
+            else:
+                time.sleep(min(left, 0.002))
+    finally:
         if fd is not None:
-            select.select([fd], [], [], left)
-        else:
-            time.sleep(min(left, 0.002))
+            os.close(fd)  # one pidfd per program: left open, a host that runs ~1,000 programs runs out
 
 
 def _read_memfd(fd: int, cap: int) -> str:

@@ -73,6 +73,12 @@ _HOST_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
 _HOST_GRACE_S = 30.0
 
 
+def _readable(fd: int, timeout_s: float) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLHUP)
+    return bool(poller.poll(max(1, int(timeout_s * 1000))))
+
+
 class SandboxError(RuntimeError):
     """The sandbox itself could not run a program (infrastructure fault, not the program's)."""
 
@@ -331,7 +337,8 @@ class _Host:
         while True:
             while len(buf) < need:
                 left = deadline - time.monotonic()
-                if left <= 0 or not select.select([fd], [], [], left)[0]:
+                # poll, not select: the worker's descriptors can pass select's FD_SETSIZE (1024).
+                if left <= 0 or not _readable(fd, left):
                     raise _HostDied(f"sandbox host gave no answer within {timeout_s:g}s")
                 chunk = os.read(fd, need - len(buf))
                 if not chunk:
