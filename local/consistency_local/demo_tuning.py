@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from consistency_local.console import paired_text
+from consistency_local.rundir import RunDir
+from consistency_local.stage_process import run_stage_process
 
 TUNE_OFFSET, TUNE_COUNT = 200, 200
 FILTER_KEYS = frozenset({"minAgreement", "maxPerProblem"})
@@ -65,28 +68,29 @@ def read_config(run_dir: Path, key: str) -> dict[str, Any]:
 
 
 def run_stage(config: dict[str, Any], out: Path, key: str) -> dict[str, Any]:
-    """Run one stage with `config` (outputs under out/key) unless an earlier run of the same config passed."""
-    stage_dir = out / key
-    config = {**config, "key": key, "outputUri": str(stage_dir)}
-    config_path = out / "configs" / f"{key}.json"
-    result_path = stage_dir / "result.json"
-    text = json.dumps(config, indent=1, sort_keys=True)
-    if config_path.is_file() and config_path.read_text() == text and result_path.is_file():
-        result = json.loads(result_path.read_text())
-        if result.get("ok"):
-            return result
-    config_path.parent.mkdir(parents=True, exist_ok=True)
-    config_path.write_text(text)
+    """Run one stage with `config` (outputs under out/key) the way the local runner runs it, unless an
+    earlier run of the same config passed."""
+    from consistency_core.stages import StageConfig
+    from consistency_core.status import StageRecord, TrainingPhase
+
+    stage_config = StageConfig.model_validate({**config, "key": key, "outputUri": str(out / key)})
+    # A record names paths only; like the campaign's plan, it files the baseline evaluation under 1B.1.
+    expansion = str(stage_config.phase) == TrainingPhase.expansion
+    phase = TrainingPhase.expansion if expansion else TrainingPhase.quick_fix
+    record = StageRecord(key=key, stage=stage_config.stage, phase=phase, iteration=max(stage_config.iteration, 1),
+                         job_name=key)
+    run_dir = RunDir(out)
+    config_path = run_dir.config_path(record)
+    earlier = run_dir.finished_result(record)
+    if earlier is not None and earlier.ok and config_path.is_file() \
+            and config_path.read_text() == stage_config.to_json():
+        return earlier.model_dump(by_alias=True)
     started = time.monotonic()
-    log_path = out / "logs" / f"{key}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("w") as log:
-        code = subprocess.call([sys.executable, "-m", "consistency_worker.cli", config["stage"],
-                                "--config", str(config_path)], stdout=log, stderr=subprocess.STDOUT)
-    if code != 0 or not result_path.is_file():
-        raise SystemExit(f"{key} failed (exit {code}); log: {log_path}")
+    result = run_stage_process(run_dir, record, stage_config)
+    if not result.ok:
+        raise SystemExit(f"{key} failed: {result.message}; log: {run_dir.log_path(record)}")
     print(f"  {key}: {time.monotonic() - started:.0f}s", file=sys.stderr)
-    return json.loads(result_path.read_text())
+    return result.model_dump(by_alias=True)
 
 
 def tuning_problems(run_dir: Path, out: Path) -> Path:
@@ -135,12 +139,11 @@ def figures(result: dict[str, Any]) -> dict[str, Any]:
             "paired": metrics.get("paired", {})}
 
 
-def paired_text(paired: dict[str, Any], name: str) -> str:
-    p = paired.get(name)
-    if not p:
+def change_text(paired: dict[str, Any], name: str) -> str:
+    change = paired.get(name)
+    if not change:
         return ""
-    return (f"{p['difference'] * 100:+.1f} [{p['low'] * 100:+.1f}, {p['high'] * 100:+.1f}], "
-            f"{p['better']} up / {p['worse']} down, p={p['pValue']:.3g}")
+    return f"{paired_text(change)}, {change['better']} up / {change['worse']} down"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         steps = trained_result["metrics"].get("steps")
         print(f"  {phase}: {distilled_result['metrics'].get('examples')} examples, {steps} steps, "
               f"{trained_result['metrics'].get('method')}; consistency {f['consistency']:.3f} "
-              f"(paired {paired_text(f['paired'], 'math consistency')}); accuracy {f['accuracy']:.3f} "
-              f"(paired {paired_text(f['paired'], 'math accuracy')})")
+              f"(paired {change_text(f['paired'], 'math consistency')}); accuracy {f['accuracy']:.3f} "
+              f"(paired {change_text(f['paired'], 'math accuracy')})")
     return 0
 
 
