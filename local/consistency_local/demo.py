@@ -31,17 +31,18 @@ DATA_SEED = 0
 EXAMPLE_PATHS = {"MODEL": "../.cache/demo/model", "DATA": "../.cache/demo/data", "STORE": "../runs/demo/artifacts"}
 
 
-def template() -> str:
-    return resources.files("consistency_local").joinpath("demo-campaign.yaml").read_text(encoding="utf-8")
-
-
-def render(paths: dict[str, str]) -> str:
-    text = template()
+def render_template(file_name: str, paths: dict[str, str]) -> str:
+    """A campaign template shipped in this package with its ${KEY} placeholders filled from `paths`."""
+    text = resources.files("consistency_local").joinpath(file_name).read_text(encoding="utf-8")
     for key, value in paths.items():
         text = text.replace("${" + key + "}", value)
     if "${" in text:
-        raise ValueError("demo campaign template has an unfilled ${...} placeholder")
+        raise ValueError(f"campaign template {file_name} has an unfilled ${{...}} placeholder")
     return text
+
+
+def render(paths: dict[str, str]) -> str:
+    return render_template("demo-campaign.yaml", paths)
 
 
 def ensure_data(cache: Path, seed: int = DATA_SEED) -> Path:

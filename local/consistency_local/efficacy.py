@@ -15,14 +15,13 @@ import argparse
 import os
 import sys
 import time
-from importlib import resources
 from pathlib import Path
 
 from consistency_worker.answering import ENV_BATCH_ROWS
 
 from consistency_local.campaign_file import load_campaign
 from consistency_local.cli import run_and_report
-from consistency_local.demo import DEFAULT_CACHE
+from consistency_local.demo import DEFAULT_CACHE, render_template
 from consistency_local.demo_data import write_splits
 from consistency_local.rundir import RunDir, atomic_write
 
@@ -34,12 +33,7 @@ STEP_WEIGHTS = {1: 1.0, 2: 1.0}
 
 
 def render(paths: dict[str, str]) -> str:
-    text = resources.files("consistency_local").joinpath("efficacy-campaign.yaml").read_text(encoding="utf-8")
-    for key, value in paths.items():
-        text = text.replace("${" + key + "}", value)
-    if "${" in text:
-        raise ValueError("efficacy campaign template has an unfilled ${...} placeholder")
-    return text
+    return render_template("efficacy-campaign.yaml", paths)
 
 
 def ensure_data(cache: Path) -> Path:
