@@ -10,9 +10,10 @@ unpaired Wilson intervals side by side cannot give."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 Z95 = 1.959963984540054
 
@@ -127,3 +128,27 @@ def paired(pairs: Iterable[tuple[bool, bool]], z: float = Z95) -> Paired:
     high = diff + math.sqrt(max(0.0, (p2 - before.low) ** 2 - 2 * phi * (p2 - before.low) * (after.high - p1)
                                  + (after.high - p1) ** 2))
     return Paired(both, better, worse, neither, max(-1.0, low), min(1.0, high), p_value)
+
+
+def paired_from_rows(before: Sequence[dict[str, Any]], after: Sequence[dict[str, Any]]) -> dict[str, Paired]:
+    """{"consistency", "<domain> accuracy", "<domain> consistency", "success": Paired} over the problems
+    in both row sets: the per-problem rows (problemId, domain, greedyCorrect, consistent, success) of
+    two evaluations."""
+    old = {r["problemId"]: r for r in before}
+    matched = [(old[r["problemId"]], r) for r in after if r["problemId"] in old]
+
+    def flags(pairs: list[tuple[dict[str, Any], dict[str, Any]]], key: str) -> list[tuple[bool, bool]]:
+        return [(bool(b[key]), bool(a[key])) for b, a in pairs if b.get(key) is not None and a.get(key) is not None]
+
+    out: dict[str, Paired] = {}
+    if matched:
+        out["consistency"] = paired(flags(matched, "consistent"))
+    for domain in sorted({a["domain"] for _, a in matched}):
+        mine = [(b, a) for b, a in matched if a["domain"] == domain]
+        graded = flags(mine, "greedyCorrect")
+        if graded:
+            out[f"{domain} accuracy"] = paired(graded)
+        out[f"{domain} consistency"] = paired(flags(mine, "consistent"))
+    if matched:
+        out["success"] = paired(flags(matched, "success"))
+    return out

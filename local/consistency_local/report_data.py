@@ -14,7 +14,7 @@ from consistency_core.names import parse_rfc3339
 from consistency_core.spec import CampaignSpec
 from consistency_core.status import BASELINE, CampaignStatus, EvaluationRecord, TrainingPhase
 
-from consistency_local.stats import Paired, Rate, paired, wilson
+from consistency_local.stats import Paired, Rate, paired_from_rows, wilson
 
 
 @dataclass
@@ -121,29 +121,6 @@ def domain_figures(rows: list[dict[str, Any]]) -> tuple[dict[str, Rate], dict[st
         if shares:
             pass1[d] = sum(shares) / len(shares)
     return consistency, pass1
-
-
-def paired_from_rows(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> dict[str, Paired]:
-    """{"consistency", "<domain> accuracy", "<domain> consistency", "success": Paired} over the problems
-    in both row sets (per-problem rows of two evaluations)."""
-    old = {r["problemId"]: r for r in before}
-    matched = [(old[r["problemId"]], r) for r in after if r["problemId"] in old]
-
-    def flags(pairs: list[tuple[dict, dict]], key: str) -> list[tuple[bool, bool]]:
-        return [(bool(b[key]), bool(a[key])) for b, a in pairs if b.get(key) is not None and a.get(key) is not None]
-
-    out: dict[str, Paired] = {}
-    if matched:
-        out["consistency"] = paired(flags(matched, "consistent"))
-    for domain in sorted({a["domain"] for _, a in matched}):
-        mine = [(b, a) for b, a in matched if a["domain"] == domain]
-        graded = flags(mine, "greedyCorrect")
-        if graded:
-            out[f"{domain} accuracy"] = paired(graded)
-        out[f"{domain} consistency"] = paired(flags(mine, "consistent"))
-    if matched:
-        out["success"] = paired(flags(matched, "success"))
-    return out
 
 
 def transitions(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> dict[str, int]:

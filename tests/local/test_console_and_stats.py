@@ -11,10 +11,10 @@ import pytest
 from consistency_core.spec import StageName
 from consistency_core.status import CampaignPhase, CampaignStatus, EvaluationRecord, StageRecord, TrainingPhase
 from consistency_local.console import LiveConsole, render_status, tick_line
-from consistency_local.report_data import domain_figures, paired_from_rows, rates_from_rows, transitions
+from consistency_local.report_data import domain_figures, rates_from_rows, transitions
 from consistency_local.rundir import RunDir
 from consistency_local.stage_process import Tick
-from consistency_local.stats import wilson
+from consistency_local.stats import paired_from_rows, wilson
 
 
 def _running(tmp_path: Path) -> tuple[RunDir, StageRecord]:

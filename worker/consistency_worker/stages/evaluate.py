@@ -21,7 +21,7 @@ from typing import Any
 
 from consistency_core.spec import FailureCriteria
 from consistency_core.stages import EVALUATE_REPORT, EvaluateParams, StageConfig, StageResult, join_uri
-from consistency_core.stats import paired
+from consistency_core.stats import paired_from_rows
 
 from consistency_worker.answering import SamplingSettings, generate_records, load_backend, truncated_share
 from consistency_worker.generations import GenerationRecord
@@ -125,25 +125,12 @@ def compare(rows: Sequence[dict[str, Any]], baseline_rows: Sequence[dict[str, An
 
 
 def paired_changes(rows: Sequence[dict[str, Any]], baseline_rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Every before/after figure on the problems both evaluations share, as a paired comparison:
+    """Every per-domain before/after figure on the problems both evaluations share, as a paired comparison:
     difference, Newcombe 95% interval and exact McNemar p (consistency_core.stats). Keys: "<domain>
-    accuracy" (greedy), "<domain> consistency", "success" (not a failure by the 1B.2 rule)."""
-    before = {r["problemId"]: r for r in baseline_rows}
-    matched = [(before[r["problemId"]], r) for r in rows if r["problemId"] in before]
-    out: dict[str, Any] = {}
-    for domain in sorted({r["domain"] for _, r in matched}):
-        mine = [(b, a) for b, a in matched if a["domain"] == domain]
-        graded = [(bool(b["greedyCorrect"]), bool(a["greedyCorrect"])) for b, a in mine
-                  if b.get("greedyCorrect") is not None and a.get("greedyCorrect") is not None]
-        if graded:
-            out[f"{domain} accuracy"] = paired(graded).as_json()
-        agreed = [(bool(b["consistent"]), bool(a["consistent"])) for b, a in mine
-                  if b.get("consistent") is not None and a.get("consistent") is not None]
-        if agreed:
-            out[f"{domain} consistency"] = paired(agreed).as_json()
-    if matched:
-        out["success"] = paired((bool(b["success"]), bool(a["success"])) for b, a in matched).as_json()
-    return out
+    accuracy" (greedy), "<domain> consistency", "success" (not a failure by the 1B.2 rule); the pooled
+    consistency is left to the report, so the status keeps one figure per domain."""
+    changes = paired_from_rows(baseline_rows, rows)
+    return {name: change.as_json() for name, change in changes.items() if name != "consistency"}
 
 
 def read_baseline(store: Store, uri: str) -> tuple[str, list[dict[str, Any]]]:
