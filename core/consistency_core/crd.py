@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, TypeAdapter
 
 from consistency_core.model import nested_model
+from consistency_core.names import MAX_CAMPAIGN_NAME
 from consistency_core.spec import CampaignSpec
 from consistency_core.status import CampaignStatus
 
@@ -87,6 +88,16 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
             out[key] = _structural(value, defs)
         else:
             out[key] = value
+    names = out.pop("propertyNames", None) or {}
+    patterned = out.pop("patternProperties", None)
+    if patterned:
+        # Structural schemas have neither patternProperties nor propertyNames: the value schema becomes
+        # additionalProperties and the key rule a CEL rule over the map's keys.
+        [(key_pattern, value_schema)] = patterned.items()
+        out["additionalProperties"] = value_schema
+        rule = f"self.all(k, size(k) <= {names.get('maxLength', 316)} && k.matches('{key_pattern}'))"
+        out.setdefault("x-kubernetes-validations", []).append(
+            {"rule": rule, "message": "keys must be label keys ([prefix/]name, at most 316 characters)"})
     if "enum" in out and "type" not in out:
         out["type"] = "string"
     if out.get("type") == "object" and "properties" not in out:
@@ -154,6 +165,11 @@ def crd() -> dict[str, Any]:
                     "description": "A failure-driven self-consistency fine-tuning campaign for an LLM "
                                    "(Phase 1B.1 quick fix, gate, Phase 1B.2 failure-driven expansion).",
                     "required": ["spec"],
+                    # Only metadata.name is visible to rules at the root; it names every Job and label.
+                    "x-kubernetes-validations": [{
+                        "rule": f"size(self.metadata.name) <= {MAX_CAMPAIGN_NAME}",
+                        "message": f"metadata.name: at most {MAX_CAMPAIGN_NAME} characters (it prefixes every "
+                                   "stage Job's name and is the value of the consistency.dev/campaign label)"}],
                     "properties": {
                         "apiVersion": {"type": "string"},
                         "kind": {"type": "string"},

@@ -33,3 +33,21 @@ def rfc3339(moment: datetime) -> str:
 
 def parse_rfc3339(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+# The longest Job-name suffix a campaign can need: the baseline key with the last attempt a spec allows
+# (retry.stageRetries <= 10, so attempt <= 11); "-1b1-i20-evaluate-a11" is one shorter.
+LONGEST_JOB_SUFFIX = "-baseline-evaluate-a11"
+# Longest ConsistencyTraining name: every Job name it derives stays readable (no hash) within MAX_JOB_NAME,
+# and the name itself fits the 63-character label value `consistency.dev/campaign`.
+MAX_CAMPAIGN_NAME = MAX_JOB_NAME - len(LONGEST_JOB_SUFFIX)
+
+
+def campaign_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a campaign, or None."""
+    if len(name) > MAX_CAMPAIGN_NAME:
+        return (f"metadata.name: {len(name)} characters; at most {MAX_CAMPAIGN_NAME}, so every Job name "
+                f"(<name>{LONGEST_JOB_SUFFIX}) and the consistency.dev/campaign label fit Kubernetes' limits")
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name):
+        return f"metadata.name: {name!r} is not a DNS label (lowercase letters, digits, '-')"
+    return None

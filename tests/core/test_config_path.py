@@ -49,6 +49,10 @@ VALUES: dict[str, Any] = {
     "expansion.scan_datasets": ["gsm8k-train"],
     "evaluation.datasets": ["humaneval"],
     "model.token_secret": "hf-token",
+    "model.revision": "main",
+    "model.gguf_file": "model.gguf",
+    "store.endpoint": "http://minio.store.svc:9000",
+    "store.credentials_secret": "store-creds",
 }
 
 
