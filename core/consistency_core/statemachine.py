@@ -149,6 +149,38 @@ def invalid_spec(status: CampaignStatus | None, error: Exception, now: datetime,
     return status
 
 
+def refuse(status: CampaignStatus | None, reason: Reason, message: str, now: datetime,
+           generation: int | None = None) -> Decision:
+    """End the campaign Failed for a reason no stage reported: the Kubernetes API refused a request for
+    good, or the campaign's name cannot name its Jobs. The stage waiting on it is marked failed."""
+    status = status.model_copy(deep=True) if status is not None else initial_status(now, generation)
+    if status.finished:
+        return Decision(status, _finish_of(status))
+    current = status.current()
+    if current is not None:
+        current.outcome, current.end_time, current.message = StageOutcome.failed, rfc3339(now), message[:1000]
+    events = [Event(EventType.warning, reason, message)]
+    return _fail(status, reason, message, now, events)
+
+
+def job_deleted(spec: CampaignSpec, status: CampaignStatus, *, campaign: str, namespace: str = "default",
+                now: datetime, generation: int | None = None) -> Decision:
+    """The running stage's Job is gone though no result was read: someone deleted it. That is an attempt
+    (outcome Deleted) like a retryable failure, so retry.stageRetries bounds how often it can happen."""
+    status = status.model_copy(deep=True)
+    current = status.current()
+    if current is None or status.finished:
+        return decide(spec, status, None, campaign=campaign, namespace=namespace, now=now, generation=generation)
+    message = f"Job {current.job_name} was deleted outside the operator"
+    events = [Event(EventType.warning, Reason.job_deleted, f"{current.key} attempt {current.attempt}: {message}")]
+    result = StageResult(key=current.key, ok=False, retryable=True, message=message)
+    finished = _record_result(spec, status, current, result, now, events)
+    current.outcome = StageOutcome.deleted
+    if finished is not None:
+        return finished
+    return _advance(spec, status, campaign, namespace, now, generation, events)
+
+
 def decide(
     spec: CampaignSpec,
     status: CampaignStatus | None,

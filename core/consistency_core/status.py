@@ -72,6 +72,9 @@ class Reason(StrEnum):
     spec_change_rejected = "SpecChangeRejected"
     queued = "Queued"  # the stage's Job waits for admission (suspended, e.g. by Kueue)
     admitted = "Admitted"  # the queue admitted it: the stage's time and cost start now
+    api_refused = "ApiRefused"  # the Kubernetes API refused a request for good (400/403/404/409/422)
+    invalid_name = "InvalidName"  # metadata.name too long for the Job names and labels derived from it
+    job_deleted = "JobDeleted"  # a stage's Job was deleted outside the operator
 
 
 class EventType(StrEnum):
@@ -86,6 +89,7 @@ class StageOutcome(StrEnum):
     running = "Running"
     succeeded = "Succeeded"
     failed = "Failed"
+    deleted = "Deleted"  # its Job was deleted outside the operator; counts as an attempt (stageRetries)
 
 
 class Condition(WireModel):

@@ -18,6 +18,7 @@ from typing import Any
 import kopf
 from consistency_core.queueing import QUEUE_LABEL
 
+from consistency_operator import apierrors
 from consistency_operator.config import OperatorConfig
 from consistency_operator.jobs import LABEL_CAMPAIGN, LABEL_MANAGED_BY, MANAGED_BY, job_suspended
 from consistency_operator.kube import GROUP, PLURAL, VERSION, ApiError, Kube
@@ -87,19 +88,21 @@ def register(registry: kopf.OperatorRegistry, rt: Runtime, resync_seconds: float
         await endpoints.stop()
         await rt.kube.close()
 
-    async def _reconcile(namespace: str, name: str) -> None:
+    async def _reconcile(namespace: str, name: str, retry: int = 0) -> None:
         try:
             await reconciler.reconcile(namespace, name)
         except ApiError as exc:
+            # Only transient errors get here (permanent ones end the campaign inside reconcile): back off,
+            # 5 s doubling to at most 5 minutes, so a struggling API server is not hammered.
             reconciler.observer.error("api")
-            raise kopf.TemporaryError(str(exc), delay=5) from exc
+            raise kopf.TemporaryError(str(exc), delay=apierrors.backoff(retry)) from exc
 
     # Stable ids: kopf keys its progress annotations by them.
     @kopf.on.resume(*cr, id="reconcile", registry=registry)
     @kopf.on.create(*cr, id="reconcile", registry=registry)
     @kopf.on.update(*cr, id="reconcile", field="spec", registry=registry)
-    async def campaign_changed(namespace: str, name: str, **_: Any) -> None:
-        await _reconcile(namespace, name)
+    async def campaign_changed(namespace: str, name: str, retry: int = 0, **_: Any) -> None:
+        await _reconcile(namespace, name, retry)
 
     @kopf.on.delete(*cr, id="forget", registry=registry, optional=True)
     async def campaign_deleted(namespace: str, name: str, **_: Any) -> None:
@@ -129,5 +132,5 @@ def register(registry: kopf.OperatorRegistry, rt: Runtime, resync_seconds: float
 
     if resync_seconds > 0:
         @kopf.timer(*cr, id="resync", registry=registry, interval=resync_seconds, idle=resync_seconds)
-        async def resync(namespace: str, name: str, **_: Any) -> None:
-            await _reconcile(namespace, name)
+        async def resync(namespace: str, name: str, retry: int = 0, **_: Any) -> None:
+            await _reconcile(namespace, name, retry)

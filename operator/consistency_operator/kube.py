@@ -23,9 +23,12 @@ USER_AGENT = "consistency-operator"
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, reason: str, message: str) -> None:
-        super().__init__(f"HTTP {status} {reason}: {message}")
-        self.status, self.reason, self.message = status, reason, message
+    """An API request that failed; `operation` (create, get, patch, ...) and `status` (0 = no answer)
+    let apierrors.classify tell a permanent refusal from a transient failure."""
+
+    def __init__(self, status: int, reason: str, message: str, operation: str = "") -> None:
+        super().__init__(f"HTTP {status} {reason}: {message}" if status else f"{reason}: {message}")
+        self.status, self.reason, self.message, self.operation = status, reason, message, operation
 
 
 class NotFound(ApiError):
@@ -33,7 +36,11 @@ class NotFound(ApiError):
 
 
 class Conflict(ApiError):
-    pass
+    # False when nothing will ever free the name (set by the caller that looked at the existing object).
+    resolvable = True
+
+
+_OPERATIONS = {"POST": "create", "GET": "get", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}
 
 
 class Kube:
@@ -72,20 +79,25 @@ class Kube:
         session, server = self._client()
         data = None if body is None else json.dumps(body)
         headers = {"Content-Type": content_type, "Accept": "application/json"}
-        async with session.request(method, server + path, data=data, headers=headers, params=params) as resp:
-            text = await resp.text()
-            if resp.status < 400:
-                return json.loads(text) if text else None
-            try:
-                status = json.loads(text)
-                reason, message = status.get("reason", resp.reason), status.get("message", text)
-            except ValueError:
-                reason, message = resp.reason or "", text[:500]
-            if resp.status == 404:
-                raise NotFound(404, reason, message)
-            if resp.status == 409:
-                raise Conflict(409, reason, message)
-            raise ApiError(resp.status, reason, message)
+        operation = _OPERATIONS.get(method, method.lower())
+        try:
+            async with session.request(method, server + path, data=data, headers=headers, params=params) as resp:
+                text = await resp.text()
+                if resp.status < 400:
+                    return json.loads(text) if text else None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # No answer (timeout, dropped connection): transient by nature.
+            raise ApiError(0, type(exc).__name__, str(exc) or "no answer", operation) from exc
+        try:
+            status = json.loads(text)
+            reason, message = status.get("reason", resp.reason), status.get("message", text)
+        except (ValueError, AttributeError):
+            reason, message = resp.reason or "", text[:500]
+        if resp.status == 404:
+            raise NotFound(404, reason, message, operation)
+        if resp.status == 409:
+            raise Conflict(409, reason, message, operation)
+        raise ApiError(resp.status, reason, message, operation)
 
     # ---- ConsistencyTraining ---------------------------------------------------------------------
     @staticmethod

@@ -20,15 +20,16 @@ from typing import Any
 import kopf
 from consistency_core import queueing
 from consistency_core import statemachine as sm
+from consistency_core.names import campaign_name_problem
 from consistency_core.spec import CampaignSpec, SpecError, parse_spec
 from consistency_core.stages import StageResult
 from consistency_core.status import CampaignPhase, CampaignStatus, ConditionType, EventType, Reason
 from pydantic import ValidationError
 
-from consistency_operator import specrules
+from consistency_operator import apierrors, specrules
 from consistency_operator.config import OperatorConfig
 from consistency_operator.jobs import LABEL_CAMPAIGN, build_job, job_suspended, queue_name
-from consistency_operator.kube import Conflict, Kube
+from consistency_operator.kube import ApiError, Conflict, Kube
 from consistency_operator.observe import CampaignObserver
 from consistency_operator.results import job_finished, read_result
 
@@ -77,9 +78,51 @@ class Reconciler:
         self._locks: collections.defaultdict[tuple[str, str], asyncio.Lock] = collections.defaultdict(asyncio.Lock)
 
     async def reconcile(self, namespace: str, name: str) -> Outcome | None:
+        """One pass. A permanent API error ends the campaign Failed here; a transient one is raised (ApiError)
+        for the caller to retry with backoff."""
         lock = self._locks[(namespace, name)]
         async with lock:
-            return await self._reconcile(namespace, name)
+            try:
+                return await self._reconcile(namespace, name)
+            except ApiError as exc:
+                verdict = apierrors.classify(exc.status, operation=exc.operation,
+                                             resolvable_conflict=getattr(exc, "resolvable", True))
+                if not verdict.permanent:
+                    raise
+                return await self._refuse(namespace, name, Reason.api_refused,
+                                          f"Kubernetes API refused {exc.operation or 'a request'}: {exc}",
+                                          getattr(exc, "attempted", None))
+
+    async def _refuse(self, namespace: str, name: str, reason: Reason, message: str,
+                      attempted: CampaignStatus | None = None) -> Outcome | None:
+        """End the campaign Failed with `message`, a Warning Event and the stage it waited on marked failed."""
+        self.observer.error("api_refused" if reason == Reason.api_refused else "invalid_name")
+        log.error("%s/%s: %s", namespace, name, message)
+        cr = await self.kube.get_campaign(namespace, name)
+        if cr is None:
+            return None
+        raw_status: dict[str, Any] = cr.get("status") or {}
+        try:
+            status = CampaignStatus.model_validate(raw_status) if raw_status.get("phase") else None
+        except ValidationError:
+            status = None
+        status = attempted or status  # with the stage whose Job was refused, so the status shows it
+        decision = sm.refuse(status, reason, message, datetime.now(UTC), cr["metadata"].get("generation"))
+        patch = merge_patch(raw_status, decision.status.to_wire(), _STATUS_KEYS)
+        try:
+            if patch:
+                await self.kube.patch_campaign_status(namespace, name, patch)
+        except ApiError as exc:
+            if apierrors.classify(exc.status, operation=exc.operation).permanent:
+                # Not even the status can be written: stop retrying, the log and the Event say why.
+                self.emit(cr, EventType.warning, reason, message)
+                raise kopf.PermanentError(f"{message}; writing the Failed status was refused too: {exc}") from exc
+            raise
+        if patch:
+            for event in decision.events:
+                self.emit(cr, event.type, event.reason, event.message)
+        self.observer.observe(namespace, name, None, decision.status)
+        return Outcome(decision.status.phase.value, None, bool(patch))
 
     def forget(self, namespace: str, name: str) -> None:
         self._locks.pop((namespace, name), None)
@@ -93,6 +136,10 @@ class Reconciler:
         meta = cr["metadata"]
         generation = meta.get("generation")
         raw_status: dict[str, Any] = cr.get("status") or {}
+        name_problem = campaign_name_problem(name)
+        if name_problem is not None and raw_status.get("phase") not in (CampaignPhase.failed, CampaignPhase.succeeded):
+            # The API server would refuse every Job and label derived from it: fail now, with the reason.
+            return await self._refuse(namespace, name, Reason.invalid_name, name_problem)
         try:
             status = CampaignStatus.model_validate(raw_status) if raw_status.get("phase") else None
         except ValidationError as exc:
@@ -119,8 +166,11 @@ class Reconciler:
         current = status.current() if status is not None and not status.finished else None
         result: StageResult | None = None
         current_job: dict[str, Any] | None = None
+        job_missing = False
         if current is not None:
             current_job = await self.kube.get_job(namespace, current.job_name)
+            # The status records a stage only after its Job was created, so a missing Job was deleted.
+            job_missing = current_job is None
             if current_job is not None and not owned_by(current_job, meta["uid"]):
                 current_job = None  # a leftover of an earlier CR with this name; creating ours will wait
             if current_job is not None and job_finished(current_job):
@@ -137,8 +187,12 @@ class Reconciler:
                 status, suspended=job_suspended(current_job) and result is None,
                 started=(current_job.get("status") or {}).get("startTime"), now=now, queue=queue)
 
-        decision = sm.decide(spec, status, result, campaign=name, namespace=namespace, now=now,
-                             generation=generation)
+        if job_missing and status is not None:
+            decision = sm.job_deleted(spec, status, campaign=name, namespace=namespace, now=now,
+                                      generation=generation)
+        else:
+            decision = sm.decide(spec, status, result, campaign=name, namespace=namespace, now=now,
+                                 generation=generation)
         new_status = decision.status
         self._spec_conditions(new_status, rejected, now, generation)
 
@@ -147,7 +201,11 @@ class Reconciler:
             action = decision.action
             already = current_job is not None and current is not None and action.record.job_name == current.job_name
             if not already:
-                created = await self._ensure_job(cr, spec, action)
+                try:
+                    created = await self._ensure_job(cr, spec, action)
+                except ApiError as exc:
+                    exc.attempted = new_status  # type: ignore[attr-defined]  (read by reconcile)
+                    raise
                 if created is not None and queue:
                     new_events = queueing.observe_job(new_status, suspended=True, started=None, now=now, queue=queue)
                     queue_events += new_events
@@ -215,9 +273,16 @@ class Reconciler:
             existing = await self.kube.get_job(meta["namespace"], action.record.job_name)
             if existing is not None and owned_by(existing, meta["uid"]):
                 return None  # created by an earlier pass (before a restart): adopt it
-            owner = (existing or {}).get("metadata", {}).get("labels", {}).get(LABEL_CAMPAIGN)
+            existing_meta = (existing or {}).get("metadata", {})
+            owner = existing_meta.get("labels", {}).get(LABEL_CAMPAIGN)
             self.observer.error("conflict")
-            raise kopf.TemporaryError(
-                f"Job {action.record.job_name} exists but is not owned by this ConsistencyTraining "
-                f"(campaign label {owner!r}); waiting for it to be garbage-collected", delay=15) from None
+            message = (f"Job {action.record.job_name} exists but is not owned by this ConsistencyTraining "
+                       f"(campaign label {owner!r})")
+            if existing is not None and not existing_meta.get("ownerReferences") and \
+                    not existing_meta.get("deletionTimestamp"):
+                # Nothing owns it, so no garbage collector will ever free the name: waiting cannot help.
+                conflict = Conflict(409, "AlreadyExists", f"{message} and nothing will remove it", "create")
+                conflict.resolvable = False
+                raise conflict from None
+            raise kopf.TemporaryError(f"{message}; waiting for it to be garbage-collected", delay=15) from None
 

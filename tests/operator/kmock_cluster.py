@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import datetime
 import itertools
 import json
@@ -41,6 +42,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp.web
 import kmock
 import requests
 from kmock._internal import parsing
@@ -122,6 +124,12 @@ class ApiServer(kmock.KubernetesEmulator):
             name = request.data.get('metadata', {}).get('name')
         self.timeline.append((time.monotonic(), request.method, request.url.path, name,
                               request.headers.get('User-Agent', '')))
+        fault = take_fault(self, request.method, request.url.path)
+        if fault is not None:
+            # An injected refusal, shaped like the real API server's metav1.Status.
+            return aiohttp.web.json_response(
+                {'kind': 'Status', 'apiVersion': 'v1', 'status': 'Failure', 'message': fault.message,
+                 'reason': fault.reason, 'code': fault.status}, status=fault.status)
         token = _serving.set(request)
         try:
             return await self._handle_stamped(request)
@@ -170,6 +178,32 @@ class ApiServer(kmock.KubernetesEmulator):
         if key in self.objects and not self.objects[key].deleted:
             return self.objects[key].raw
         return None
+
+
+@dataclasses.dataclass
+class Fault:
+    """Answer requests of `method` whose path contains `path_part` with `status` (`times` times; None = always)."""
+
+    method: str
+    path_part: str
+    status: int
+    reason: str
+    message: str
+    times: int | None = None
+    served: int = 0
+
+
+_faults_lock = threading.Lock()
+
+
+def take_fault(server: ApiServer, method: str, path: str) -> Fault | None:
+    with _faults_lock:
+        for fault in getattr(server, 'faults', []):
+            if fault.method == method.upper() and fault.path_part in path and \
+                    (fault.times is None or fault.served < fault.times):
+                fault.served += 1
+                return fault
+    return None
 
 
 Selector = list[tuple[str, str, str | None]]
@@ -342,6 +376,22 @@ class EmulatedCluster:
             api_version, plural = key.rsplit('/', 1)
             objs.extend(self.list(api_version, plural))
         return objs
+
+    # ---- injected API errors ---------------------------------------------------------------------
+    def inject_fault(self, method: str, path_part: str, status: int, reason: str, message: str,
+                     times: int | None = None) -> Fault:
+        assert self.server is not None
+        fault = Fault(method.upper(), path_part, status, reason, message, times)
+        with _faults_lock:
+            if not hasattr(self.server, 'faults'):
+                self.server.faults = []
+            self.server.faults.append(fault)
+        return fault
+
+    def clear_faults(self) -> None:
+        assert self.server is not None
+        with _faults_lock:
+            self.server.faults = []
 
     # ---- request log (for RBAC) ---------------------------------------------------------------
     def requests_snapshot(self) -> list[kmock.Request]:
