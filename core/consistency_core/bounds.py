@@ -28,7 +28,8 @@ QUALIFIED_NAME = r"^([a-z0-9]([-.a-z0-9]*[a-z0-9])?/)?[A-Za-z0-9]([-_.A-Za-z0-9]
 LABEL_VALUE = r"^(([A-Za-z0-9][-_.A-Za-z0-9]*)?[A-Za-z0-9])?$"
 HTTP_URL = r"^https?://[^\s]+$"
 # registry/path[:tag][@sha256:digest], no whitespace; the registry allow-list is the operator's business.
-IMAGE_REF = r"^[a-z0-9]([-._a-z0-9]*[a-z0-9])?(:[0-9]+)?(/[a-z0-9]([-._a-z0-9]*[a-z0-9])?)*(:[\w][\w.-]{0,127})?(@sha256:[a-f0-9]{64})?$"
+IMAGE_REF = (r"^[a-z0-9]([-._a-z0-9]*[a-z0-9])?(:[0-9]+)?(/[a-z0-9]([-._a-z0-9]*[a-z0-9])?)*"
+             r"(:[\w][\w.-]{0,127})?(@sha256:[a-f0-9]{64})?$")
 # Where artifacts may live: S3, file:// or a plain path. Any other scheme (gopher://, http://) is refused
 # here, before a stage finds out the hard way.
 STORE_URI = r"^(s3://[a-z0-9][-.a-z0-9]{1,62}(/.*)?|file:///.*|[^:]+)$"

@@ -157,7 +157,8 @@ class DatasetSpec(WireModel):
     )
     domain: Domain | None = Field(None, description="Override the format's domain (math/code/reasoning).")
     fields: FieldMapping | None = Field(None, description="Column mapping; required for format jsonl.")
-    limit: int | None = Field(None, ge=1, le=bounds.MAX_PROBLEMS, description="Use at most this many problems: the first N, except for "
+    limit: int | None = Field(None, ge=1, le=bounds.MAX_PROBLEMS,
+                              description="Use at most this many problems: the first N, except for "
                               "format mmlu (sorted by subject): a sample of N stratified by subject, seeded "
                               "by spec.seed.")
 
@@ -207,7 +208,8 @@ class TrainingKnobs(WireModel):
     gradient_accumulation: int = Field(2, ge=1, le=4096, description="Gradient accumulation steps.")
     max_seq_len: int = Field(1024, ge=32, le=1_048_576, description="Truncate training examples to this many tokens.")
     checkpoint_steps: int = Field(
-        50, ge=1, le=10_000_000, description="Checkpoint to the store every N optimizer steps (and each epoch), so a preempted "
+        50, ge=1, le=10_000_000,
+        description="Checkpoint to the store every N optimizer steps (and each epoch), so a preempted "
         "pod resumes there.")
     warmup_ratio: Probability = Field(
         0.03, description="Share of the optimizer steps over which the learning rate rises linearly to its peak "
@@ -256,7 +258,8 @@ class FailureExamples(WireModel):
     """How 1B.2's distill finds failures and builds examples from them (its params carry this model as is)."""
 
     failure: FailureCriteria = Field(default_factory=FailureCriteria, description="What counts as a failure.")
-    max_examples: int = Field(2500, ge=1, le=bounds.MAX_PROBLEMS, description="Cap on training examples built from failures.")
+    max_examples: int = Field(2500, ge=1, le=bounds.MAX_PROBLEMS,
+                              description="Cap on training examples built from failures.")
     use_reference_solutions: bool = Field(
         True, description="For a failure with no correct sample, train on the dataset's reference solution."
     )
@@ -366,7 +369,8 @@ class Toleration(WireModel):
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         None, description="Taint effect to match; unset = every effect.")
     toleration_seconds: int | None = Field(
-        None, ge=0, le=bounds.MAX_SECONDS, description="How long a NoExecute taint is tolerated before eviction; unset = forever.")
+        None, ge=0, le=bounds.MAX_SECONDS,
+        description="How long a NoExecute taint is tolerated before eviction; unset = forever.")
 
 
 class StageResources(WireModel):
@@ -418,7 +422,8 @@ class Resources(WireModel):
                                      "The operator's allowed registries apply (README Security).")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
         "IfNotPresent", description="imagePullPolicy of stage containers.")
-    gpu_resource_name: str | None = Field(None, max_length=253, pattern=bounds.QUALIFIED_NAME, description="Extended resource for GPUs (default nvidia.com/gpu).")
+    gpu_resource_name: str | None = Field(None, max_length=253, pattern=bounds.QUALIFIED_NAME,
+                                          description="Extended resource for GPUs (default nvidia.com/gpu).")
     stages: StagesResources = Field(default_factory=StagesResources, description="Per-stage pod resources.")
     node_selector: LabelMap = Field(
         default_factory=dict, description="Node selector for stage pods that request GPUs.")
@@ -444,7 +449,8 @@ class Resources(WireModel):
     host_users: bool | None = Field(
         None, description="false: stage pods run in their own user namespace (pod hostUsers: false; needs "
         "Kubernetes with user namespaces); default: the operator's.")
-    ttl_seconds_after_finished: int = Field(86400, ge=0, le=bounds.MAX_SECONDS, description="How long finished Jobs are kept.")
+    ttl_seconds_after_finished: int = Field(86400, ge=0, le=bounds.MAX_SECONDS,
+                                            description="How long finished Jobs are kept.")
 
 
 class ExportConfig(WireModel):
@@ -461,7 +467,8 @@ class Throughput(WireModel):
 
     generate_tokens_per_second: float = Field(2000.0, gt=0, le=1e9, description="Generated tokens/s per GPU.")
     train_tokens_per_second: float = Field(3000.0, gt=0, le=1e9, description="Training tokens/s per GPU.")
-    prompt_tokens: int = Field(256, ge=1, le=1_048_576, description="Mean prompt + answer tokens of a training example.")
+    prompt_tokens: int = Field(256, ge=1, le=1_048_576,
+                               description="Mean prompt + answer tokens of a training example.")
 
 
 class Budget(WireModel):

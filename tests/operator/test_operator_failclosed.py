@@ -4,6 +4,7 @@ attempt, and the tenant rules hold even without an admission policy."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -76,7 +77,7 @@ def test_a_server_error_is_retried_with_backoff_until_the_job_is_created(
     assert obj["status"]["phase"] == "Running" and condition(obj, "Failed") is None
     posts = _job_posts(faults, f"{name}-prepare")
     assert len(posts) == 3  # two refused, the third created
-    gaps = [b - a for a, b in zip(posts, posts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(posts)]
     # Backoff 5 s then 10 s (apierrors.backoff): never a tight loop.
     assert gaps[0] >= 4.5 and gaps[1] >= 9.5, gaps
 
