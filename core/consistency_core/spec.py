@@ -372,6 +372,12 @@ class Toleration(WireModel):
         None, ge=0, le=bounds.MAX_SECONDS,
         description="How long a NoExecute taint is tolerated before eviction; unset = forever.")
 
+    @model_validator(mode="after")
+    def _keyed_exists(self) -> Toleration:
+        if self.operator == "Exists" and not self.key:
+            raise ValueError("a toleration with operator Exists needs a key (a key-less Exists tolerates every taint)")
+        return self
+
 
 class StageResources(WireModel):
     """Pods of one stage: size, deadline, sharding and retries."""
