@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from consistency_core.names import campaign_name_problem
 from consistency_core.spec import CampaignSpec, SpecError, parse_spec
+
+from consistency_local import boundedyaml
 
 API_VERSION = "consistency.dev/v1alpha1"
 KIND = "ConsistencyTraining"
@@ -61,7 +64,11 @@ def _resolve_paths(spec: dict[str, Any], base: Path) -> dict[str, Any]:
 
 def load_campaign(path: Path) -> Campaign:
     try:
-        docs = [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
+        docs = [d for d in boundedyaml.load_all(path) if d]
+    except boundedyaml.BoundedYamlError as exc:
+        raise CampaignFileError(str(exc)) from None
+    except UnicodeDecodeError as exc:
+        raise CampaignFileError(f"{path}: not UTF-8 text: {exc}") from None
     except OSError as exc:
         raise CampaignFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
@@ -79,6 +86,8 @@ def load_campaign(path: Path) -> Campaign:
     if not isinstance(name, str) or not _DNS.match(name) or len(name) > 63:
         raise CampaignFileError(f"{path}: metadata.name must be a DNS label (lowercase letters, digits, "
                                 f"'-'), got {name!r}")
+    if (problem := campaign_name_problem(name)) is not None:
+        raise CampaignFileError(f"{path}: {problem}")
     namespace = meta.get("namespace") or "default"
     if not isinstance(namespace, str) or not _DNS.match(namespace):
         raise CampaignFileError(f"{path}: metadata.namespace must be a DNS label, got {namespace!r}")
