@@ -32,7 +32,7 @@ IMAGE_REF = (r"^[a-z0-9]([-._a-z0-9]*[a-z0-9])?(:[0-9]+)?(/[a-z0-9]([-._a-z0-9]*
              r"(:[\w][\w.-]{0,127})?(@sha256:[a-f0-9]{64})?$")
 # Where artifacts may live: S3, file:// or a plain path. Any other scheme (gopher://, http://) is refused
 # here, before a stage finds out the hard way.
-STORE_URI = r"^(s3://[a-z0-9][-.a-z0-9]{1,62}(/.*)?|file:///.*|[^:]+)$"
+STORE_URI = r"^(s3://[^/\s]+(/.*)?|file://.+|[^:]+)$"
 # A Kubernetes quantity without sign: digits, an optional fraction, an optional suffix.
 _QUANTITY = r"^([0-9]+(\.[0-9]+)?|\.[0-9]+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei|[eE][0-9]{1,2})?$"
 _SUFFIX = re.compile(r"(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei|[eE][0-9]{1,2})$")

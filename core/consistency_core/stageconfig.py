@@ -64,6 +64,7 @@ class StageConfigs:
             model=spec.model,
             backend=spec.backend,
             params=self.params(step),
+            deadline_seconds=spec.resources.stages.for_stage(step.stage).deadline_seconds,
         )
 
     def params(self, step: Step) -> StageParams:

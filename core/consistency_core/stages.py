@@ -147,6 +147,8 @@ class StageConfig(WireModel):
     model: ModelRef
     backend: Backend = Backend.auto
     params: StageParams
+    deadline_seconds: int = Field(
+        6 * 3600, ge=60, description="The stage Job's deadline: a temp file older than this is no live writer's.")
 
     def to_json(self) -> str:
         return json.dumps(self.to_wire(), sort_keys=True)

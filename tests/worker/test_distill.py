@@ -380,7 +380,7 @@ def test_problems_file_is_read_once(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     ctx = StageContext.create(config, scratch_dir=tmp_path / "scratch")
     reads: list[str] = []
     real = ctx.store.read_bytes
-    monkeypatch.setattr(ctx.store, "read_bytes", lambda uri: reads.append(uri) or real(uri))
+    monkeypatch.setattr(ctx.store, "read_bytes", lambda uri, **kw: reads.append(uri) or real(uri, **kw))
     assert run_stage(ctx).ok
     assert reads.count(config.params.problems_uri) == 1
     manifest = json.loads((tmp_path / "distill" / "manifest.json").read_text())

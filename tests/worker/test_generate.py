@@ -142,10 +142,24 @@ def test_finished_generate_is_not_rerun(tmp_path: Path) -> None:
     problems = str(write_problems(tmp_path / "problems.jsonl"))
     first = run(gen_config(store, problems), tmp_path / "s1")
     shard = tmp_path / "store" / "gen" / shard_file_name(0, 1)
-    shard.write_text("")  # if the stage ran again it would rewrite this file
+    result = tmp_path / "store" / "gen" / RESULT
+    before = (shard.stat().st_mtime_ns, result.stat().st_mtime_ns)
     second = run(gen_config(store, problems), tmp_path / "s2")
-    assert second.metrics == first.metrics and shard.read_text() == ""
-    assert (tmp_path / "store" / "gen" / RESULT).is_file()
+    # Outputs that match the manifest: the result is reused and nothing is rewritten.
+    assert second.metrics == first.metrics
+    assert (shard.stat().st_mtime_ns, result.stat().st_mtime_ns) == before
+
+
+def test_finished_generate_with_a_damaged_output_runs_again(tmp_path: Path) -> None:
+    store = str(tmp_path / "store")
+    problems = str(write_problems(tmp_path / "problems.jsonl"))
+    first = run(gen_config(store, problems), tmp_path / "s1")
+    shard = tmp_path / "store" / "gen" / shard_file_name(0, 1)
+    good = shard.read_text()
+    lines = good.splitlines(keepends=True)
+    shard.write_text("".join(lines[:-1]))  # truncated on a line boundary: still valid JSONL
+    second = run(gen_config(store, problems), tmp_path / "s2")
+    assert second.metrics == first.metrics and shard.read_text() == good  # rewritten, not reused
 
 
 def test_generate_on_s3_store(s3_bucket: str, tmp_path: Path) -> None:

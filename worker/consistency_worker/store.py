@@ -27,12 +27,15 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from consistency_core.spec import ArtifactStore
+
+from consistency_worker.integrity import Expected, HashingWriter, ManifestIndex, is_manifest, mismatch
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient
@@ -94,6 +97,13 @@ class StoreUnavailable(StoreError):
 
 class StoreNotFound(StoreError, FileNotFoundError):
     """The object or file does not exist."""
+
+
+class ArtifactMismatch(StoreError):
+    """A file differs from what its stage's manifest records (truncated, replaced, corrupted). Retryable:
+    the stage that wrote it runs again and rewrites it."""
+
+    retryable = True
 
 
 def _env_first(names: Iterable[str]) -> str | None:
@@ -219,6 +229,11 @@ def _atomic_local_file(dest: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+class _Discard:
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+
 def _local_files(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
@@ -240,6 +255,62 @@ class Store:
     s3: S3Settings = field(default_factory=S3Settings.from_env)
     _client: Any = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _manifests: ManifestIndex = field(default_factory=ManifestIndex, init=False, repr=False)
+
+    # ---- integrity (see integrity.py)
+
+    def expected(self, uri: str) -> Expected | None:
+        """What the manifest of the stage that wrote `uri` records for it, if any."""
+        return self._manifests.expected(self, uri)
+
+    def _check(self, expected: Expected | None, sha256: str, size: int) -> None:
+        if expected is None:
+            return
+        why = mismatch(expected, sha256, size)
+        if why is not None:
+            raise ArtifactMismatch(f"{expected.uri} does not match its manifest: {why}; the stage that wrote "
+                                   "it must run again", uri=expected.uri)
+
+    def _wrote(self, uri: str) -> None:
+        if is_manifest(uri):
+            self._manifests.forget(uri)
+
+    def manifest_uris(self, directory: str) -> list[str]:
+        """Manifest files directly in `directory` (not below it)."""
+        _check_scheme(directory)
+        if not is_s3(directory):
+            root = local_path(directory)
+            return [_child_uri(directory, p.name) for p in sorted(root.glob("manifest*.json")) if p.is_file()]
+        bucket, key = split_s3(directory)
+        prefix = key.rstrip("/") + "/" if key.strip("/") else ""
+        with self._s3_errors("list", directory):
+            page = self.client().list_objects_v2(Bucket=bucket, Prefix=prefix + "manifest", Delimiter="/")
+        return sorted(f"s3://{bucket}/{o['Key']}" for o in page.get("Contents", []) if o["Key"].endswith(".json"))
+
+    def verify(self, uri: str) -> str | None:
+        """Stream `uri` through sha256 and compare it with its manifest: None if it matches (or has no
+        record), else why not (missing included). The size is compared first, without reading."""
+        expected = self.expected(uri)
+        if expected is None:
+            return None
+        try:
+            if not is_s3(uri):
+                path = local_path(uri)
+                if not path.is_file():
+                    return "missing"
+                size = path.stat().st_size
+                if expected.size is not None and size != expected.size:
+                    return mismatch(expected, "", size)
+                return mismatch(expected, sha256_file(path), size)
+            bucket, key = split_s3(uri)
+            with self._s3_errors("verify", uri):
+                body = self.client().get_object(Bucket=bucket, Key=key)["Body"]
+                writer = HashingWriter(_Discard())
+                for chunk in iter(lambda: body.read(MiB), b""):
+                    writer.write(chunk)
+            return mismatch(expected, writer.digest.hexdigest(), writer.size)
+        except StoreNotFound:
+            return "missing"
 
     def uri(self, *parts: str) -> str:
         """URI of `parts` under the store's root."""
@@ -359,23 +430,31 @@ class Store:
             page = self.client().list_objects_v2(Bucket=bucket, Prefix=key.rstrip("/") + "/", MaxKeys=1)
         return bool(page.get("KeyCount", 0))
 
-    def read_bytes(self, uri: str) -> bytes:
+    def read_bytes(self, uri: str, *, verify: bool = True) -> bytes:
+        """The file's bytes; with `verify`, checked against its manifest (ArtifactMismatch if they differ)."""
         _check_scheme(uri)
         if not is_s3(uri):
             path = local_path(uri)
             if not path.is_file():
                 raise StoreNotFound(f"read: not found: {uri}", uri=uri)
-            return path.read_bytes()
-        bucket, key = split_s3(uri)
-        buf = io.BytesIO()
-        with self._s3_errors("read", uri):
-            self.client().download_fileobj(bucket, key, buf, Config=self._transfer_config())
-        return buf.getvalue()
+            data = path.read_bytes()
+        else:
+            bucket, key = split_s3(uri)
+            buf = io.BytesIO()
+            with self._s3_errors("read", uri):
+                self.client().download_fileobj(bucket, key, buf, Config=self._transfer_config())
+            data = buf.getvalue()
+        if verify:
+            expected = self.expected(uri)
+            if expected is not None:
+                self._check(expected, hashlib.sha256(data).hexdigest(), len(data))
+        return data
 
     def write_bytes(self, uri: str, data: bytes) -> None:
         """Write atomically: temp file + rename locally; one PUT or a completed multipart upload on S3."""
         _check_scheme(uri)
         log.debug("write %s (%d bytes)", uri, len(data))
+        self._wrote(uri)
         if not is_s3(uri):
             with _atomic_local_file(local_path(uri)) as tmp:
                 tmp.write_bytes(data)
@@ -417,6 +496,7 @@ class Store:
     def delete(self, uri: str, *, recursive: bool = False) -> None:
         """Delete a file/object (missing is fine); with recursive, everything under the prefix too."""
         _check_scheme(uri)
+        self._wrote(uri)
         if not is_s3(uri):
             path = local_path(uri)
             if path.is_dir() and recursive:
@@ -446,11 +526,45 @@ class Store:
                 found.extend(f"s3://{bucket}/{obj['Key']}" for obj in page.get("Contents", []))
         return sorted(found)
 
+    def sweep_temp(self, prefix: str, older_than_s: float) -> list[str]:
+        """Remove what interrupted writes under `prefix` left behind more than `older_than_s` ago: local
+        `.tmp-` files and directories (a SIGKILL skips their cleanup), and on S3 incomplete multipart
+        uploads. Younger ones may belong to a live writer and stay. Returns what was removed."""
+        _check_scheme(prefix)
+        cutoff = time.time() - older_than_s
+        removed: list[str] = []
+        if not is_s3(prefix):
+            root = local_path(prefix)
+            if not root.is_dir():
+                return removed
+            for dirpath, dirnames, filenames in os.walk(root):
+                for name in [*filenames, *dirnames]:
+                    path = Path(dirpath) / name
+                    if _TMP_MARK not in name or path.lstat().st_mtime >= cutoff:
+                        continue
+                    if path.is_dir() and not path.is_symlink():
+                        shutil.rmtree(path, ignore_errors=True)
+                        dirnames.remove(name)
+                    else:
+                        path.unlink(missing_ok=True)
+                    removed.append(str(path))
+            return removed
+        bucket, key = split_s3(prefix)
+        with self._s3_errors("sweep", prefix):
+            page = self.client().list_multipart_uploads(Bucket=bucket, Prefix=key.rstrip("/") + "/")
+            for upload in page.get("Uploads", []):
+                if upload["Initiated"].timestamp() < cutoff:
+                    self.client().abort_multipart_upload(Bucket=bucket, Key=upload["Key"],
+                                                         UploadId=upload["UploadId"])
+                    removed.append(f"s3://{bucket}/{upload['Key']} (upload {upload['UploadId']})")
+        return removed
+
     # ---- whole files and directories
 
     def upload_file(self, path: Path | str, uri: str) -> None:
         """Copy a local file to `uri` (multipart above the threshold), atomically."""
         _check_scheme(uri)
+        self._wrote(uri)
         path = Path(path)
         if not is_s3(uri):
             with _atomic_local_file(local_path(uri)) as tmp:
@@ -461,19 +575,28 @@ class Store:
             self.client().upload_fileobj(fh, bucket, key, Config=self._transfer_config())
 
     def download_file(self, uri: str, path: Path | str) -> Path:
-        """Copy `uri` to a local file via a temp file: a failed download leaves nothing behind."""
+        """Copy `uri` to a local file via a temp file: a failed download leaves nothing behind. The copy is
+        hashed as it is written and checked against the file's manifest before it is renamed into place."""
         _check_scheme(uri)
         path = Path(path)
+        expected = self.expected(uri)
         if not is_s3(uri):
             src = local_path(uri)
             if not src.is_file():
                 raise StoreNotFound(f"download: not found: {uri}", uri=uri)
             with _atomic_local_file(path) as tmp:
-                shutil.copyfile(src, tmp)
+                with src.open("rb") as fin, tmp.open("wb") as fout:
+                    writer = HashingWriter(fout)
+                    for block in iter(lambda: fin.read(MiB), b""):
+                        writer.write(block)
+                self._check(expected, writer.digest.hexdigest(), writer.size)
             return path
         bucket, key = split_s3(uri)
-        with self._s3_errors("download", uri), _atomic_local_file(path) as tmp, tmp.open("wb") as fh:
-            self.client().download_fileobj(bucket, key, fh, Config=self._transfer_config())
+        with self._s3_errors("download", uri), _atomic_local_file(path) as tmp:
+            with tmp.open("wb") as fh:
+                writer = HashingWriter(fh)
+                self.client().download_fileobj(bucket, key, writer, Config=self._transfer_config())
+            self._check(expected, writer.digest.hexdigest(), writer.size)
         return path
 
     def upload_dir(self, local_dir: Path | str, uri: str) -> list[str]:

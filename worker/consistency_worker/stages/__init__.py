@@ -9,6 +9,7 @@ only when run, so `consistency-worker --help` (and the operator) never load torc
 from __future__ import annotations
 
 import importlib
+import json
 import time
 from types import ModuleType
 
@@ -18,6 +19,7 @@ from consistency_core.stages import StageResult
 from consistency_worker.distributed import current_world
 from consistency_worker.stages.context import StageContext
 from consistency_worker.stages.errors import PermanentStageError, StageFailure
+from consistency_worker.store import StoreNotFound
 
 __all__ = ["STAGES", "PermanentStageError", "StageContext", "StageFailure", "load_stage", "run_stage"]
 
@@ -34,7 +36,8 @@ def load_stage(stage: str) -> ModuleType:
 
 
 def finished_result(ctx: StageContext) -> StageResult | None:
-    """The stored result of an earlier successful run of this stage (and shard), if any."""
+    """The stored result of an earlier successful run of this stage (and shard), if any, and only if every
+    output its manifest records is still there and matches it; otherwise the stage runs again."""
     if not ctx.store.is_file(ctx.result_uri):
         return None
     result = StageResult.model_validate(ctx.store.read_json(ctx.result_uri))
@@ -43,7 +46,43 @@ def finished_result(ctx: StageContext) -> StageResult | None:
             f"{ctx.result_uri} holds the result of stage {result.key!r}, not {ctx.config.key!r}; "
             "two stages share an output directory"
         )
-    return result if result.ok else None
+    if not result.ok:
+        return None
+    problems = unverified_outputs(ctx)
+    if problems:
+        for uri, why in problems:
+            ctx.logger.warning("%s: output %s fails verification (%s); running the stage again",
+                               ctx.config.key, uri, why)
+            ctx.store.delete(uri)
+        ctx.store.delete(ctx.result_uri)
+        return None
+    return result
+
+
+def unverified_outputs(ctx: StageContext) -> list[tuple[str, str]]:
+    """(uri, why) for each output the stage's manifest records that is missing or differs from it; a
+    missing or unreadable manifest is itself such a problem (the result would vouch for nothing)."""
+    try:
+        manifest = json.loads(ctx.store.read_bytes(ctx.manifest_uri, verify=False))
+    except (StoreNotFound, ValueError):
+        return [(ctx.manifest_uri, "missing or not JSON")]
+    problems = []
+    for entry in (manifest.get("outputs") or {}).values():
+        uri = entry.get("uri", "")
+        files = [f"{uri.rstrip('/')}/{rel}" for rel in entry["files"]] if "files" in entry else [uri]
+        for file_uri in files:
+            why = ctx.store.verify(file_uri)
+            if why is not None:
+                problems.append((file_uri, why))
+    return problems
+
+
+def prepare_output(ctx: StageContext) -> None:
+    """Before a (re)run: sweep temp files interrupted writes left (older than the stage's deadline, so no
+    live writer's), and drop this shard's stale manifest, which would vouch for the previous outputs."""
+    for path in ctx.store.sweep_temp(ctx.config.output_uri, ctx.config.deadline_seconds):
+        ctx.logger.info("%s: removed stale temp file %s", ctx.config.key, path)
+    ctx.store.delete(ctx.manifest_uri)
 
 
 def run_stage(ctx: StageContext) -> StageResult:
@@ -54,6 +93,8 @@ def run_stage(ctx: StageContext) -> StageResult:
         ctx.logger.info("%s already finished (%s); nothing to do", config.key, ctx.result_uri)
         return done
     module = load_stage(config.stage.value)
+    if current_world().is_writer:
+        prepare_output(ctx)
     start = time.monotonic()
     ctx.logger.info("%s: starting %s (shard %d/%d) -> %s", config.key, config.stage.value,
                     ctx.shard_index, ctx.shard_count, config.output_uri)
