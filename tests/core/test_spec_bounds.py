@@ -76,7 +76,7 @@ def test_every_derived_job_name_of_a_longest_name_is_readable_and_fits() -> None
     keys = {BASELINE_KEY, "report"} | {s.key for phase in TrainingPhase for it in (1, 20)
                                        for s in plan(spec, phase, it)}
     last_attempt = RetryPolicy.model_fields["stage_retries"].metadata[-1].le + 1
-    assert LONGEST_JOB_SUFFIX == f"-{BASELINE_KEY}-a{last_attempt}"
+    assert f"-{BASELINE_KEY}-a{last_attempt}" == LONGEST_JOB_SUFFIX
     for key in keys:
         for attempt in (1, last_attempt):
             derived = job_name(name, key, attempt)

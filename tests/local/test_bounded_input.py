@@ -66,7 +66,7 @@ def test_an_unknown_store_scheme_is_refused_at_validation(tmp_path: Path, capsys
 
 def test_a_name_too_long_for_its_job_names_is_refused(tmp_path: Path) -> None:
     path = _file(tmp_path, HEAD % ("n" * 40, "runs"))
-    with pytest.raises(CampaignFileError, match="metadata.name: 40 characters; at most 30"):
+    with pytest.raises(CampaignFileError, match=r"metadata\.name: 40 characters; at most 30"):
         load_campaign(path)
 
 
