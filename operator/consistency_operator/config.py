@@ -23,6 +23,10 @@ arguments; spec fields of a ConsistencyTraining override the worker-related defa
 | CONSISTENCY_QUEUE_NAME | | (none) | Kueue LocalQueue of stage Jobs; spec.resources.queueName wins |
 | CONSISTENCY_STORE_ENDPOINT | | (none) | S3 endpoint; spec.store.endpoint wins |
 | CONSISTENCY_STORE_SECRET | | (none) | Secret with the AWS_* keys; spec.store.credentialsSecret wins |
+| CONSISTENCY_STORE_ALLOWED_PREFIX | | (none) | the default Secret is lent only to store URIs under it (`<namespace>` substituted); none = never |
+| CONSISTENCY_ALLOWED_REGISTRIES | | (worker image repo) | comma list of prefixes spec.resources.workerImage must start with |
+| CONSISTENCY_ALLOW_SERVICE_ACCOUNT_OVERRIDE | | false | whether spec.resources.serviceAccountName may be set |
+| CONSISTENCY_ALLOW_RUNTIME_CLASS_OVERRIDE | | false | whether spec.resources.runtimeClassName may be set |
 | CONSISTENCY_RESYNC_SECONDS | | 600 | safety-net resync of every campaign; 0 = off |
 | CONSISTENCY_WATCH_SERVER_TIMEOUT / _CLIENT_TIMEOUT | | 300 / 330 | watch-stream timeouts (seconds) |
 | CONSISTENCY_VERBOSE | -v/--verbose | off | debug logging |
@@ -61,6 +65,11 @@ class OperatorConfig:
     worker_host_users: bool = True
     store_endpoint: str | None = None
     store_secret: str | None = None
+    # Tenant fences (tenancy.py): where the default credentials may go, which images and overrides a CR may ask for.
+    store_allowed_prefix: str | None = None
+    allowed_registries: tuple[str, ...] = ()
+    allow_service_account_override: bool = False
+    allow_runtime_class_override: bool = False
     # Watch-stream timeouts: short in tests so a restarted API server is noticed quickly.
     watch_server_timeout: int = 300
     watch_client_timeout: int = 330
@@ -161,6 +170,10 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         worker_host_users=_bool(env, "CONSISTENCY_WORKER_HOST_USERS", True),
         store_endpoint=env.get("CONSISTENCY_STORE_ENDPOINT") or None,
         store_secret=env.get("CONSISTENCY_STORE_SECRET") or None,
+        store_allowed_prefix=env.get("CONSISTENCY_STORE_ALLOWED_PREFIX") or None,
+        allowed_registries=_split(env.get("CONSISTENCY_ALLOWED_REGISTRIES")),
+        allow_service_account_override=_bool(env, "CONSISTENCY_ALLOW_SERVICE_ACCOUNT_OVERRIDE", False),
+        allow_runtime_class_override=_bool(env, "CONSISTENCY_ALLOW_RUNTIME_CLASS_OVERRIDE", False),
         watch_server_timeout=_int(env, "CONSISTENCY_WATCH_SERVER_TIMEOUT", 300),
         watch_client_timeout=_int(env, "CONSISTENCY_WATCH_CLIENT_TIMEOUT", 330),
         resync_seconds=_int(env, "CONSISTENCY_RESYNC_SECONDS", 600),

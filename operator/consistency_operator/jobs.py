@@ -17,6 +17,7 @@ from consistency_core.stages import EXIT_PERMANENT, StageConfig
 from consistency_core.status import StageRecord
 
 from consistency_operator.config import OperatorConfig
+from consistency_operator.tenancy import lends_default_credentials
 
 MANAGED_BY = "consistency-operator"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -57,9 +58,11 @@ def job_suspended(job: dict[str, Any]) -> bool:
     return bool((job.get("spec") or {}).get("suspend"))
 
 
-def _store_env(spec: CampaignSpec, settings: OperatorConfig) -> list[dict[str, Any]]:
+def _store_env(spec: CampaignSpec, settings: OperatorConfig, namespace: str) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = []
-    secret = spec.store.credentials_secret or settings.store_secret
+    # The operator's default credentials only under the namespace's allowed prefix (tenancy.py).
+    default = settings.store_secret if lends_default_credentials(spec, settings, namespace) else None
+    secret = spec.store.credentials_secret or default
     if secret:
         # secretKeyRef keeps credentials out of the Job spec, the CR status and the operator's memory.
         for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
@@ -140,7 +143,7 @@ def build_job(
         {"name": CONFIG_ENV, "value": config.to_json()},
         {"name": "HF_HOME", "value": HF_HOME},
         {"name": "HOME", "value": "/tmp"},
-        *_store_env(spec, settings),
+        *_store_env(spec, settings, config.namespace),
         *_hub_env(spec),
     ]
     container: dict[str, Any] = {

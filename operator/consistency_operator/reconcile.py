@@ -26,7 +26,7 @@ from consistency_core.stages import StageResult
 from consistency_core.status import CampaignPhase, CampaignStatus, ConditionType, EventType, Reason
 from pydantic import ValidationError
 
-from consistency_operator import apierrors, specrules
+from consistency_operator import apierrors, specrules, tenancy
 from consistency_operator.config import OperatorConfig
 from consistency_operator.jobs import LABEL_CAMPAIGN, build_job, job_suspended, queue_name
 from consistency_operator.kube import ApiError, Conflict, Kube
@@ -154,6 +154,10 @@ class Reconciler:
                 spec, rejected = specrules.apply_pins(spec, meta.get("annotations") or {})
             else:
                 rejected = []
+            # The admission policy's rules, again: clusters without one are fenced too.
+            fenced = tenancy.violations(spec, self.settings, namespace)
+            if fenced:
+                raise SpecError(fenced)
         except (SpecError, ValueError) as exc:
             return await self._invalid(cr, raw_status, status, exc, now, generation)
 

@@ -47,6 +47,9 @@ class OperatorProcess:
             "CONSISTENCY_STORE_SECRET": "default-store-creds",
             "CONSISTENCY_STORE_ENDPOINT": "http://store.default.svc:9000",
             "CONSISTENCY_GPU_RESOURCE": "nvidia.com/gpu",
+            # The platform tests ask for a RuntimeClass; test_operator_failclosed runs without overrides.
+            "CONSISTENCY_ALLOW_RUNTIME_CLASS_OVERRIDE": "true",
+            "CONSISTENCY_STORE_ALLOWED_PREFIX": "s3://campaigns/<namespace>/",
             # Short watch timeouts: a restarted operator must not wait minutes on a stale stream.
             "CONSISTENCY_WATCH_SERVER_TIMEOUT": "10",
             "CONSISTENCY_WATCH_CLIENT_TIMEOUT": "15",

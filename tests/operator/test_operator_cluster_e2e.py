@@ -61,7 +61,8 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     kubernetes.utils.create_from_dict(client, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
     workdir = tmp_path_factory.mktemp("e2e")
     operator = OperatorProcess(Path(KUBECONFIG), workdir, ns, {
-        "CONSISTENCY_WORKER_IMAGE": os.environ.get("CONSISTENCY_E2E_WORKER_IMAGE", "busybox:1.36")})
+        "CONSISTENCY_WORKER_IMAGE": os.environ.get("CONSISTENCY_E2E_WORKER_IMAGE", "busybox:1.36"),
+        "CONSISTENCY_STORE_SECRET": ""})  # the campaign's store needs no credentials
     operator.start()
     try:
         yield {"ns": ns, "custom": kubernetes.client.CustomObjectsApi(), "batch": kubernetes.client.BatchV1Api(),

@@ -131,3 +131,77 @@ def test_a_deleted_job_is_an_attempt_with_a_warning_and_stage_retries_runs_out(
     assert "failed after 2 attempt(s)" in obj["status"]["message"]
     assert not cluster.get("batch/v1", "jobs", NS, f"{name}-prepare-a3")
     assert sum(e["reason"] == "JobDeleted" for e in events_for(cluster, NS, name)) >= 1
+
+
+# ---- tenants -----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def operator(cluster: EmulatedCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    """The chart's defaults: no ServiceAccount/RuntimeClass overrides, images from allowed registries only,
+    default store credentials only under s3://campaigns/<namespace>/."""
+    workdir = tmp_path_factory.mktemp("operator-fenced")
+    op = OperatorProcess(cluster.write_kubeconfig(workdir / "kubeconfig"), workdir, "default,team-a", {
+        "CONSISTENCY_ALLOW_RUNTIME_CLASS_OVERRIDE": "false",
+        "CONSISTENCY_ALLOWED_REGISTRIES": "registry.test/,ghcr.io/consistency-dev/"})
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()
+
+
+def _refused_spec(cluster: EmulatedCluster, name: str, field: str) -> dict[str, Any]:
+    obj = wait_status(cluster, NS, name, f"refused for {field}",
+                      lambda s: any(c["type"] == "Ready" and c["status"] == "False" and field in c["message"]
+                                    for c in s["conditions"]))
+    assert condition(obj, "Ready")["reason"] == "InvalidSpec" and not obj["status"].get("stages")
+    wait_events(cluster, NS, name, "InvalidSpec")
+    assert not cluster.list("batch/v1", "jobs", NS, labels={"consistency.dev/campaign": name})
+    return obj
+
+
+@pytest.mark.parametrize(("name", "resources", "field"), [
+    ("fence-image", {"workerImage": "evil.example/miner:latest"}, "spec.resources.workerImage"),
+    ("fence-sa", {"serviceAccountName": "cluster-admin-sa"}, "spec.resources.serviceAccountName"),
+    ("fence-runtime", {"runtimeClassName": "runc-privileged"}, "spec.resources.runtimeClassName"),
+    ("fence-toleration", {"tolerations": [{"operator": "Exists"}]}, "spec.resources.tolerations[0]"),
+    ("fence-cpu-toleration", {"cpuTolerations": [{"operator": "Exists", "effect": "NoExecute"}]},
+     "spec.resources.cpuTolerations[0]"),
+])
+def test_a_tenant_cannot_ask_for_other_images_identities_runtimes_or_every_taint(
+        cluster: EmulatedCluster, operator: OperatorProcess, name: str, resources: dict[str, Any],
+        field: str) -> None:
+    body = campaign_body(name)
+    body["spec"]["resources"].update(resources)
+    cluster.create(CT, CTS, body, namespace=NS)
+    _refused_spec(cluster, name, field)
+
+
+def test_an_allowed_image_runs(cluster: EmulatedCluster, operator: OperatorProcess, jobs: JobController) -> None:
+    body = campaign_body("fence-ok-image")
+    body["spec"]["resources"]["workerImage"] = "ghcr.io/consistency-dev/consistency-worker:0.2.0"
+    cluster.create(CT, CTS, body, namespace=NS)
+    job = jobs.wait_job(NS, "fence-ok-image", "prepare")
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == body["spec"]["resources"]["workerImage"]
+
+
+@pytest.mark.parametrize(("name", "store"), [
+    ("deputy-bucket", {"uri": "s3://attacker-bucket/loot"}),
+    ("deputy-other-ns", {"uri": "s3://campaigns/team-a/runs"}),
+    ("deputy-endpoint", {"uri": "s3://campaigns/default/runs", "endpoint": "https://evil.example"}),
+])
+def test_default_store_credentials_are_not_lent_outside_the_namespaces_prefix(
+        cluster: EmulatedCluster, operator: OperatorProcess, name: str, store: dict[str, str]) -> None:
+    cluster.create(CT, CTS, campaign_body(name, store=store), namespace=NS)
+    obj = _refused_spec(cluster, name, "spec.store.credentialsSecret")
+    assert "under s3://campaigns/default/" in condition(obj, "Ready")["message"]
+
+
+def test_default_store_credentials_are_lent_under_the_namespaces_prefix(
+        cluster: EmulatedCluster, operator: OperatorProcess, jobs: JobController) -> None:
+    name = "deputy-ok"
+    cluster.create(CT, CTS, campaign_body(name, store={"uri": "s3://campaigns/default/runs"}), namespace=NS)
+    job = jobs.wait_job(NS, name, "prepare")
+    env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "default-store-creds"
+    assert env["AWS_ENDPOINT_URL"]["value"] == "http://store.default.svc:9000"  # the operator's own

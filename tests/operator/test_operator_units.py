@@ -81,9 +81,10 @@ def test_spec_overrides_operator_defaults_in_the_job() -> None:
 
 
 def test_operator_defaults_fill_in_store_settings() -> None:
-    spec, action = first_action(BASE_SPEC)
+    spec, action = first_action(BASE_SPEC)  # store s3://bucket/runs, namespace default
     job = build_job(config=action.config, record=action.record, resources=action.resources, spec=spec,
-                    settings=OperatorConfig(store_secret="shared", store_endpoint="http://minio:9000"))
+                    settings=OperatorConfig(store_secret="shared", store_endpoint="http://minio:9000",
+                                            store_allowed_prefix="s3://bucket/"))
     env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "shared",
                                                                          "key": "AWS_SECRET_ACCESS_KEY"}
@@ -91,6 +92,15 @@ def test_operator_defaults_fill_in_store_settings() -> None:
     assert json.loads(env["CONSISTENCY_STAGE_CONFIG"]["value"])["key"] == "prepare"
     assert "serviceAccountName" not in job["spec"]["template"]["spec"]
     assert "completionMode" not in job["spec"]
+
+
+def test_default_store_credentials_stay_home() -> None:
+    spec, action = first_action(BASE_SPEC)
+    for prefix in (None, "s3://bucket/<namespace>/", "s3://other/"):
+        job = build_job(config=action.config, record=action.record, resources=action.resources, spec=spec,
+                        settings=OperatorConfig(store_secret="shared", store_allowed_prefix=prefix))
+        names = {e["name"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert "AWS_ACCESS_KEY_ID" not in names, prefix
 
 
 def pod_spec_of(spec: Any, action: sm.RunStage, settings: OperatorConfig, gpu_stage: bool = False) -> dict:
