@@ -23,8 +23,8 @@ arguments; spec fields of a ConsistencyTraining override the worker-related defa
 | CONSISTENCY_QUEUE_NAME | | (none) | Kueue LocalQueue of stage Jobs; spec.resources.queueName wins |
 | CONSISTENCY_STORE_ENDPOINT | | (none) | S3 endpoint; spec.store.endpoint wins |
 | CONSISTENCY_STORE_SECRET | | (none) | Secret with the AWS_* keys; spec.store.credentialsSecret wins |
-| CONSISTENCY_STORE_ALLOWED_PREFIX | | (none) | the default Secret is lent only to store URIs under it (`<namespace>` substituted); none = never |
-| CONSISTENCY_ALLOWED_REGISTRIES | | (worker image repo) | comma list of prefixes spec.resources.workerImage must start with |
+| CONSISTENCY_STORE_ALLOWED_PREFIX | | (none) | default Secret only for store URIs under it (`<namespace>` filled in) |
+| CONSISTENCY_ALLOWED_REGISTRIES | | (worker image repo) | comma list of prefixes spec.resources.workerImage needs |
 | CONSISTENCY_ALLOW_SERVICE_ACCOUNT_OVERRIDE | | false | whether spec.resources.serviceAccountName may be set |
 | CONSISTENCY_ALLOW_RUNTIME_CLASS_OVERRIDE | | false | whether spec.resources.runtimeClassName may be set |
 | CONSISTENCY_RESYNC_SECONDS | | 600 | safety-net resync of every campaign; 0 = off |
