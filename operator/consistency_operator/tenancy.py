@@ -32,7 +32,10 @@ def image_repository(image: str) -> str:
 
 
 def allowed_registries(settings: OperatorConfig) -> tuple[str, ...]:
-    return settings.allowed_registries or (image_repository(settings.worker_image),)
+    """The configured prefixes, else the default worker image's repository itself (with its ':' or '@', so
+    `repo-evil` does not pass for `repo`)."""
+    repo = image_repository(settings.worker_image)
+    return settings.allowed_registries or (f"{repo}:", f"{repo}@")
 
 
 def store_prefix(settings: OperatorConfig, namespace: str) -> str | None:

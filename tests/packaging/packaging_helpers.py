@@ -46,6 +46,7 @@ COMBOS: dict[str, dict[str, Any]] = {
         "metrics": {"service": {"enabled": False}},
         "grafana": {"dashboards": {"enabled": False}},
         "networkPolicy": {"enabled": False},
+        "tenancy": {"admissionPolicy": {"enabled": False}},
     },
     "custom-images-and-scheduling": {
         "image": {"repository": "registry.example/op", "digest": "sha256:" + "a" * 64},

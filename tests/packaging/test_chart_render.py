@@ -51,6 +51,7 @@ def test_default_render_is_cluster_wide_with_service_and_dashboard() -> None:
         ("ClusterRole", None), ("ClusterRoleBinding", None), ("ConfigMap", NAMESPACE),
         ("Deployment", NAMESPACE), ("NetworkPolicy", NAMESPACE), ("Service", NAMESPACE),
         ("ServiceAccount", NAMESPACE), ("ServiceAccount", NAMESPACE),
+        ("ValidatingAdmissionPolicy", None), ("ValidatingAdmissionPolicyBinding", None),
     ])
     env = container_env(only(manifests, "Deployment"))
     assert env["CONSISTENCY_WATCH_NAMESPACES"] == ""
@@ -194,7 +195,7 @@ def test_worker_account_has_no_token_and_no_binding() -> None:
         assert workers, combo
         for sa in workers:
             assert sa.doc["automountServiceAccountToken"] is False
-        bound = {s["name"] for m in manifests if m.kind.endswith("Binding") for s in m.doc["subjects"]}
+        bound = {s["name"] for m in manifests if m.kind.endswith("Binding") for s in m.doc.get("subjects", [])}
         assert not bound & {sa.name for sa in workers}, combo
 
 
@@ -341,6 +342,29 @@ def egress_allowed(policy: dict[str, Any], ip: str, port: int, protocol: str = "
     return False
 
 
+def _selects(selector: dict[str, Any] | None, labels: dict[str, str]) -> bool:
+    """matchLabels semantics (the chart uses no matchExpressions); an absent selector is no restriction."""
+    return selector is None or (selector.get("matchLabels") or {}).items() <= labels.items()
+
+
+def egress_allowed_to_pod(policy: dict[str, Any], pod: dict[str, dict[str, str]], port: int,
+                          protocol: str = "TCP") -> bool:
+    """Like egress_allowed, for a pod in the cluster ({"namespace": its namespace's labels, "pod": its labels}):
+    a peer matches when its namespaceSelector and podSelector both select it (a podSelector alone means the
+    policy's own namespace, which these checks never use)."""
+    for rule in policy["spec"].get("egress") or []:
+        ports = rule.get("ports")
+        if ports and not any(p["port"] == port and p.get("protocol", "TCP") == protocol for p in ports):
+            continue
+        if "to" not in rule:
+            return True
+        for peer in rule["to"]:
+            if "namespaceSelector" in peer and _selects(peer["namespaceSelector"], pod["namespace"]) \
+                    and _selects(peer.get("podSelector"), pod["pod"]):
+                return True
+    return False
+
+
 def test_network_policy_default_denies_metadata_and_cluster_ranges_allows_dns_and_https() -> None:
     [policy] = of_kind(render(), "NetworkPolicy")
     assert policy.namespace == NAMESPACE
@@ -356,9 +380,17 @@ def test_network_policy_default_denies_metadata_and_cluster_ranges_allows_dns_an
                      ("10.96.0.1", 443), ("10.244.3.7", 443), ("172.20.0.10", 443), ("192.168.1.5", 443),
                      ("100.64.0.10", 443), ("52.216.8.1", 22), ("52.216.8.1", 9000)]:
         assert not egress_allowed(doc, ip, port), (ip, port)
-    for ip, port, proto in [("10.96.0.10", 53, "UDP"), ("169.254.20.10", 53, "UDP"), ("8.8.8.8", 53, "TCP"),
-                            ("52.216.8.1", 443, "TCP"), ("2600:1f18::1", 443, "TCP")]:
+    for ip, port, proto in [("52.216.8.1", 443, "TCP"), ("2600:1f18::1", 443, "TCP")]:
         assert egress_allowed(doc, ip, port, proto), (ip, port, proto)
+    # DNS only to the cluster DNS pods: no resolver on the internet or elsewhere in the cluster.
+    for ip, port, proto in [("8.8.8.8", 53, "UDP"), ("8.8.8.8", 53, "TCP"), ("10.96.0.10", 53, "UDP"),
+                            ("169.254.20.10", 53, "UDP")]:
+        assert not egress_allowed(doc, ip, port, proto), (ip, port, proto)
+    dns_pod = {"namespace": {"kubernetes.io/metadata.name": "kube-system"}, "pod": {"k8s-app": "kube-dns"}}
+    assert egress_allowed_to_pod(doc, dns_pod, 53, "UDP") and egress_allowed_to_pod(doc, dns_pod, 53, "TCP")
+    other = {"namespace": {"kubernetes.io/metadata.name": "team-x"}, "pod": {"k8s-app": "kube-dns"}}
+    assert not egress_allowed_to_pod(doc, other, 53, "UDP")
+    assert not egress_allowed_to_pod(doc, {**dns_pod, "pod": {"app": "evil-dns"}}, 53, "UDP")
 
 
 def test_network_policy_per_stage_namespace_extra_egress_and_toggles() -> None:
@@ -383,3 +415,18 @@ def test_notes_warn_that_a_private_store_needs_an_egress_rule() -> None:
     assert "networkPolicy.extraEgress" in notes and "TCP 443" in notes
     notes = render_raw({"networkPolicy": {"enabled": False}})["consistency-operator/templates/NOTES.txt"]
     assert "extraEgress" not in notes
+
+
+def test_network_policy_dns_target_and_egress_cidrs_are_configurable() -> None:
+    values = {"networkPolicy": {"dns": {"namespace": "dns", "podSelector": {"k8s-app": "coredns"},
+                                        "extraPeers": [{"ipBlock": {"cidr": "169.254.20.10/32"}}]},
+                                "egressCIDRs": ["52.216.0.0/15", "2600:1f18::/32"]}}
+    [policy] = of_kind(render(values), "NetworkPolicy")
+    doc = policy.doc
+    coredns = {"namespace": {"kubernetes.io/metadata.name": "dns"}, "pod": {"k8s-app": "coredns"}}
+    assert egress_allowed_to_pod(doc, coredns, 53, "UDP")
+    assert egress_allowed(doc, "169.254.20.10", 53, "UDP") and not egress_allowed(doc, "8.8.8.8", 53, "UDP")
+    # 443 only to the listed ranges now; everything else on the internet is closed.
+    assert egress_allowed(doc, "52.217.1.1", 443) and egress_allowed(doc, "2600:1f18::1", 443)
+    assert not egress_allowed(doc, "140.82.112.3", 443) and not egress_allowed(doc, "52.216.8.1", 80)
+

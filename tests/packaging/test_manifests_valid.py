@@ -23,7 +23,10 @@ import yaml
 from packaging_helpers import CHART_DIR, COMBOS, REPO, Manifest, chart, render
 
 K8S_VERSIONS = ("1.25", kubernetes_validate.utils.latest_version())
-BUILTIN_GROUPS = ("v1", "apps/v1", "rbac.authorization.k8s.io/v1", "apiextensions.k8s.io/v1", "networking.k8s.io/v1")
+BUILTIN_GROUPS = ("v1", "apps/v1", "rbac.authorization.k8s.io/v1", "apiextensions.k8s.io/v1", "networking.k8s.io/v1",
+                  "admissionregistration.k8s.io/v1")
+# admissionregistration.k8s.io/v1 ValidatingAdmissionPolicy is GA from Kubernetes 1.30 (the chart documents it).
+SINCE = {"ValidatingAdmissionPolicy": (1, 30), "ValidatingAdmissionPolicyBinding": (1, 30)}
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -105,14 +108,19 @@ def test_builtin_kinds_validate_strictly(version: str) -> None:
     for combo, m in all_manifests():
         if m.doc["apiVersion"] not in BUILTIN_GROUPS:
             continue
+        if tuple(int(x) for x in version.split(".")[:2]) < SINCE.get(m.kind, (0, 0)):
+            continue
         try:
             kubernetes_validate.validate(m.doc, version, strict=True)
         except kubernetes_validate.ValidationError as exc:
             path = ".".join(str(p) for p in exc.path)
             pytest.fail(f"[{combo}] {m.template} {m.kind}/{m.name} on {version}: {path}: {exc.message}")
         checked.add(m.kind)
-    assert checked == {"ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "NetworkPolicy", "Role",
-                       "RoleBinding", "Service", "ServiceAccount"}
+    expected = {"ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "NetworkPolicy", "Role",
+                "RoleBinding", "Service", "ServiceAccount"}
+    if version == K8S_VERSIONS[-1]:
+        expected |= set(SINCE)
+    assert checked == expected
 
 
 def test_validator_rejects_a_broken_deployment() -> None:
