@@ -48,6 +48,7 @@ def _job_posts(cluster: EmulatedCluster, name: str) -> list[float]:
     (422, "Invalid", 'Job.batch "x" is invalid: metadata.labels: Invalid value: must be no more than 63 characters'),
     (403, "Forbidden", 'jobs.batch is forbidden: ValidatingAdmissionPolicy "consistency-tenants" denied request'),
     (400, "BadRequest", "quantities must match the regular expression"),
+    (404, "NotFound", 'namespaces "default" not found'),
 ])
 def test_a_permanent_api_error_fails_the_campaign_with_the_servers_message(
         faults: EmulatedCluster, operator: OperatorProcess, status: int, reason: str, message: str) -> None:
