@@ -38,6 +38,23 @@ _QUANTITY = r"^([0-9]+(\.[0-9]+)?|\.[0-9]+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei|[eE]
 _SUFFIX = re.compile(r"(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei|[eE][0-9]{1,2})$")
 
 
+# What each pattern means, for error messages ("should match pattern '^([0-9]+...'" helps nobody).
+PATTERN_HINTS = {
+    _QUANTITY: "must be a Kubernetes quantity such as 4, 500m, 1.5 or 16Gi",
+    STORE_URI: "must be s3://bucket/prefix, file:///path or a plain path (no other URI scheme)",
+    DNS_LABEL: "must be a DNS label (lowercase letters, digits, '-'; at most 63)",
+    DNS_SUBDOMAIN: "must be a DNS subdomain (lowercase letters, digits, '-', '.')",
+    QUALIFIED_NAME: "must be a label key: an optional DNS-subdomain prefix and '/', then a name",
+    LABEL_VALUE: "must be a label value (letters, digits, '-', '_', '.'; at most 63)",
+    HTTP_URL: "must be an http:// or https:// URL",
+    IMAGE_REF: "must be an image reference such as registry.example.com/team/worker:1.2",
+}
+
+
+def pattern_hint(pattern: str | None) -> str | None:
+    return PATTERN_HINTS.get(pattern or "")
+
+
 def _positive_quantity(value: str) -> str:
     number = _SUFFIX.sub("", value)
     try:

@@ -588,6 +588,9 @@ def parse_spec(raw: dict) -> CampaignSpec:
         problems = []
         for err in exc.errors():
             msg = err["msg"].removeprefix("Value error, ")
+            hint = bounds.pattern_hint((err.get("ctx") or {}).get("pattern"))
+            if err["type"] == "string_pattern_mismatch" and hint:
+                msg = f"{hint}, got {err['input']!r}"
             path = _field_path(err["loc"])
             # Model-level checks already name their field in the message.
             problems.append(msg if msg.startswith("spec.") else f"{path}: {msg}")

@@ -119,3 +119,10 @@ def test_the_crd_carries_the_bounds_and_cross_field_rules() -> None:
     assert unbounded == []
     # Structural schemas have no propertyNames/patternProperties.
     assert not any("propertyNames" in n or "patternProperties" in n for n in schema.values())
+
+
+def test_pattern_errors_say_what_is_expected() -> None:
+    message = _refused(resources={"stages": {"train": {"cpu": "-3"}}}, store={"uri": "gopher://x/y"})
+    assert "spec.resources.stages.train.cpu: must be a Kubernetes quantity such as 4, 500m" in message
+    assert "got '-3'" in message and "should match pattern" not in message
+    assert "spec.store.uri: must be s3://bucket/prefix, file:///path or a plain path" in message
