@@ -137,8 +137,11 @@ class Reconciler:
         generation = meta.get("generation")
         raw_status: dict[str, Any] = cr.get("status") or {}
         name_problem = campaign_name_problem(name)
-        if name_problem is not None and raw_status.get("phase") not in (CampaignPhase.failed, CampaignPhase.succeeded):
-            # The API server would refuse every Job and label derived from it: fail now, with the reason.
+        # A campaign that started before the limit existed keeps running (its Job names are hashed to fit)
+        # unless the name cannot even be a label value; a new one fails now, naming the reason.
+        fatal = len(name) > 63 or not raw_status.get("stages")
+        if name_problem is not None and fatal and \
+                raw_status.get("phase") not in (CampaignPhase.failed, CampaignPhase.succeeded):
             return await self._refuse(namespace, name, Reason.invalid_name, name_problem)
         try:
             status = CampaignStatus.model_validate(raw_status) if raw_status.get("phase") else None

@@ -206,3 +206,18 @@ def test_default_store_credentials_are_lent_under_the_namespaces_prefix(
     env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "default-store-creds"
     assert env["AWS_ENDPOINT_URL"]["value"] == "http://store.default.svc:9000"  # the operator's own
+
+
+def test_a_campaign_started_before_the_name_limit_keeps_running(
+        cluster: EmulatedCluster, operator: OperatorProcess, jobs: JobController) -> None:
+    name = "an-older-campaign-with-a-long-name-x"  # 36 characters: over today's 30, within the label limit
+    body = campaign_body(name)
+    # As an earlier operator left it: prepare done (KMock keeps a status given on create).
+    body["status"] = {"phase": "Running", "trainingPhase": "1B.1", "iteration": 1, "stages": [
+        {"key": "prepare", "stage": "prepare", "phase": "1B.1", "iteration": 1, "attempt": 1,
+         "jobName": f"{name}-prepare", "outcome": "Succeeded", "startTime": "2026-01-01T00:00:00Z",
+         "endTime": "2026-01-01T00:05:00Z"}]}
+    cluster.create(CT, CTS, body, namespace=NS)
+    job = jobs.wait_job(NS, name, "baseline-evaluate")
+    assert len(job["metadata"]["name"]) <= 52 and job["metadata"]["labels"]["consistency.dev/campaign"] == name
+    assert get_ct(cluster, NS, name)["status"]["phase"] == "Running"
