@@ -183,6 +183,33 @@ class JobController:
                      {"status": {"conditions": [condition], **counts}}, sub="status")
 
 
+# ---- stage results of a campaign, as its Jobs would report them ------------------------------------
+
+PREPARE = {"selection": 664, "scan": 8847, "eval": 1483, "malformed": 0}
+GENERATE = {"problems": 332, "completions": 1992}  # per shard; two shards
+DISTILL = {"examples": 412}
+TRAIN = {"steps": 104, "finalLoss": 0.41}
+BASELINE = {"problems": 1483, "consistency": 0.10, "meanAgreement": 0.45, "accuracy": {"math": 0.41, "code": 0.58}}
+PASSING = {"problems": 1483, "consistency": 0.64, "meanAgreement": 0.81, "accuracy": {"math": 0.57, "code": 0.6}}
+FAILING = {"problems": 1483, "consistency": 0.31, "meanAgreement": 0.62, "accuracy": {"math": 0.49, "code": 0.59}}
+
+
+def run_quick_fix(jobs: JobController, name: str, evaluation: dict[str, Any], iteration: int = 1,
+                  ns: str = "default") -> None:
+    """Drive one 1B.1 iteration (prepare and baseline only in iteration 1) through its evaluate Job."""
+    if iteration == 1:
+        jobs.succeed(jobs.wait_job(ns, name, "prepare"), PREPARE)
+        jobs.succeed(jobs.wait_job(ns, name, "baseline-evaluate"), BASELINE,
+                     {"report": f"s3://campaigns/runs/{ns}/{name}/baseline-evaluate/report.json"})
+    prefix = f"1b1-i{iteration}"
+    jobs.succeed(jobs.wait_job(ns, name, f"{prefix}-generate"), GENERATE)
+    jobs.succeed(jobs.wait_job(ns, name, f"{prefix}-distill"), DISTILL)
+    jobs.succeed(jobs.wait_job(ns, name, f"{prefix}-train"), TRAIN,
+                 {"adapter": f"s3://campaigns/runs/{ns}/{name}/{prefix}-train/adapter"})
+    jobs.succeed(jobs.wait_job(ns, name, f"{prefix}-evaluate"), evaluation,
+                 {"report": f"s3://campaigns/runs/{ns}/{name}/{prefix}-evaluate/report.json"})
+
+
 def get_ct(cluster: EmulatedCluster, ns: str, name: str) -> dict[str, Any]:
     obj = cluster.get(CT, CTS, ns, name)
     assert obj is not None, f"{ns}/{name} is gone"
