@@ -148,7 +148,7 @@ def _table(ax: Axes, data: PanelData) -> None:
     if not rows or not columns:
         return
     cells = [[row.get(c, "") for c in columns] for row in rows.values()]
-    fits = max(int(data.panel["gridPos"]["h"] * 1.2) - 2, 1)  # rows that fit the panel's height
+    fits = max(int(data.panel["gridPos"]["h"] * 1.5) - 3, 1)  # rows that fit the panel's height
     if len(cells) > fits:
         more = len(cells) - fits + 1
         cells = [*cells[:fits - 1], [f"... {more} more rows", *[""] * (len(columns) - 1)]]

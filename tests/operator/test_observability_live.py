@@ -117,8 +117,9 @@ def scraped_since(cluster: EmulatedCluster, prom: PrometheusServer, moment: floa
     Waits here never name an operator metric or label: when one is renamed, the scenario still runs and
     the tests below say which panels and alerts lost their data."""
     def probe() -> bool:
-        samples = prom.query(f'timestamp(up{{job="{prom.job}"}} == 1)')
-        return bool(samples) and samples[0].values[-1][1] > moment
+        # timestamp() of a bare selector is the scrape's time (of any other expression: the query's).
+        samples = prom.query(f'timestamp(up{{job="{prom.job}"}})')
+        return bool(samples) and samples[0].values[-1][1] > moment and bool(prom.query(f'up{{job="{prom.job}"}} == 1'))
     cluster.wait_for(f"a scrape after {moment:.1f}", probe)
 
 
@@ -138,15 +139,21 @@ def drive(cluster: EmulatedCluster, jobs: JobController, operator: OperatorProce
                      lambda: all(f'="{name}"' in operator.scrape() for name in CAMPAIGNS))
     scraped_since(cluster, prom, time.time())
 
+    # A scrape after each step, so the series show the steps one by one (as they would over hours).
     run_quick_fix(jobs, SUCCEEDS, PASSING)
+    scraped_since(cluster, prom, time.time())
     run_expansion(jobs, SUCCEEDS)
+    scraped_since(cluster, prom, time.time())
     run_quick_fix(jobs, FAILS_GATE, FAILING)
+    scraped_since(cluster, prom, time.time())
     jobs.succeed(jobs.wait_job(NS, OVER_BUDGET, "prepare"), PREPARE)
     # The baseline evaluation was forecast under the budget but ran 2 GPU-hours: $6 of a $5 budget.
     jobs.succeed(jobs.wait_job(NS, OVER_BUDGET, "baseline-evaluate"), {**PASSING, "consistency": 0.1},
                  seconds=7200.0)
+    scraped_since(cluster, prom, time.time())
     verdict = '{"key": "prepare", "ok": false, "retryable": false, "message": "datasets[0]: row 3: no question"}'
     jobs.fail(jobs.wait_job(NS, JOB_FAILS, "prepare"), exit_code=2, message=verdict, reason="PodFailurePolicy")
+    scraped_since(cluster, prom, time.time())
     run_quick_fix(jobs, LATE, PASSING)
     for name, reason in ((SUCCEEDS, None), (FAILS_GATE, "GateFailed"), (OVER_BUDGET, "BudgetExceeded"),
                          (JOB_FAILS, "StageFailed")):
