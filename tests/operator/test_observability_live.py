@@ -239,7 +239,7 @@ def real_values() -> dict[str, str]:
     missing = [v["name"] for v in query_variables() if v["name"] not in REAL_VALUES]
     assert not missing, f"pick a real value for the new variable(s) {missing} in REAL_VALUES"
     # Grafana escapes regex characters in a single value; these plain names need none.
-    assert all(re.fullmatch(r"[\w.-]+", v) and "." not in v for v in REAL_VALUES.values())
+    assert all(re.fullmatch(r"[\w-]+", v) for v in REAL_VALUES.values())
     return dict(REAL_VALUES)
 
 
@@ -276,7 +276,9 @@ def test_variables_list_the_campaigns_that_ran(live: LiveRun) -> None:
     for var in query_variables():
         selector, label = variable_query(var)
         found = live.prom.label_values(label, substitute(selector, all_values(), live.range_s), live.start, live.end)
-        assert set(found) == VARIABLE_VALUES.get(var["name"], set(found) or {"<something>"}), (var["name"], found)
+        assert found, f"variable {var['name']!r}: {selector} lists no {label}"
+        if var["name"] in VARIABLE_VALUES:  # a variable added later must at least list something
+            assert set(found) == VARIABLE_VALUES[var["name"]], f"variable {var['name']!r} lists {found}"
 
 
 def test_alerts_fire_for_the_right_campaigns_only(live: LiveRun) -> None:
