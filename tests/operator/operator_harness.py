@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def answers(proc: subprocess.Popen[bytes] | None, url: str, logs: Callable[[], str]) -> bool:
+    """Whether a child process's HTTP endpoint answers 200 yet; raises with its log if it exited."""
+    if proc is not None and proc.poll() is not None:
+        raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}:\n{logs()[-3000:]}")
+    try:
+        return requests.get(url, timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def stop_child(proc: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM, then SIGKILL if it does not exit within 15 s."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 class OperatorProcess:
@@ -71,12 +93,7 @@ class OperatorProcess:
         return self
 
     def ready(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"operator exited with {self.proc.returncode}:\n{self.logs()[-3000:]}")
-        try:
-            return requests.get(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=1).status_code == 200
-        except requests.RequestException:
-            return False
+        return answers(self.proc, f"http://127.0.0.1:{self.metrics_port}/readyz", self.logs)
 
     def kill(self) -> None:
         """SIGKILL: no cleanup, like a node failure or OOM kill."""
@@ -85,13 +102,7 @@ class OperatorProcess:
             self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_child(self.proc)
 
     def logs(self) -> str:
         return "\n".join((self.workdir / f"{self.name}-{i}.log").read_text(errors="replace")

@@ -17,7 +17,7 @@ from typing import Any
 import requests
 import yaml
 from kmock_cluster import wait_for
-from operator_harness import free_port
+from operator_harness import answers, free_port, stop_child
 
 PROMETHEUS = shutil.which("prometheus")
 SKIP_REASON = "prometheus not installed (Debian package `prometheus`; `make test` installs it as root with apt-get)"
@@ -62,21 +62,10 @@ class PrometheusServer:
         return self
 
     def _ready(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"prometheus exited with {self.proc.returncode}:\n{self.logs()[-3000:]}")
-        try:
-            return requests.get(f"{self.url}/-/ready", timeout=1).status_code == 200
-        except requests.RequestException:
-            return False
+        return answers(self.proc, f"{self.url}/-/ready", self.logs)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_child(self.proc)
 
     def logs(self) -> str:
         return (self.workdir / "prometheus.log").read_text(errors="replace")
