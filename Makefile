@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 REGISTRY ?= ghcr.io/consistency-dev
 TAG ?= $(shell $(PYTHON) -c "import tomllib;print(tomllib.load(open('pyproject.toml','rb'))['project']['version'])")
 
-.PHONY: venv tools test lint pytest demo efficacy crds docs bench images push clean
+.PHONY: venv tools test lint pytest demo efficacy crds docs dashboard-png bench images push clean
 
 venv: $(STAMP)
 
@@ -50,6 +50,11 @@ crds: venv
 
 docs: venv
 	$(PY) -m consistency_core.reference README.md
+
+# The chart README's dashboard picture: the live observability test's query results, drawn with matplotlib.
+dashboard-png: venv tools
+	CONSISTENCY_DASHBOARD_PNG=$(CURDIR)/charts/consistency-operator/docs/dashboard.png \
+	  $(VENV)/bin/pytest -q tests/operator/test_observability_live.py -k picture
 
 demo: venv
 	$(PY) -m consistency_local.demo

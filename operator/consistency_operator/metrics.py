@@ -9,6 +9,11 @@ Gauges that describe a campaign (evaluation ratios, cost, budget, running stage)
 the CR status on every reconcile, so they are right again right after an operator restart.  Counters
 count transitions the operator records (once each, guarded by the status), so they start from zero
 after a restart like any Prometheus counter.
+
+Label sets known in advance (stages, phases, outcomes, error kinds) are created at zero when the
+operator starts (``initialise``), and a campaign's counters when it is first seen: Prometheus' rate()
+and increase() need a sample before the first increment, or that increment is never seen (a stage that
+runs once a day, a first failed Job would stay invisible to the dashboard and the alerts).
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from consistency_core.status import CampaignPhase
+from consistency_core.spec import StageName
+from consistency_core.status import CampaignPhase, TrainingPhase
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 CAMPAIGN = ("namespace", "campaign")
@@ -25,6 +31,7 @@ EVAL = ("namespace", "campaign", "phase", "iteration")
 # Exposed sample names (counters get their `_total` suffix from the client library).
 FAMILY_NAMES: tuple[str, ...] = (
     "consistency_campaigns",
+    "consistency_campaign_phase",
     "consistency_stage_duration_seconds",
     "consistency_job_outcomes_total",
     "consistency_reconcile_errors_total",
@@ -43,12 +50,16 @@ FAMILY_NAMES: tuple[str, ...] = (
 DURATION_BUCKETS = (30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 57600, 86400)
 
 CAMPAIGN_PHASES = tuple(p.value for p in CampaignPhase)
+TRAINING_PHASES = tuple(p.value for p in TrainingPhase)
+JOB_OUTCOMES = ("succeeded", "failed", "retried")
+RECONCILE_ERROR_KINDS = ("api", "conflict", "invalid_spec", "result", "status")
 
 
 @dataclass(frozen=True)
 class Metrics:
     registry: CollectorRegistry
     campaigns: Gauge
+    campaign_phase: Gauge
     stage_duration: Histogram
     job_outcomes: Counter
     reconcile_errors: Counter
@@ -65,6 +76,18 @@ class Metrics:
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
+    def initialise(self) -> None:
+        """Create the label sets known in advance at zero (see the module docstring for why)."""
+        for phase in CAMPAIGN_PHASES:
+            self.campaigns.labels(phase=phase)
+        for stage in StageName:
+            for phase in TRAINING_PHASES:
+                self.stage_duration.labels(stage=stage.value, phase=phase)
+            for outcome in JOB_OUTCOMES:
+                self.job_outcomes.labels(stage=stage.value, outcome=outcome)
+        for kind in RECONCILE_ERROR_KINDS:
+            self.reconcile_errors.labels(kind=kind)
+
 
 def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
     """Create every family on a registry (a fresh one by default, so tests and tools can enumerate)."""
@@ -72,13 +95,16 @@ def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
     return Metrics(
         registry=r,
         campaigns=Gauge("consistency_campaigns", "Campaigns by phase.", ["phase"], registry=r),
+        campaign_phase=Gauge("consistency_campaign_phase",
+                             "1 for the campaign's status phase, 0 for the other phases.",
+                             [*CAMPAIGN, "phase"], registry=r),
         stage_duration=Histogram("consistency_stage_duration_seconds", "Wall time of finished stage Jobs.",
                                  ["stage", "phase"], buckets=DURATION_BUCKETS, registry=r),
         job_outcomes=Counter("consistency_job_outcomes_total",
                              "Finished stage Jobs by outcome (succeeded, failed, retried).",
                              ["stage", "outcome"], registry=r),
         reconcile_errors=Counter("consistency_reconcile_errors_total",
-                                 "Reconcile errors by kind (api, invalid_spec, result, internal).",
+                                 "Reconcile errors by kind (api, conflict, invalid_spec, result, status).",
                                  ["kind"], registry=r),
         consistency=Gauge("consistency_evaluation_consistency_ratio",
                           "Share of evaluation problems whose samples all agree.", list(EVAL), registry=r),

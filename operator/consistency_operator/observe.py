@@ -7,15 +7,21 @@ from consistency_core.spec import CampaignSpec, StageName
 from consistency_core.stages import StageResult
 from consistency_core.status import CampaignStatus, StageOutcome, StageRecord
 
-from consistency_operator.metrics import CAMPAIGN, CAMPAIGN_PHASES, EVAL, Metrics, remove_labelled
+from consistency_operator.metrics import (
+    CAMPAIGN,
+    CAMPAIGN_PHASES,
+    EVAL,
+    TRAINING_PHASES,
+    Metrics,
+    remove_labelled,
+)
 
 
 class CampaignObserver:
     def __init__(self, metrics: Metrics) -> None:
         self.m = metrics
         self._phases: dict[tuple[str, str], str] = {}
-        for phase in CAMPAIGN_PHASES:
-            self.m.campaigns.labels(phase=phase).set(0)
+        self.m.initialise()
 
     def error(self, kind: str) -> None:
         self.m.reconcile_errors.labels(kind=kind).inc()
@@ -32,6 +38,11 @@ class CampaignObserver:
         self._phases[(namespace, name)] = status.phase.value
         self._recount()
         ids = {"namespace": namespace, "campaign": name}
+        for phase in CAMPAIGN_PHASES:
+            self.m.campaign_phase.labels(**ids, phase=phase).set(1 if phase == status.phase.value else 0)
+        for phase in TRAINING_PHASES:
+            # At zero before distill first counts, so increase() sees the first examples too.
+            self.m.examples.labels(**ids, phase=phase)
         for ev in status.evaluations:
             labels = {**ids, "phase": str(ev.phase), "iteration": str(ev.iteration)}
             if ev.consistency is not None:
@@ -101,5 +112,6 @@ class CampaignObserver:
         remove_labelled(self.m.examples, ids, (*CAMPAIGN, "phase"))
         for gauge in (self.m.gpu_seconds, self.m.cost_usd, self.m.budget_usd):
             remove_labelled(gauge, ids, CAMPAIGN)
+        remove_labelled(self.m.campaign_phase, ids, (*CAMPAIGN, "phase"))
         for gauge in (self.m.stage_start, self.m.stage_deadline):
             remove_labelled(gauge, ids, (*CAMPAIGN, "stage"))

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def answers(proc: subprocess.Popen[bytes] | None, url: str, logs: Callable[[], str]) -> bool:
+    """Whether a child process's HTTP endpoint answers 200 yet; raises with its log if it exited."""
+    if proc is not None and proc.poll() is not None:
+        raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}:\n{logs()[-3000:]}")
+    try:
+        return requests.get(url, timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def stop_child(proc: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM, then SIGKILL if it does not exit within 15 s."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 class OperatorProcess:
@@ -74,12 +96,7 @@ class OperatorProcess:
         return self
 
     def ready(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"operator exited with {self.proc.returncode}:\n{self.logs()[-3000:]}")
-        try:
-            return requests.get(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=1).status_code == 200
-        except requests.RequestException:
-            return False
+        return answers(self.proc, f"http://127.0.0.1:{self.metrics_port}/readyz", self.logs)
 
     def kill(self) -> None:
         """SIGKILL: no cleanup, like a node failure or OOM kill."""
@@ -88,13 +105,7 @@ class OperatorProcess:
             self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_child(self.proc)
 
     def logs(self) -> str:
         return "\n".join((self.workdir / f"{self.name}-{i}.log").read_text(errors="replace")
@@ -184,6 +195,33 @@ class JobController:
         meta = job["metadata"]
         self.c.patch("batch/v1", "jobs", meta["namespace"], meta["name"],
                      {"status": {"conditions": [condition], **counts}}, sub="status")
+
+
+# ---- stage results of a campaign, as its Jobs would report them ------------------------------------
+
+PREPARE = {"selection": 664, "scan": 8847, "eval": 1483, "malformed": 0}
+GENERATE = {"problems": 332, "completions": 1992}  # per shard; two shards
+DISTILL = {"examples": 412}
+TRAIN = {"steps": 104, "finalLoss": 0.41}
+BASELINE = {"problems": 1483, "consistency": 0.10, "meanAgreement": 0.45, "accuracy": {"math": 0.41, "code": 0.58}}
+PASSING = {"problems": 1483, "consistency": 0.64, "meanAgreement": 0.81, "accuracy": {"math": 0.57, "code": 0.6}}
+FAILING = {"problems": 1483, "consistency": 0.31, "meanAgreement": 0.62, "accuracy": {"math": 0.49, "code": 0.59}}
+
+
+def run_quick_fix(jobs: JobController, name: str, evaluation: dict[str, Any], iteration: int = 1,
+                  ns: str = "default") -> None:
+    """Drive one 1B.1 iteration (prepare and baseline only in iteration 1) through its evaluate Job."""
+    if iteration == 1:
+        jobs.succeed(jobs.wait_job(ns, name, "prepare"), PREPARE)
+        jobs.succeed(jobs.wait_job(ns, name, "baseline-evaluate"), BASELINE,
+                     {"report": f"s3://campaigns/runs/{ns}/{name}/baseline-evaluate/report.json"})
+    prefix = f"1b1-i{iteration}"
+    jobs.succeed(jobs.wait_job(ns, name, f"{prefix}-generate"), GENERATE)
+    jobs.succeed(jobs.wait_job(ns, name, f"{prefix}-distill"), DISTILL)
+    jobs.succeed(jobs.wait_job(ns, name, f"{prefix}-train"), TRAIN,
+                 {"adapter": f"s3://campaigns/runs/{ns}/{name}/{prefix}-train/adapter"})
+    jobs.succeed(jobs.wait_job(ns, name, f"{prefix}-evaluate"), evaluation,
+                 {"report": f"s3://campaigns/runs/{ns}/{name}/{prefix}-evaluate/report.json"})
 
 
 def get_ct(cluster: EmulatedCluster, ns: str, name: str) -> dict[str, Any]:

@@ -15,14 +15,22 @@ from consistency_core.crd import crd
 from consistency_core.stages import StageConfig
 from kmock_cluster import EmulatedCluster
 from operator_harness import (
+    BASELINE,
     CT,
     CTS,
+    DISTILL,
+    FAILING,
+    GENERATE,
+    PASSING,
+    PREPARE,
+    TRAIN,
     JobController,
     OperatorProcess,
     campaign_body,
     condition,
     get_ct,
     pruned_fields,
+    run_quick_fix,
     wait_events,
     wait_status,
 )
@@ -32,34 +40,9 @@ pytestmark = pytest.mark.timeout(120)
 
 NS = "default"
 
-PREPARE = {"selection": 664, "scan": 8847, "eval": 1483, "malformed": 0}
-GENERATE = {"problems": 332, "completions": 1992}  # per shard; two shards
-DISTILL = {"examples": 412}
-TRAIN = {"steps": 104, "finalLoss": 0.41}
-BASELINE = {"problems": 1483, "consistency": 0.10, "meanAgreement": 0.45, "accuracy": {"math": 0.41, "code": 0.58}}
-PASSING = {"problems": 1483, "consistency": 0.64, "meanAgreement": 0.81, "accuracy": {"math": 0.57, "code": 0.6}}
-FAILING = {"problems": 1483, "consistency": 0.31, "meanAgreement": 0.62, "accuracy": {"math": 0.49, "code": 0.59}}
-
-
 def stage_config(job: dict[str, Any]) -> StageConfig:
     env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
     return StageConfig.from_json(env["CONSISTENCY_STAGE_CONFIG"]["value"])
-
-
-def run_quick_fix(jobs: JobController, name: str, evaluation: dict[str, Any], iteration: int = 1,
-                  ns: str = NS) -> None:
-    """Drive one 1B.1 iteration (prepare and baseline only in iteration 1) through its evaluate Job."""
-    if iteration == 1:
-        jobs.succeed(jobs.wait_job(ns, name, "prepare"), PREPARE)
-        jobs.succeed(jobs.wait_job(ns, name, "baseline-evaluate"), BASELINE,
-                     {"report": f"s3://campaigns/runs/{ns}/{name}/baseline-evaluate/report.json"})
-    prefix = f"1b1-i{iteration}"
-    jobs.succeed(jobs.wait_job(ns, name, f"{prefix}-generate"), GENERATE)
-    jobs.succeed(jobs.wait_job(ns, name, f"{prefix}-distill"), DISTILL)
-    jobs.succeed(jobs.wait_job(ns, name, f"{prefix}-train"), TRAIN,
-                 {"adapter": f"s3://campaigns/runs/{ns}/{name}/{prefix}-train/adapter"})
-    jobs.succeed(jobs.wait_job(ns, name, f"{prefix}-evaluate"), evaluation,
-                 {"report": f"s3://campaigns/runs/{ns}/{name}/{prefix}-evaluate/report.json"})
 
 
 def test_applied_cr_gets_a_prepare_job_with_the_full_pod_spec(

@@ -248,9 +248,25 @@ def test_observer_sets_and_forgets_campaign_series() -> None:
     assert 'consistency_campaigns{phase="Running"} 1.0' in text
     assert 'consistency_campaign_budget_usd{campaign="c1",namespace="ns"} 50.0' in text
     assert 'consistency_stage_start_timestamp_seconds{campaign="c1",namespace="ns",stage="prepare"}' in text
+    # One series per phase, 1 for the campaign's own: alerts and tables can name the campaign.
+    assert 'consistency_campaign_phase{campaign="c1",namespace="ns",phase="Running"} 1.0' in text
+    assert 'consistency_campaign_phase{campaign="c1",namespace="ns",phase="Failed"} 0.0' in text
+    # Its examples counters exist at zero before distill counts (increase() needs the zero).
+    assert 'consistency_examples_produced_total{campaign="c1",namespace="ns",phase="1B.1"} 0.0' in text
     observer.forget("ns", "c1")
     text = metrics.exposition().decode()
     assert 'campaign="c1"' not in text and 'consistency_campaigns{phase="Running"} 0.0' in text
+
+
+def test_known_label_sets_start_at_zero() -> None:
+    """rate()/increase() ignore a series' first sample: a first failure must come after a scraped zero."""
+    metrics = build_metrics()
+    CampaignObserver(metrics)
+    text = metrics.exposition().decode()
+    assert 'consistency_job_outcomes_total{outcome="failed",stage="prepare"} 0.0' in text
+    assert 'consistency_stage_duration_seconds_count{phase="1B.2",stage="report"} 0.0' in text
+    assert 'consistency_reconcile_errors_total{kind="invalid_spec"} 0.0' in text
+    assert 'consistency_campaigns{phase="Failed"} 0.0' in text
 
 
 def test_finished_jobs_are_counted_once_by_outcome() -> None:

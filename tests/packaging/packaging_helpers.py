@@ -6,6 +6,7 @@ operator exports, and pick apart PromQL enough to check which metrics and labels
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO / "charts" / "consistency-operator"
+DASHBOARD = CHART_DIR / "dashboards" / "consistency.json"
 RELEASE = "demo"
 NAMESPACE = "ops"
 
@@ -141,6 +143,17 @@ def rule_triples(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
                 for verb in rule.get("verbs", []):
                     out.add((group, resource, verb))
     return out
+
+
+def dashboard() -> dict[str, Any]:
+    return json.loads(DASHBOARD.read_text())
+
+
+def panels(board: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every panel in dashboard order, rows included."""
+    for panel in board["panels"]:
+        yield panel
+        yield from panel.get("panels", [])  # collapsed rows nest their panels
 
 
 # --- what the operator exports --------------------------------------------------------------------

@@ -3,36 +3,23 @@ names and label names are checked against a registry built by consistency_operat
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from consistency_operator.metrics import FAMILY_NAMES
 from packaging_helpers import (
-    CHART_DIR,
     COMBOS,
     PromRefs,
+    dashboard,
     exported_families,
     exported_series,
     only,
+    panels,
     parse_promql,
     render,
     template_labels,
 )
-
-DASHBOARD = CHART_DIR / "dashboards" / "consistency.json"
-
-
-def dashboard() -> dict[str, Any]:
-    return json.loads(DASHBOARD.read_text())
-
-
-def panels(board: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    for panel in board["panels"]:
-        yield panel
-        yield from panel.get("panels", [])  # collapsed rows nest their panels
 
 
 def dashboard_queries() -> list[tuple[str, str, str]]:

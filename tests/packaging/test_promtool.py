@@ -138,7 +138,9 @@ def alert(name: str, at: str, labels: dict[str, str] | None) -> dict[str, Any]:
 # Input series named exactly as the operator exports them (checked below), one scenario per alert;
 # each alert also has a time at which it must not fire yet.
 INPUT = [
-    series("consistency_campaigns", {"phase": "Failed"}, "0 0 0 1 1 1 1 1 1 1 1 1"),
+    # c1 turns Failed at 3m; c2 never does.
+    series("consistency_campaign_phase", {**CAMPAIGN, "phase": "Failed"}, "0 0 0 1x30"),
+    series("consistency_campaign_phase", {**CAMPAIGN, "campaign": "c2", "phase": "Failed"}, "0x30"),
     series("consistency_stage_start_timestamp_seconds", {**CAMPAIGN, "stage": "1b2-generate"}, "0x40"),
     series("consistency_stage_deadline_seconds", {**CAMPAIGN, "stage": "1b2-generate"}, "600x40"),
     series("consistency_job_outcomes_total", {"stage": "train", "outcome": "failed"}, "0+1x60"),
@@ -149,7 +151,9 @@ INPUT = [
 ]
 ALERTS = [
     alert("ConsistencyCampaignFailed", "1m", None),
-    alert("ConsistencyCampaignFailed", "5m", {"phase": "Failed"}),
+    alert("ConsistencyCampaignFailed", "5m", {**CAMPAIGN, "phase": "Failed"}),
+    # Failed for more than 10 minutes: a campaign kept for the record no longer alerts.
+    alert("ConsistencyCampaignFailed", "14m", None),
     # Past the 600 s deadline from 11m on; fires once it stayed there for overDeadlineFor (5m).
     alert("ConsistencyStageOverDeadline", "12m", None),
     alert("ConsistencyStageOverDeadline", "20m", {**CAMPAIGN, "stage": "1b2-generate"}),
