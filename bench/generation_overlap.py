@@ -27,7 +27,11 @@ def main() -> int:
     parser.add_argument("--chunk", type=int, default=4)
     parser.add_argument("--samples", type=int, default=5)
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes, seconds: what make test runs so that a benchmark that no longer runs fails")
     args = parser.parse_args()
+    if args.quick:
+        args.problems, args.chunk, args.samples, args.max_new_tokens = 4, 2, 2, 8
 
     import os
 

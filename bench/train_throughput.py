@@ -51,7 +51,11 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     parser.add_argument("--method", choices=["lora", "qlora"], default="lora",
                         help="qlora: 4-bit NF4 base (bitsandbytes), as the train stage runs it")
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes, seconds: what make test runs so that a benchmark that no longer runs fails")
     args = parser.parse_args()
+    if args.quick:
+        args.model, args.examples, args.max_seq_len = "tiny", 8, 512
 
     import torch
     from consistency_core.spec import LoraConfig, ModelRef, TrainingKnobs

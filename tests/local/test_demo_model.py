@@ -65,6 +65,7 @@ def test_built_model_loads_with_auto_classes_and_chat_template(built: Path) -> N
     assert info["config"]["steps"] == TINY.steps
 
 
+@pytest.mark.learning
 def test_training_lowered_the_loss(splits: dict[str, Path], tmp_path: Path) -> None:
     from consistency_local.demo_model import build_demo_model
 

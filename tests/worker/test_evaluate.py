@@ -101,6 +101,7 @@ def eval_config(store: str, problems: str, key: str, **params: object):
     return stage_config("evaluate", store, str(tiny_model_dir()), {**base, **params}, key=key)
 
 
+@pytest.mark.learning
 def test_baseline_train_evaluate_round(tmp_path: Path) -> None:
     """The tiny model learns the math and reasoning answers it is trained on; the evaluation with the
     adapter must show it (accuracy up, failures turned into successes) against the baseline."""
@@ -117,7 +118,10 @@ def test_baseline_train_evaluate_round(tmp_path: Path) -> None:
         "dataUri": data, "epochs": 20, "learningRate": 1e-2, "batchSize": 4, "gradientAccumulation": 1,
         "maxSeqLen": 512, "lora": {"r": 16, "alpha": 32, "dropout": 0.0}, "checkpointSteps": 1000, "method": "lora",
     }, key="train")
-    assert run(train, tmp_path / "s2").ok
+    trained = run(train, tmp_path / "s2")
+    # Far below the plateau (~4.7 nats, where a rounding difference decides the greedy answer): the margin
+    # that makes this hold under every CPU capability (.ci/run reruns it under default and avx2 kernels).
+    assert trained.ok and trained.metrics["finalLoss"] < 0.5, trained.metrics
 
     after = run(eval_config(str(store), problems, "after", adapterUri=f"{store}/train/adapter",
                             baselineReportUri=f"{store}/baseline/report.json"), tmp_path / "s3")

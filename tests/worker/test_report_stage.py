@@ -68,6 +68,7 @@ def campaign(store: Any, root: str, model_dir: Path, tmp: Path, merged: bool) ->
     return config, adapter_uri
 
 
+@pytest.mark.learning
 def test_report_stage_writes_report_model_card_adapter_and_merged_model(s3_bucket: str, tmp_path: Path) -> None:
     import torch
     from consistency_worker.store import open_store
@@ -114,8 +115,12 @@ def test_report_stage_writes_report_model_card_adapter_and_merged_model(s3_bucke
         plain = base(ids).logits.float()
         with_adapter = PeftModel.from_pretrained(base, tmp_path / "adapter")(ids).logits.float()
         merged_logits = merged(ids).logits.float()
-    assert not torch.allclose(plain, with_adapter, atol=1e-2)  # the adapter does something
-    assert torch.allclose(merged_logits, with_adapter, atol=5e-2)
+    # bf16 rounds each of the two paths differently, so compare the merge's error with the adapter's own
+    # effect (scale-free) rather than with a fixed absolute tolerance.
+    effect = (with_adapter - plain).abs().mean().item()
+    error = (merged_logits - with_adapter).abs().mean().item()
+    assert effect > 0.05, effect  # the adapter does something
+    assert error < 0.2 * effect, (error, effect)
 
     # `consistency report --store` redraws the same report on this machine from the store.
     from consistency_local.cli import main

@@ -82,6 +82,7 @@ def needs_4bit() -> None:
         pytest.skip(why)
 
 
+@pytest.mark.learning
 @pytest.mark.parametrize(("method", "quantization", "layers_4bit"), [("qlora", "nf4", 14), ("lora", "none", 0)])
 def test_trains_lora_on_all_linear_layers_and_writes_adapter_and_loss(
         tmp_path: Path, method: str, quantization: str, layers_4bit: int) -> None:
@@ -224,6 +225,7 @@ def test_bitsandbytes_probe_runs_nf4_on_cpu() -> None:
     assert _probe_bnb_4bit("cpu") is None
 
 
+@pytest.mark.learning
 def test_full_fine_tuning_writes_a_whole_model_that_later_stages_load(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from consistency_worker.generations import read_generations
