@@ -61,6 +61,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from . import _sandbox_confine as _confine
 from .resources import PoolSize, read_pod_resources, sandbox_pool_size
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,7 @@ class TestResult:
     stdout: str = ""
     stderr: str = ""
     wall_s: float = 0.0
+    data: str = ""  # what the program wrote on its data descriptor (recorded test calls), uninterpreted
 
 
 @dataclass(frozen=True)
@@ -124,12 +126,31 @@ class Isolation:
     namespaces: bool
     cgroup: str | None  # "v1", "v2" or None
     fresh_uid: bool
+    landlock: int = 0  # the Landlock ABI in force, 0: none
+    seccomp: bool = False
+
+    def layers(self) -> list[str]:
+        """The layers in force, as the stage result's ``sandboxLayers`` lists them."""
+        names = ["rlimits", "no_new_privs"]
+        if self.seccomp:
+            names.append("seccomp")
+        if self.landlock:
+            names.append(f"landlock-v{self.landlock}")
+        if self.namespaces:
+            names.append("namespaces")
+        if self.cgroup:
+            names.append(f"cgroup-{self.cgroup}")
+        if self.fresh_uid:
+            names.append("fresh-uid")
+        return names
 
     def describe(self) -> str:
         return ", ".join([
             "fresh uid per run" if self.fresh_uid else "same uid as the worker",
-            "pid+net+mount namespaces" if self.namespaces else "no namespaces (network not isolated)",
+            "pid+net+mount namespaces" if self.namespaces else "no namespaces",
             f"cgroup {self.cgroup} pids+memory" if self.cgroup else "no cgroup",
+            "seccomp filter" if self.seccomp else "no seccomp filter",
+            f"Landlock ABI {self.landlock}" if self.landlock else "no Landlock",
         ])
 
 
@@ -146,6 +167,8 @@ class SandboxConfig:
     namespaces: bool | None = None
     cgroups: bool | None = None
     fresh_uid: bool | None = None
+    landlock: bool | None = None
+    seccomp: bool | None = None
     uid_range: tuple[int, int] = (200_000, 260_000)
     tmp_root: str | None = None
     limits: SandboxLimits = field(default_factory=SandboxLimits)
@@ -247,7 +270,26 @@ def probe_isolation(config: SandboxConfig | None = None) -> Isolation:
     fresh_uid = root and config.fresh_uid is not False
     if config.fresh_uid and not root:
         raise SandboxError("a fresh uid per run needs the worker to run as root")
-    return Isolation(root=root, namespaces=namespaces, cgroup=cgroup[0] if cgroup else None, fresh_uid=fresh_uid)
+    landlock = _confine.landlock_abi() if config.landlock is not False and sys.platform.startswith("linux") else 0
+    if config.landlock and not landlock:
+        raise SandboxError("Landlock requested but this kernel does not offer it")
+    seccomp = config.seccomp is not False and sys.platform.startswith("linux") and _confine.seccomp_available()
+    if config.seccomp and not seccomp:
+        raise SandboxError("a seccomp filter requested but not available here")
+    return Isolation(root=root, namespaces=namespaces, cgroup=cgroup[0] if cgroup else None, fresh_uid=fresh_uid,
+                     landlock=landlock, seccomp=seccomp)
+
+
+# Landlock: what a program may read (and execute) besides its own directory. The Python installation
+# and the system's binaries and libraries; not /etc, /proc, /tmp, the worker's files or the store.
+_SYSTEM_READ_ONLY = ("/usr", "/bin", "/lib", "/lib64", "/etc/localtime")
+_DEVICES = ("/dev/null", "/dev/zero", "/dev/urandom", "/dev/random")
+
+
+def _read_only_roots(python: str) -> list[str]:
+    prefix, stdlib = _interpreter_paths(python)
+    roots = [prefix, os.path.realpath(prefix), os.path.realpath(stdlib), *_SYSTEM_READ_ONLY]
+    return list(dict.fromkeys(roots))
 
 
 @functools.cache
@@ -316,8 +358,11 @@ class _HostDied(Exception):
 class _Host:
     """One sandbox host process and its request/response pipes."""
 
-    def __init__(self, argv: list[str], cgroup_dirs: list[str]) -> None:
+    def __init__(self, argv: list[str], cgroup_dirs: list[str], workroot: str) -> None:
         self.cgroup_dirs = cgroup_dirs
+        # The host's run directories live here; the worker removes it with the host, so a host its
+        # program killed (no fresh uid, no namespaces) leaves nothing behind.
+        self.workroot = workroot
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the host; closed in close()
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=_HOST_ENV,
@@ -326,6 +371,7 @@ class _Host:
         hello = self._receive(30.0)
         if not hello.get("ready"):
             raise SandboxError(f"sandbox host did not start: {hello}")
+        self.landlock, self.seccomp = int(hello.get("landlock", 0)), bool(hello.get("seccomp"))
 
     def _receive(self, timeout_s: float) -> dict[str, Any]:
         assert self.proc.stdout is not None
@@ -378,6 +424,7 @@ class _Host:
         self._stderr.close()
         for d in self.cgroup_dirs:
             _remove_cgroup_dir(d)
+        shutil.rmtree(self.workroot, ignore_errors=True)
 
 
 def _remove_cgroup_dir(path: str) -> None:
@@ -434,6 +481,8 @@ class Sandbox:
         if not self.isolation.fresh_uid:
             _make_worker_non_dumpable()
         self._tmp_root = self.config.tmp_root or tempfile.gettempdir()
+        self._read_only = _read_only_roots(self.config.python)
+        log.info("sandbox layers: %s", ", ".join(self.isolation.layers()))
         self._idle: queue.SimpleQueue[_Host] = queue.SimpleQueue()
         self._all: list[_Host] = []
         self._uids: set[int] = set()
@@ -446,16 +495,47 @@ class Sandbox:
     def _start_host(self) -> _Host:
         name = f"{_CGROUP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
         cgroup_dirs = [os.path.join(base, name) for base in self._cgroup[1]] if self._cgroup else []
-        argv = [self.config.python, "-I", "-S", "-B", _HOST, self._expose, ":".join(cgroup_dirs) or "-"]
+        confine = {"landlock": bool(self.isolation.landlock), "seccomp": self.isolation.seccomp,
+                   "read_only": self._read_only, "devices": list(_DEVICES)}
+        argv = [self.config.python, "-I", "-S", "-B", _HOST, self._expose, ":".join(cgroup_dirs) or "-",
+                json.dumps(confine)]
         flags = _unshare_flags()
         if self.isolation.namespaces and flags:
             argv = [*flags, *argv]
+        workroot = tempfile.mkdtemp(prefix=_CGROUP_PREFIX, dir=self._tmp_root)
+        os.chmod(workroot, 0o711)  # a fresh uid must reach its own run directory inside
         try:
-            return _Host(argv, cgroup_dirs)
+            host = _Host(argv, cgroup_dirs, workroot)
         except (OSError, _HostDied) as exc:
             for d in cgroup_dirs:
                 _remove_cgroup_dir(d)
+            shutil.rmtree(workroot, ignore_errors=True)
             raise SandboxError(f"cannot start a sandbox host: {exc}") from None
+        self._check_layers(host)
+        return host
+
+    def _check_layers(self, host: _Host) -> None:
+        """The kernel may refuse at run time what it advertised (a stricter seccomp profile around the
+        pod): keep to what the host's own probe found, and fail if the config required it."""
+        iso = self.isolation
+        missing = []
+        if iso.landlock and host.landlock != iso.landlock:
+            missing.append(("landlock", self.config.landlock))
+        if iso.seccomp and not host.seccomp:
+            missing.append(("seccomp", self.config.seccomp))
+        for layer, required in missing:
+            if required:
+                host.close()
+                raise SandboxError(f"the sandbox host could not apply {layer}")
+            log.warning("sandbox: %s is advertised by the kernel but could not be applied; running without it", layer)
+        if missing:
+            self.isolation = replace(iso, landlock=host.landlock if iso.landlock else 0,
+                                     seccomp=iso.seccomp and host.seccomp)
+
+    @property
+    def layers(self) -> list[str]:
+        """The containment layers in force (``Isolation.layers``), for stage results and logs."""
+        return self.isolation.layers()
 
     def _acquire(self) -> _Host:
         try:
@@ -517,10 +597,11 @@ class Sandbox:
             "source": source, "timeout_s": limits.timeout_s, "uid": uid, "cpu_s": limits.effective_cpu_s(),
             "memory": limits.memory_bytes, "file_bytes": limits.file_bytes, "nproc": limits.nproc,
             "nofile": limits.nofile, "disk_bytes": limits.disk_bytes, "output_bytes": limits.output_bytes,
-            "mount": self.isolation.namespaces, "tmp_root": self._tmp_root,
+            "mount": self.isolation.namespaces,
         }  # fmt: skip
         try:
             host = self._acquire()
+            req["tmp_root"] = host.workroot
             try:
                 reply = host.request(req, limits.timeout_s + _HOST_GRACE_S)
             except _HostDied as exc:
@@ -540,7 +621,8 @@ class Sandbox:
         status = reply["status"]
         return TestResult(passed=status == "passed", status=status, reason=reply.get("reason", ""),
                           returncode=reply.get("returncode"), stdout=reply.get("stdout", ""),
-                          stderr=reply.get("stderr", ""), wall_s=reply.get("wall_s", 0.0))
+                          stderr=reply.get("stderr", ""), wall_s=reply.get("wall_s", 0.0),
+                          data=reply.get("data", ""))
 
     def run_many(self, sources: Iterable[str], *, workers: int | None = None,
                  timeout_s: float | None = None, limits: SandboxLimits | None = None) -> list[TestResult]:
