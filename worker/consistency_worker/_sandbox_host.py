@@ -479,7 +479,7 @@ def _rmtree(path: str) -> None:
 # Imported and exercised once here so every forked child finds them warm: the first compile() in a
 # process costs milliseconds, and so do these imports that tests and solutions commonly make.
 _WARM_MODULES = ("math", "re", "collections", "itertools", "functools", "heapq", "typing", "string", "bisect",
-                 "operator", "copy", "traceback")
+                 "operator", "copy", "traceback", "json")
 
 
 def _warm_up() -> None:
