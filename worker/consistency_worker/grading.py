@@ -26,6 +26,7 @@ __all__ = [
     "TestResult",
     "build_program",
     "canonical_number",
+    "code_grading_metrics",
     "extract_choice",
     "extract_code",
     "extract_math_answer",
@@ -276,6 +277,17 @@ def tests_trusted(problem: Problem) -> bool:
     """Whether a code problem's tests are graded by the grader's own comparisons (else by the old path,
     inside the sandbox: counted as ``testsUntrusted`` in stage results)."""
     return _plan_for(problem) is not None
+
+
+def code_grading_metrics(problems: Sequence[Problem]) -> dict[str, int | list[str]]:
+    """For a stage's result, when it graded code: ``testsUntrusted``, the code problems whose tests did
+    not rewrite (graded by the old in-sandbox path), and ``sandboxLayers``, the containment in force."""
+    code = [p for p in problems if p.domain == "code"]
+    if not code:
+        return {}
+    from .sandbox import default_sandbox
+
+    return {"testsUntrusted": sum(not tests_trusted(p) for p in code), "sandboxLayers": default_sandbox().layers}
 
 
 def _trusted_outcome(result: TestResult, plan: Rewritten) -> tuple[bool, str, str, str]:

@@ -135,8 +135,8 @@ class _Rewriter(ast.NodeTransformer):
             raise Unsupported(type(node).__name__)
         return node
 
-    visit_If = visit_Try = visit_With = visit_While = visit_Match = _guarded  # noqa: N815
-    visit_TryStar = visit_AsyncWith = visit_AsyncFunctionDef = visit_ClassDef = _guarded  # noqa: N815
+    visit_If = visit_Try = visit_With = visit_While = visit_Match = _guarded
+    visit_TryStar = visit_AsyncWith = visit_AsyncFunctionDef = visit_ClassDef = _guarded
 
     def visit_Assert(self, node: ast.Assert) -> ast.stmt:
         holes = _holes(node.test, self.candidates)
@@ -252,7 +252,7 @@ class _Eval:
     def __init__(self, value: Any) -> None:
         self.value = value
 
-    def run(self, node: ast.expr) -> Any:  # noqa: C901 - one branch per node type
+    def run(self, node: ast.expr) -> Any:
         if isinstance(node, ast.Constant):
             return node.value
         if isinstance(node, ast.Name):

@@ -25,6 +25,7 @@ from consistency_core.stats import paired_from_rows
 
 from consistency_worker.answering import SamplingSettings, generate_records, load_backend, truncated_share
 from consistency_worker.generations import GenerationRecord
+from consistency_worker.grading import code_grading_metrics
 from consistency_worker.stages import PermanentStageError
 from consistency_worker.stages.context import StageContext
 from consistency_worker.store import Store
@@ -168,6 +169,11 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
     metrics: dict[str, Any] = {k: summary[k] for k in ("problems", "consistency", "meanAgreement", "accuracy",
                                                        "consistencyByDomain", "consistencyGivenCorrect", "passAt1")}
     metrics["maxNewTokensHitShare"] = truncated_share(records)
+    grading = code_grading_metrics(problems)
+    if grading:
+        ctx.logger.info("code grading: %d problems with untrusted tests, sandbox layers %s",
+                        grading["testsUntrusted"], ", ".join(grading["sandboxLayers"]))
+        metrics.update(grading)
     report: dict[str, Any] = {
         **summary,
         "adapterUri": params.adapter_uri,
