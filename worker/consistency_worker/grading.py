@@ -36,7 +36,7 @@ __all__ = [
     "math_answers_match",
     "run_tests",
     "signature_of",
-    "tests_trusted",
+    "has_trusted_tests",
 ]
 
 # ---------------------------------------------------------------------------------------------------
@@ -273,7 +273,7 @@ def _plan_for(problem: Problem) -> Rewritten | None:
     return _rewritten(problem.tests or "", frozenset([problem.entry_point] if problem.entry_point else []))
 
 
-def tests_trusted(problem: Problem) -> bool:
+def has_trusted_tests(problem: Problem) -> bool:
     """Whether a code problem's tests are graded by the grader's own comparisons (else by the old path,
     inside the sandbox: counted as ``testsUntrusted`` in stage results)."""
     return _plan_for(problem) is not None
@@ -287,7 +287,7 @@ def code_grading_metrics(problems: Sequence[Problem]) -> dict[str, int | list[st
         return {}
     from .sandbox import default_sandbox
 
-    return {"testsUntrusted": sum(not tests_trusted(p) for p in code), "sandboxLayers": default_sandbox().layers}
+    return {"testsUntrusted": sum(not has_trusted_tests(p) for p in code), "sandboxLayers": default_sandbox().layers}
 
 
 def _trusted_outcome(result: TestResult, plan: Rewritten) -> tuple[bool, str, str, str]:
