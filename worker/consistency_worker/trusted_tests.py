@@ -20,7 +20,6 @@ counts them as untrusted.
 from __future__ import annotations
 
 import ast
-import copy
 import math
 import operator
 from collections.abc import Callable
@@ -96,15 +95,44 @@ def rewrite(tests: str, entry_points: frozenset[str] | set[str]) -> Rewritten | 
     candidates = {*entry_points, _CANDIDATE_PARAM} - bound - set(_SAFE_FUNCS) - _MATERIALISERS - {"math"}
     if not candidates:
         return None
-    rewriter = _Rewriter(candidates, bound)
+    source = _Source(tests)
+    rewriter = _Rewriter(source, candidates, bound)
     try:
-        new = rewriter.visit(tree)
+        rewriter.visit(tree)
     except Unsupported:
         return None
     if not any(c.recorded for c in rewriter.checks):
         return None
-    body = ast.unparse(ast.fix_missing_locations(new))
-    return Rewritten(f"{RECORDER_SOURCE}\n{body}\n_cw_done()\n", tuple(rewriter.checks))
+    return Rewritten(f"{RECORDER_SOURCE}\n{source.splice(rewriter.edits)}\n_cw_done()\n", tuple(rewriter.checks))
+
+
+class _Source:
+    """The tests' text addressed the way the AST does (line numbers, UTF-8 byte columns)."""
+
+    def __init__(self, text: str) -> None:
+        self.data = text.encode()
+        self.starts = [0]
+        for line in self.data.splitlines(keepends=True):
+            self.starts.append(self.starts[-1] + len(line))
+
+    def span(self, node: ast.stmt | ast.expr) -> tuple[int, int]:
+        end_line = node.end_lineno if node.end_lineno is not None else node.lineno
+        end_col = node.end_col_offset if node.end_col_offset is not None else node.col_offset
+        return self.starts[node.lineno - 1] + node.col_offset, self.starts[end_line - 1] + end_col
+
+    def segment(self, node: ast.expr) -> str:
+        begin, end = self.span(node)
+        return self.data[begin:end].decode()
+
+    def splice(self, edits: list[tuple[ast.stmt, str]]) -> str:
+        """The text with each statement's span replaced."""
+        out, at = [], 0
+        for node, replacement in sorted(edits, key=lambda e: (e[0].lineno, e[0].col_offset)):
+            begin, end = self.span(node)
+            out += [self.data[at:begin], replacement.encode()]
+            at = end
+        out.append(self.data[at:])
+        return b"".join(out).decode()
 
 
 def _bound_names(tree: ast.AST) -> set[str]:
@@ -121,58 +149,55 @@ def _bound_names(tree: ast.AST) -> set[str]:
     return names
 
 
-class _Rewriter(ast.NodeTransformer):
-    def __init__(self, candidates: set[str], shadowed: set[str]) -> None:
+class _Rewriter(ast.NodeVisitor):
+    def __init__(self, source: _Source, candidates: set[str], shadowed: set[str]) -> None:
+        self.source = source
         self.candidates = candidates
         self.shadowed = shadowed
         self.checks: list[Check] = []
+        self.edits: list[tuple[ast.stmt, str]] = []
 
     # Assertions are rewritten only where each one runs every time its block runs: in module and
     # function bodies and loops. Under if/try/with/while an assertion may legitimately not run, or
     # its AssertionError may be caught: those tests stay on the old path.
-    def _guarded(self, node: ast.AST) -> ast.AST:
+    def _guarded(self, node: ast.AST) -> None:
         if any(isinstance(n, ast.Assert) for n in ast.walk(node)):
             raise Unsupported(type(node).__name__)
-        return node
 
     visit_If = visit_Try = visit_With = visit_While = visit_Match = _guarded
     visit_TryStar = visit_AsyncWith = visit_AsyncFunctionDef = visit_ClassDef = _guarded
 
-    def visit_Assert(self, node: ast.Assert) -> ast.stmt:
+    def visit_Assert(self, node: ast.Assert) -> None:
         holes = _holes(node.test, self.candidates)
         index = len(self.checks)
-        source = ast.unparse(node.test)
+        source = self.source.segment(node.test)
         if len(holes) > 1:
             raise Unsupported("more than one value from the sandbox in one assertion")
-        expr = node.test
-        if holes:
-            expr = _Replace(holes[0], ast.Name(HOLE, ast.Load())).visit(copy.deepcopy(node.test))
+        hole_source = self.source.segment(holes[0]) if holes else None
+        # The check is the assertion's own expression with the hole swapped for a name (the assertion
+        # itself is replaced in the text, so its tree can be taken over without a copy).
+        expr = _swap(node.test, holes[0], ast.Name(HOLE, ast.Load())) if holes else node.test
         if self.shadowed & {n.id for n in ast.walk(expr) if isinstance(n, ast.Name)}:
             raise Unsupported("a name the tests rebind")  # HumanEval/38 compares with a local `str`
-        if not holes:
-            self.checks.append(Check(index, expr, recorded=False, source=source))
-            return ast.copy_location(ast.Pass(), node)
-        (hole,) = holes
-        self.checks.append(Check(index, expr, recorded=True, source=source))
-        call = ast.Call(ast.Name("_cw_record", ast.Load()),
-                        [ast.Constant(index), ast.Lambda(_no_args(), hole)], [])
-        return ast.copy_location(ast.Expr(call), node)
+        self.checks.append(Check(index, expr, recorded=bool(holes), source=source))
+        self.edits.append((node, f"_cw_record({index}, lambda: ({hole_source}))" if holes else "pass"))
 
 
-def _no_args() -> ast.arguments:
-    return ast.arguments(posonlyargs=[], args=[], vararg=None, kwonlyargs=[], kw_defaults=[], kwarg=None,
-                         defaults=[])
-
-
-class _Replace(ast.NodeTransformer):
-    def __init__(self, target: ast.AST, replacement: ast.expr) -> None:
-        self.target = ast.dump(target)
-        self.replacement = replacement
-
-    def generic_visit(self, node: ast.AST) -> ast.AST:
-        if isinstance(node, ast.expr) and ast.dump(node) == self.target:
-            return self.replacement
-        return super().generic_visit(node)
+def _swap(tree: ast.expr, target: ast.expr, replacement: ast.expr) -> ast.expr:
+    """``tree`` with the node ``target`` (by identity) replaced, in place."""
+    if tree is target:
+        return replacement
+    for parent in ast.walk(tree):
+        for name, value in ast.iter_fields(parent):
+            if value is target:
+                setattr(parent, name, replacement)
+                return tree
+            if isinstance(value, list):
+                for i, item in enumerate(value):
+                    if item is target:
+                        value[i] = replacement
+                        return tree
+    raise Unsupported("hole not found")
 
 
 def _is_call_of_candidate(node: ast.expr, candidates: set[str]) -> bool:
