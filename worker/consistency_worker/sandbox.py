@@ -6,12 +6,21 @@ a time per host. Forking a warm, small interpreter is what makes this several ti
 starting one per program. Containment is layered; every layer the platform allows is used and
 ``probe_isolation()`` / ``Sandbox.isolation`` say which hold:
 
-* always: empty environment (PATH, LANG, HOME), a throwaway working directory, stdin /dev/null, every
-  inherited descriptor closed, rlimits set in the child before the program's first line (CPU seconds,
-  address space, file size, open files, core 0), no_new_privs (no gain through setuid binaries or file
-  capabilities), its own session, a wall-clock timeout, output captured in memfds and read back capped,
-  and afterwards every process the run left killed: the host is a child subreaper (or its PID
-  namespace's init), so setsid and double-forked orphans stay its descendants and are found.
+* always: empty environment (PATH, LANG, HOME, TMPDIR = its own directory), a throwaway working
+  directory inside a directory of its host's that the worker removes with the host (also when the
+  program killed it), stdin /dev/null, every inherited descriptor closed, rlimits set in the child
+  before the program's first line (CPU seconds, address space, file size, open files, core 0),
+  no_new_privs (no gain through setuid binaries or file capabilities), its own session, a wall-clock
+  timeout, output captured in memfds and read back capped, and afterwards every process the run left
+  killed: the host is a child subreaper (or its PID namespace's init), so setsid and double-forked
+  orphans stay its descendants and are found.
+* where the kernel has them (probed at start; neither needs a privilege, so they hold in a default
+  non-root pod too; ``_sandbox_confine.py``): a seccomp filter (no sockets but AF_UNIX socketpairs, no
+  ptrace / process_vm_* / pidfd_getfd / mount / unshare / setns / namespace clones / keyctl / bpf /
+  perf_event_open / io_uring) and a Landlock ruleset (read-only: the Python installation and the
+  system's binaries and libraries; read-write: its own directory; nothing else, so not /tmp, /proc,
+  /etc, the store or the worker's files; ABI >= 4: no TCP connect or bind; ABI >= 6: no signals to
+  processes outside the run and no abstract unix sockets).
 * root: a fresh uid per run, so RLIMIT_NPROC is enforced (it is not for root), the program cannot
   signal the worker or the host (``os.kill(os.getppid())``, ``killpg``, ``kill(-1)``), read their
   /proc/<pid>/environ or raise its own limits.
@@ -28,12 +37,16 @@ starting one per program. Containment is layered; every layer the platform allow
   fork bomb but shares the budget with the worker), and the worker is made non-dumpable so a same-uid
   program cannot read /proc/<worker>/environ.
 * neither root nor user namespaces (a non-root pod under the container runtime's default seccomp
-  profile, which refuses unshare; macOS has none of this): what does NOT hold there is network
-  isolation, protection of the worker from a program that deliberately signals same-uid processes
-  (``kill(-1, SIGKILL)``, the worker's process group) and a cap on the disk a program can fill with
-  many files each under the size limit. In such pods deny egress with a NetworkPolicy, set an
-  ``ephemeral-storage`` limit, and prefer ``hostUsers: false`` or a seccomp profile allowing
-  user namespaces.
+  profile, which refuses unshare; macOS has none of this): seccomp and Landlock still keep programs off
+  the network and out of every file but their own; what does NOT hold there is a cap on the disk a
+  program can fill with many files each under the size limit (its own directory is on the node's
+  disk), and, on kernels without Landlock ABI 6, protection of the worker and the host from a program
+  that deliberately signals same-uid processes (``kill(-1, SIGKILL)``). In such pods set an
+  ``ephemeral-storage`` limit, keep the NetworkPolicy, and prefer ``hostUsers: false``.
+
+``Sandbox.layers`` (``Isolation.layers``) names the layers in force; the generate and evaluate stages
+report them as ``sandboxLayers``. Programs write data on descriptor 3 (``TestResult.data``): the
+grader's recorded test calls (``trusted_tests.py``); what they print or exit with decides nothing there.
 """
 
 from __future__ import annotations
