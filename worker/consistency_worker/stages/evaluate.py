@@ -4,8 +4,8 @@ the trained adapter (or none: baseline) and report accuracy, consistency and bef
 - accuracy per domain: the greedy answer (math: exact numeric match; code: greedy pass@1 by running the
   tests; reasoning: letter match); passAt1: the unbiased pass@1 estimate from the k samples (mean c/k);
 - consistency per domain: share of problems whose k samples all give the same answer: math the same
-  canonical number, reasoning the same letter, code the same test-outcome signature (which assertions
-  hold); consistencyGivenCorrect: the same among problems with at least one correct sample; the headline
+  canonical number, reasoning the same letter, code all pass or the same returned values on every test
+  call; consistencyGivenCorrect: the same among problems with at least one correct sample; the headline
   consistency pools every domain; mean agreement: mean share of samples on the modal answer;
 - per problem against a baseline report: a problem is a *failure* by the spec's 1B.2 criteria
   (params.failure = spec.expansion.failure: greedy answer wrong when includeWrong, or agreement below
