@@ -3,12 +3,14 @@ the worker. Tests that need a layer this machine lacks (root, namespaces, cgroup
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -301,12 +303,24 @@ def test_cannot_write_outside_or_read_root_files(sandbox: Sandbox) -> None:
         assert not (tmp_path / "written").exists()
 
 
+@contextlib.contextmanager
+def _listener() -> Iterator[int]:
+    """A TCP listener on 127.0.0.1 (its port); after the block, nobody has completed a handshake with it
+    (a connection would sit in the backlog even though nobody called accept())."""
+    server = socket.socket()
+    try:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        yield server.getsockname()[1]
+        server.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            server.accept()
+    finally:
+        server.close()
+
+
 @needs_ns
 def test_no_network(sandbox: Sandbox) -> None:
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(1)
-    port = server.getsockname()[1]
     source = (
         "import socket\n"
         "for addr in [('127.0.0.1', PORT), ('1.1.1.1', 53)]:\n"
@@ -317,13 +331,9 @@ def test_no_network(sandbox: Sandbox) -> None:
         "        raise SystemExit(f'connected to {addr}')\n"
         "    except OSError:\n"
         "        pass\n"
-    ).replace("PORT", str(port))
-    result = sandbox.run(source)
-    # A completed handshake would sit in the backlog even though nobody called accept().
-    server.setblocking(False)
-    with pytest.raises(BlockingIOError):
-        server.accept()
-    server.close()
+    )
+    with _listener() as port:
+        result = sandbox.run(source.replace("PORT", str(port)))
     assert result.passed, result
 
 
@@ -551,14 +561,10 @@ def test_unprivileged_programs_cannot_touch_files_outside_their_directory(bare: 
 
 @needs_seccomp
 def test_unprivileged_programs_cannot_connect(bare: Sandbox) -> None:
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(1)
-    port = server.getsockname()[1]
     source = (
         "import socket\n"
         "try:\n"
-        f"    socket.create_connection(('127.0.0.1', {port}), timeout=1)\n"
+        "    socket.create_connection(('127.0.0.1', PORT), timeout=1)\n"
         "    raise SystemExit('connected')\n"
         "except PermissionError:\n"
         "    pass\n"
@@ -571,11 +577,8 @@ def test_unprivileged_programs_cannot_connect(bare: Sandbox) -> None:
         "a.sendall(b'x')\n"
         "assert b.recv(1) == b'x'\n"
     )
-    result = bare.run(source)
-    server.setblocking(False)
-    with pytest.raises(BlockingIOError):
-        server.accept()
-    server.close()
+    with _listener() as port:
+        result = bare.run(source.replace("PORT", str(port)))
     assert result.passed, result
 
 
