@@ -599,7 +599,10 @@ def test_unprivileged_programs_cannot_unshare_or_trace(bare: Sandbox) -> None:
 def test_a_host_killed_by_its_program_leaves_no_work_dir(tmp_path: Path) -> None:
     # Without Landlock's signal scope a same-uid program can kill its host; the worker cleans up.
     config = SandboxConfig(namespaces=False, cgroups=False, fresh_uid=False, landlock=False, tmp_root=str(tmp_path))
+    stale = tmp_path / "cw-sbx-99999999-abcd"  # a worker killed outright (no such pid: above pid_max)
+    (stale / "cw-sbx-run").mkdir(parents=True)
     with Sandbox(config) as sb:
+        assert not stale.exists()
         assert sb.run("print(1)").passed
         assert len(list(tmp_path.glob("cw-sbx-*"))) == 1  # the host's directory, between runs
         result = sb.run("import os, signal\nopen('left', 'w').write('x')\nos.kill(os.getppid(), signal.SIGKILL)\n"

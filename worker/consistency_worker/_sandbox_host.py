@@ -27,6 +27,7 @@ Response: status, reason, returncode, stdout, stderr, data (what the program wro
 """
 
 import ctypes
+import fcntl
 import json
 import os
 import resource
@@ -217,8 +218,6 @@ def _child(req: dict, run_id: str, nonce: str, out: int, err: int, status: int, 
 
 
 def fcntl_dup(fd: int) -> int:
-    import fcntl
-
     return fcntl.fcntl(fd, fcntl.F_DUPFD, 100)
 
 

@@ -3,7 +3,7 @@
 The untrusted side (``RECORDER_SOURCE``, pasted into the graded script) turns each value the candidate
 returned into JSON-like data: None, bool, int, float, str and lists as themselves; tuple, set,
 frozenset, dict, bytes and complex tagged (``{"tuple": [...]}``); subclasses of these (Counter,
-OrderedDict, namedtuple, IntEnum) as their plain base value; anything else as ``{"opaque": type name}``,
+OrderedDict, namedtuple, IntEnum) and bytearray as their plain base value; anything else as ``{"opaque": type name}``,
 which no comparison accepts. A call that raised is recorded as the exception type's name.
 
 Nothing here trusts that encoding: the program can patch the recorder, write forged lines on the data
@@ -47,6 +47,8 @@ def _cw_enc(v, depth=0):
         return {{"bytes": v.hex()}}
     if t is complex:
         return {{"complex": [v.real, v.imag]}}
+    if isinstance(v, bytearray):  # equal to the bytes it holds, as in a plain comparison
+        return _cw_enc(bytes(v), depth + 1)
     for base in (bool, int, float, str, bytes, complex, list, tuple, frozenset, set, dict):
         if isinstance(v, base):
             return _cw_enc(base(v), depth + 1)

@@ -453,6 +453,20 @@ def _remove_cgroup_dir(path: str) -> None:
     log.warning("sandbox cgroup %s is still busy; left behind", path)
 
 
+def _remove_stale_workroots(tmp_root: str) -> None:
+    """Remove host directories (``cw-sbx-<worker pid>-*``) that a worker killed outright left behind."""
+    for d in Path(tmp_root).glob(f"{_CGROUP_PREFIX}*-*"):
+        pid = d.name[len(_CGROUP_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or not d.is_dir():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except OSError:
+            pass  # alive (another user's process)
+
+
 # ---------------------------------------------------------------------------------------------------
 # the sandbox
 
@@ -495,6 +509,7 @@ class Sandbox:
             _make_worker_non_dumpable()
         self._tmp_root = self.config.tmp_root or tempfile.gettempdir()
         self._read_only = _read_only_roots(self.config.python)
+        _remove_stale_workroots(self._tmp_root)
         log.info("sandbox layers: %s", ", ".join(self.isolation.layers()))
         self._idle: queue.SimpleQueue[_Host] = queue.SimpleQueue()
         self._all: list[_Host] = []
@@ -515,7 +530,7 @@ class Sandbox:
         flags = _unshare_flags()
         if self.isolation.namespaces and flags:
             argv = [*flags, *argv]
-        workroot = tempfile.mkdtemp(prefix=_CGROUP_PREFIX, dir=self._tmp_root)
+        workroot = tempfile.mkdtemp(prefix=f"{_CGROUP_PREFIX}{os.getpid()}-", dir=self._tmp_root)
         os.chmod(workroot, 0o711)  # a fresh uid must reach its own run directory inside
         try:
             host = _Host(argv, cgroup_dirs, workroot)
