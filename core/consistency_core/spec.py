@@ -318,8 +318,8 @@ class Thresholds(WireModel):
     consistency_domains: list[Domain] = Field(
         default_factory=lambda: ["math"], min_length=1, max_length=len(DOMAINS),
         description="Domains the consistency threshold applies to. Consistency means: math, all k canonical "
-        "answers equal; reasoning, all k letters equal; code, all k programs pass and fail the same tests "
-        "(test-outcome signature).",
+        "answers equal; reasoning, all k letters equal; code, all k programs pass the tests, or return the "
+        "same values and raise the same exception types on every test call.",
     )
     mean_agreement: Probability | None = Field(None, description="Minimum mean agreement.")
     accuracy: dict[str, Probability] = Field(

@@ -133,7 +133,7 @@ class EvaluationRecord(WireModel):
     accuracy: dict[str, float] = Field(default_factory=dict, description="Greedy accuracy per domain.")
     consistency_by_domain: dict[str, float] = Field(
         default_factory=dict, description="Consistency per domain (math: same number, reasoning: same letter, "
-        "code: same test-outcome signature).")
+        "code: all pass, or the same returned values).")
     pass_at_1: dict[str, float] = Field(
         default_factory=dict, description="Unbiased pass@1 per domain from the k samples (mean share correct).")
     problems: int = 0

@@ -76,8 +76,8 @@ def render_markdown(data: ReportData, figures: list[str]) -> str:
           f"## Before / after on the held-out split ({n_eval} problems)", "",
           "Rates with Wilson 95% confidence intervals and counts. Consistency: share of problems whose "
           f"{data.spec.evaluation.samples} samples at temperature {data.spec.evaluation.temperature} all "
-          "agree (math: the same number; reasoning: the same letter; code: the same test-outcome signature, "
-          "i.e. the same tests pass and fail); accuracy: the greedy answer is right; pass@1 (k): the unbiased "
+          "agree (math: the same number; reasoning: the same letter; code: all pass, or the same values "
+          "returned on every test call); accuracy: the greedy answer is right; pass@1 (k): the unbiased "
           "pass@1 estimate from the k samples (mean share of correct samples). Both evaluations answer the "
           "same problems with the same "
           "seeds, so each change is also given paired: the difference with Newcombe's 95% interval for paired "

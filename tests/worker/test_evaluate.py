@@ -111,6 +111,8 @@ def test_baseline_train_evaluate_round(tmp_path: Path) -> None:
     base = run(eval_config(str(store), problems, "baseline"), tmp_path / "s1")
     assert base.ok and base.metrics["accuracy"] == {"code": 0.0, "math": 0.0, "reasoning": 0.0}
     assert "failureToSuccess" not in base.metrics  # nothing to compare with
+    # code was graded: the stage says by which sandbox layers and how many tests the grader could not own
+    assert base.metrics["testsUntrusted"] == 0 and base.metrics["sandboxLayers"][:2] == ["rlimits", "no_new_privs"]
 
     # Plain LoRA: evaluation serves the adapter on the full-precision base, and the tiny random model's
     # weights lose too much to 4-bit rounding for a QLoRA adapter memorised on them to carry over.

@@ -300,7 +300,7 @@ def test_mbpp_reference_solutions_pass(shared_datasets: Path) -> None:
     results = run_many([join_program(p.solution or "", p.tests or "") for p in problems], timeout_s=60)
     failing = {p.id for p, r in zip(problems, results, strict=True) if not r.passed}
     assert failing == MBPP_KNOWN_BROKEN, sorted(failing)
-    # the same through grade_many, whose tests record every assertion (test-outcome signatures)
+    # the same through grade_many: the grader's own comparisons on the values the programs returned
     grades = grade_many([(p, p.solution or "") for p in problems], timeout_s=60)
     assert {p.id for p, g in zip(problems, grades, strict=True) if not g.correct} == MBPP_KNOWN_BROKEN
 
@@ -322,5 +322,7 @@ def test_grade_and_grade_many_dispatch_by_domain() -> None:
     ]
     grades = grade_many(pairs, workers=2)
     assert [g.correct for g in grades] == [False, True, True, False]
-    assert [g.answer for g in grades] == ["6", "pass", "C", "F"]
-    assert grades[3].detail.startswith("failed")
+    assert [g.answer for g in grades][:3] == ["6", "pass", "C"]
+    # a wrong program votes with the digest of what it returned; the grader's verdict names the assertion
+    assert (grades[3].answer or "").startswith("v")
+    assert grades[3].detail == "failed: assertion 1 (add(1, 2) == 3) failed: got 0"

@@ -3,12 +3,14 @@ the worker. Tests that need a layer this machine lacks (root, namespaces, cgroup
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,8 @@ pytestmark = pytest.mark.skipif(not os.path.isdir("/proc"), reason="the sandbox 
 ISO = probe_isolation()
 needs_uid = pytest.mark.skipif(not ISO.fresh_uid, reason="a fresh uid per run needs a root worker")
 needs_ns = pytest.mark.skipif(not ISO.namespaces, reason="unshare (pid/net/mount namespaces) not permitted")
+needs_landlock = pytest.mark.skipif(not ISO.landlock, reason="this kernel has no Landlock")
+needs_seccomp = pytest.mark.skipif(not ISO.seccomp, reason="no seccomp filters here")
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +173,7 @@ def test_disk_fill_is_contained(sandbox: Sandbox, tmp_path: Path) -> None:
     result = sandbox.run(source, limits=SandboxLimits(file_bytes=2 << 20, disk_bytes=16 << 20, timeout_s=20))
     assert result.status in ("passed", "error")
     # Nothing it wrote survives the run, and where a mount namespace caps it, it never used the disk.
-    assert not list(Path("/tmp").glob("cw-sbx-*/f0"))
+    assert not list(Path("/tmp").glob("cw-sbx-*/f0")) + list(Path("/tmp").glob("cw-sbx-*/cw-sbx-*/f0"))
     if ISO.namespaces:
         assert abs(_free_bytes("/tmp") - before) < 64 << 20
 
@@ -238,9 +242,13 @@ def test_environment_is_empty(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch)
         source = (
             "import os\n"
             f"secret = {secret!r}\n"
-            "assert set(os.environ) <= {'PATH', 'LANG', 'HOME'}, sorted(os.environ)\n"
+            "assert set(os.environ) <= {'PATH', 'LANG', 'HOME', 'TMPDIR'}, sorted(os.environ)\n"
             "leaks = []\n"
-            "for pid in os.listdir('/proc'):\n"
+            "try:\n"
+            "    pids = os.listdir('/proc')\n"
+            "except PermissionError:  # Landlock: no /proc at all\n"
+            "    pids = []\n"
+            "for pid in pids:\n"
             "    try:\n"
             "        with open(f'/proc/{pid}/environ', 'rb') as fh:\n"
             "            if secret.encode() in fh.read():\n"
@@ -295,29 +303,37 @@ def test_cannot_write_outside_or_read_root_files(sandbox: Sandbox) -> None:
         assert not (tmp_path / "written").exists()
 
 
+@contextlib.contextmanager
+def _listener() -> Iterator[int]:
+    """A TCP listener on 127.0.0.1 (its port); after the block, nobody has completed a handshake with it
+    (a connection would sit in the backlog even though nobody called accept())."""
+    server = socket.socket()
+    try:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        yield server.getsockname()[1]
+        server.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            server.accept()
+    finally:
+        server.close()
+
+
 @needs_ns
 def test_no_network(sandbox: Sandbox) -> None:
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(1)
-    port = server.getsockname()[1]
     source = (
         "import socket\n"
         "for addr in [('127.0.0.1', PORT), ('1.1.1.1', 53)]:\n"
-        "    s = socket.socket()\n"
-        "    s.settimeout(1)\n"
         "    try:\n"
+        "        s = socket.socket()  # the seccomp filter refuses this already\n"
+        "        s.settimeout(1)\n"
         "        s.connect(addr)\n"
         "        raise SystemExit(f'connected to {addr}')\n"
         "    except OSError:\n"
         "        pass\n"
-    ).replace("PORT", str(port))
-    result = sandbox.run(source)
-    # A completed handshake would sit in the backlog even though nobody called accept().
-    server.setblocking(False)
-    with pytest.raises(BlockingIOError):
-        server.accept()
-    server.close()
+    )
+    with _listener() as port:
+        result = sandbox.run(source.replace("PORT", str(port)))
     assert result.passed, result
 
 
@@ -359,7 +375,8 @@ def survivors(token):
     return found
 
 os.environ["AWS_SECRET_ACCESS_KEY"] = "canary-" + secrets.token_hex(4)
-env_check = ("import os\nassert set(os.environ) <= {'PATH', 'LANG', 'HOME'}\nfor p in os.listdir('/proc'):\n"
+env_check = ("import os\nassert set(os.environ) <= {'PATH', 'LANG', 'HOME', 'TMPDIR'}\n"
+             "try:\n    pids = os.listdir('/proc')\nexcept PermissionError:\n    pids = []\nfor p in pids:\n"
              "    try:\n        assert os.environ.get('X', 'canary-') not in open(f'/proc/{p}/environ').read()\n"
              "    except OSError:\n        pass\n")
 out = {}
@@ -379,8 +396,9 @@ for name, cfg in (("userns", SandboxConfig()), ("bare", SandboxConfig(namespaces
                            f"import os, signal\nos.kill({os.getpid()}, signal.SIGKILL)"):
                 sb.run(attack)
             row["after_attacks"] = sb.run("assert True").status
-            row["net"] = sb.run("import socket\ns = socket.socket()\ns.settimeout(1)\n"
-                                "try:\n    s.connect(('1.1.1.1', 53))\n    print('connected')\n"
+            row["net"] = sb.run("import socket\n"
+                                "try:\n    s = socket.socket()\n    s.settimeout(1)\n"
+                                "    s.connect(('1.1.1.1', 53))\n    print('connected')\n"
                                 "except OSError:\n    print('blocked')").stdout.strip()
         out[name] = row
 print(json.dumps(out))
@@ -494,3 +512,108 @@ def test_a_long_lived_host_does_not_leak_descriptors() -> None:
             assert sb.run("print(2)").stdout.strip() == "2"
         assert sb._all == [host]
         assert open_fds() <= before + 2
+
+
+# ------------------------------------------------------------------------- unprivileged mode (a default pod)
+
+
+def test_unprivileged_mode_reports_its_layers(bare: Sandbox) -> None:
+    layers = bare.layers
+    assert layers[:2] == ["rlimits", "no_new_privs"]
+    assert not {"namespaces", "fresh-uid"} & set(layers) and not any(x.startswith("cgroup") for x in layers)
+    assert ("seccomp" in layers) == ISO.seccomp
+    assert (f"landlock-v{ISO.landlock}" in layers) == bool(ISO.landlock)
+
+
+@needs_landlock
+def test_unprivileged_programs_cannot_touch_files_outside_their_directory(bare: Sandbox) -> None:
+    """A file in an artifact store, a 0600 credentials file of the worker's user, writing next to them,
+    listing /tmp (other runs' directories) and /proc: all refused; the program's own directory works."""
+    with tempfile.TemporaryDirectory(dir=_visible_scratch_parent(), prefix=".sandbox-store-") as tmp:
+        store = Path(tmp)
+        (store / "run-1").mkdir()
+        (store / "run-1" / "generations.jsonl").write_text('{"answer": 42}\n')
+        creds = store / "credentials"
+        creds.write_text("aws_secret_access_key = canary")
+        creds.chmod(0o600)
+        attempts = {
+            "store": f"open({str(store / 'run-1' / 'generations.jsonl')!r}).read()",
+            "creds": f"open({str(creds)!r}).read()",
+            "write": f"open({str(store / 'planted')!r}, 'w').write('x')",
+            "list_store": f"os.listdir({str(store)!r})",
+            "list_tmp": "os.listdir('/tmp')",
+            "proc": "open('/proc/1/cmdline').read()",
+            "etc": "open('/etc/passwd').read()",
+        }
+        source = "import os, tempfile\nrefused = []\n" + "".join(
+            f"try:\n    {code}\nexcept PermissionError:\n    refused.append({name!r})\n"
+            for name, code in attempts.items()
+        ) + (
+            "open('mine', 'w').write('ok')\nassert open('mine').read() == 'ok' and os.listdir('.') == ['mine']\n"
+            "assert tempfile.gettempdir() == os.getcwd()\n"
+            "print(','.join(refused))\n"
+        )
+        result = bare.run(source)
+        assert result.passed, result
+        assert set(result.stdout.strip().split(",")) == set(attempts), result.stdout
+        assert not (store / "planted").exists()
+
+
+@needs_seccomp
+def test_unprivileged_programs_cannot_connect(bare: Sandbox) -> None:
+    source = (
+        "import socket\n"
+        "try:\n"
+        "    socket.create_connection(('127.0.0.1', PORT), timeout=1)\n"
+        "    raise SystemExit('connected')\n"
+        "except PermissionError:\n"
+        "    pass\n"
+        "try:\n"
+        "    socket.socket(socket.AF_UNIX)\n"
+        "    raise SystemExit('made a unix socket')\n"
+        "except PermissionError:\n"
+        "    pass\n"
+        "a, b = socket.socketpair()  # allowed: it reaches nothing outside the run\n"
+        "a.sendall(b'x')\n"
+        "assert b.recv(1) == b'x'\n"
+    )
+    with _listener() as port:
+        result = bare.run(source.replace("PORT", str(port)))
+    assert result.passed, result
+
+
+@needs_seccomp
+def test_unprivileged_programs_cannot_unshare_or_trace(bare: Sandbox) -> None:
+    source = (
+        "import ctypes, os\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "assert libc.unshare(0x10000000) == -1 and ctypes.get_errno() == 1  # CLONE_NEWUSER\n"
+        "assert libc.ptrace(16, os.getppid(), 0, 0) == -1 and ctypes.get_errno() == 1  # PTRACE_ATTACH\n"
+        "import subprocess\n"
+        "assert subprocess.run(['/bin/true']).returncode == 0  # plain fork/exec still works\n"
+    )
+    result = bare.run(source)
+    assert result.passed, result
+
+
+def test_a_host_killed_by_its_program_leaves_no_work_dir(tmp_path: Path) -> None:
+    # Without Landlock's signal scope a same-uid program can kill its host; the worker cleans up.
+    config = SandboxConfig(namespaces=False, cgroups=False, fresh_uid=False, landlock=False, tmp_root=str(tmp_path))
+    stale = tmp_path / "cw-sbx-99999999-abcd"  # a worker killed outright (no such pid: above pid_max)
+    (stale / "cw-sbx-run").mkdir(parents=True)
+    with Sandbox(config) as sb:
+        assert not stale.exists()
+        assert sb.run("print(1)").passed
+        assert len(list(tmp_path.glob("cw-sbx-*"))) == 1  # the host's directory, between runs
+        result = sb.run("import os, signal\nopen('left', 'w').write('x')\nos.kill(os.getppid(), signal.SIGKILL)\n"
+                        "import time\ntime.sleep(5)")
+        assert result.status == "error" and "host died" in result.reason, result
+        assert list(tmp_path.glob("cw-sbx-*")) == []
+        assert sb.run("assert 1 + 1 == 2").passed  # a fresh host takes over
+
+
+@needs_landlock
+def test_landlock_keeps_the_host_out_of_the_programs_reach(bare: Sandbox) -> None:
+    result = bare.run("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)")
+    assert result.status == "error" and "PermissionError" in result.reason, result
+    assert bare.run("assert True").passed

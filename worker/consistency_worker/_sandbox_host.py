@@ -7,21 +7,27 @@ small, already-initialised interpreter costs about a millisecond where starting 
 It runs one program at a time. Per program the child, before the first line of untrusted code: starts
 a new session, enters a private mount namespace with size-capped tmpfs over the world-writable
 directories and its working directory, gets /dev/null as stdin and private memfds
-as stdout/stderr, closes every other descriptor, sets rlimits, drops to the run's uid and sets
-no_new_privs (staying uid 0 in a user namespace, it sheds every capability instead). Afterwards the
+as stdout/stderr (and fd 3 for data, fd 4 for its status line), closes every other descriptor, sets
+rlimits, drops to the run's uid and sets no_new_privs (staying uid 0 in a user namespace, it sheds
+every capability instead), then, where the kernel has them, a Landlock ruleset and a seccomp filter
+(``_sandbox_confine.py``; probed in a throwaway child at start, reported in the hello). Afterwards the
 host kills every process the run left (all other processes of its PID namespace, or, without one, all
 its descendants: it is a child subreaper, so double-forked orphans come back to it; with a cgroup, the
 cgroup's other members), reaps them and returns the result. The host lives in its own cgroup (when
 one is writable), so pids.max and the memory limit cover the run's processes together.
 
 Protocol on fd 0 / fd 1: 4-byte big-endian length + JSON, one request then one response.
-argv: expose ("prefix:hidden_dir" or "-"), cgroup dirs to create and join (":"-joined or "-").
+argv: expose ("prefix:hidden_dir" or "-"), cgroup dirs to create and join (":"-joined or "-"), JSON of
+the confinement wanted (landlock, seccomp: bools; read_only, devices: paths).
+Hello: ready, pid, landlock (the ABI in force, 0: none), seccomp (bool).
 Request: source, timeout_s, uid (-1: keep), cpu_s, memory, file_bytes, nproc, nofile, disk_bytes,
-output_bytes, mount (bool), tmp_root.
-Response: status, reason, returncode, stdout, stderr, wall_s, [fatal].
+output_bytes, mount (bool), tmp_root (the host's own directory for run dirs).
+Response: status, reason, returncode, stdout, stderr, data (what the program wrote on fd 3), wall_s,
+[fatal].
 """
 
 import ctypes
+import fcntl
 import json
 import os
 import resource
@@ -32,6 +38,14 @@ import struct
 import sys
 import time
 
+# The confinement layer is a sibling module; -I leaves the script's directory off sys.path, so add it
+# for this one import only (nothing else of the package is importable from the host or its children).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+try:
+    import _sandbox_confine as _confine
+finally:
+    del sys.path[0]
+
 _libc = ctypes.CDLL(None, use_errno=True)
 _CLONE_NEWNS = 0x00020000
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT, _MS_BIND, _MS_REC = 1, 2, 4, 32, 4096, 16384
@@ -39,6 +53,13 @@ _PR_SET_CHILD_SUBREAPER, _PR_SET_NO_NEW_PRIVS, _PR_CAPBSET_DROP = 36, 38, 24
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 _TMPFS_TARGETS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/var/lock")
 _IN_PIDNS = os.getpid() == 1
+# The data channel (one JSON line per recorded test call, written by the graded script) and the status
+# line, at fixed descriptor numbers in every child.
+DATA_FD, STATUS_FD = 3, 4
+_DATA_CAP = 8 << 20
+# Set by main() from the worker's confinement settings and the start-up probe.
+_layers: dict = {"landlock": 0, "seccomp": False, "read_only": [], "devices": []}
+_seccomp_prog = None
 
 
 def _check(rc: int, what: str) -> None:
@@ -131,7 +152,7 @@ def _set_cgroup_limits(req: dict) -> None:
                 _cgroup_limits[path] = value
 
 
-def _child(req: dict, run_id: str, nonce: str, out: int, err: int, status: int) -> None:
+def _child(req: dict, run_id: str, nonce: str, out: int, err: int, status: int, data: int) -> None:
     """In the forked child: confine, then run the program. Never returns."""
     try:
         os.setsid()
@@ -150,12 +171,14 @@ def _child(req: dict, run_id: str, nonce: str, out: int, err: int, status: int) 
         if uid >= 0:
             os.chown(workdir, uid, uid)
         devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)
-        os.dup2(out, 1)
-        os.dup2(err, 2)
-        keep = sorted({0, 1, 2, status})
+        # Move every descriptor out of the way first: the memfds may sit on 3 or 4 themselves.
+        high = [fcntl_dup(fd) for fd in (devnull, out, err, data, status)]
+        for target, fd in enumerate(high):
+            os.dup2(fd, target)
+        keep = [0, 1, 2, DATA_FD, STATUS_FD]
         for lo, hi in zip(keep, [*keep[1:], 65536], strict=True):
             os.closerange(lo + 1, hi)
+        status = STATUS_FD
         for sig in (signal.SIGPIPE, signal.SIGINT, signal.SIGTERM, signal.SIGXFSZ, signal.SIGXCPU):
             signal.signal(sig, signal.SIG_DFL)
 
@@ -171,7 +194,7 @@ def _child(req: dict, run_id: str, nonce: str, out: int, err: int, status: int) 
         if int(req["nproc"]) > 0:
             # RLIMIT_NPROC counts every process of the real uid: with a fresh uid that is this run
             # alone; otherwise the worker's own processes count too, so allow for them.
-            base = 0 if uid >= 0 else _count_uid(os.getuid())
+            base = 0 if uid >= 0 else int(req["uid_processes"])
             resource.setrlimit(resource.RLIMIT_NPROC, (base + int(req["nproc"]),) * 2)
         if uid >= 0:
             os.setgroups([])
@@ -179,13 +202,23 @@ def _child(req: dict, run_id: str, nonce: str, out: int, err: int, status: int) 
             os.setuid(uid)
         _shed_privileges(keep_uid=uid < 0)
         os.chdir(workdir)
+        # Landlock, then seccomp (no_new_privs is set): the last steps before the program's first line.
+        if _layers["landlock"]:
+            _confine.apply_landlock(_layers["landlock"], _layers["read_only"], [workdir], _layers["devices"])
+        if _seccomp_prog is not None:
+            _confine.apply_seccomp(_seccomp_prog)
         os.umask(0o077)
         os.environ.clear()
-        os.environ.update({"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": workdir})
+        os.environ.update({"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": workdir,
+                           "TMPDIR": workdir})
     except BaseException as exc:  # never run the program half-confined
         os.write(status, f"{nonce} setup sandbox setup failed: {type(exc).__name__}: {exc}\n".encode())
         os._exit(3)
     _execute(req["source"], nonce, status)
+
+
+def fcntl_dup(fd: int) -> int:
+    return fcntl.fcntl(fd, fcntl.F_DUPFD, 100)
 
 
 class _CapHeader(ctypes.Structure):
@@ -208,6 +241,18 @@ def _shed_privileges(keep_uid: bool) -> None:
         header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
         data = (_CapData * 2)()
         _check(_libc.capset(ctypes.byref(header), data), "capset")
+
+
+_uid_count_cache: list = [0.0, 0]  # (when, count)
+
+
+def _uid_processes(uid: int) -> int:
+    """The uid's process count for RLIMIT_NPROC, refreshed at most every half second: counting walks
+    /proc, which on a busy node costs more than a run."""
+    now = time.monotonic()
+    if now - _uid_count_cache[0] > 0.5:
+        _uid_count_cache[:] = [now, _count_uid(uid)]
+    return _uid_count_cache[1]
 
 
 def _count_uid(uid: int) -> int:
@@ -314,7 +359,20 @@ def _reap_all() -> None:
             return
 
 
+def _no_children() -> bool:
+    """Whether the host has no child at all. Without a cgroup or PID namespace the host is a child
+    subreaper, so every process the run left is its child or a descendant of one: none means nothing
+    to hunt for, and the scan of /proc (slow on a busy node) is skipped."""
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return True
+    return False
+
+
 def _kill_run() -> None:
+    if not _cgroup_dirs and not _IN_PIDNS and _no_children():
+        return
     for attempt in range(500):
         victims = _leftovers()
         if not victims:
@@ -374,7 +432,9 @@ def _run(req: dict) -> dict:
     run_id = secrets.token_hex(8)
     nonce = secrets.token_hex(16)
     _set_cgroup_limits(req)
-    fds = [os.memfd_create(name) for name in ("stdout", "stderr", "status")]
+    if int(req["uid"]) < 0 and int(req["nproc"]) > 0:
+        req = {**req, "uid_processes": _uid_processes(os.getuid())}
+    fds = [os.memfd_create(name) for name in ("stdout", "stderr", "status", "data")]
     started = time.monotonic()
     try:
         pid = os.fork()
@@ -391,6 +451,7 @@ def _run(req: dict) -> dict:
         status_text = _read_memfd(fds[2], 4096)
         stdout = _read_memfd(fds[0], int(req["output_bytes"]))
         stderr = _read_memfd(fds[1], int(req["output_bytes"]))
+        data = _read_memfd(fds[3], _DATA_CAP)
     finally:
         for fd in fds:
             os.close(fd)
@@ -400,7 +461,7 @@ def _run(req: dict) -> dict:
     if wstatus is not None:
         rc = -os.WTERMSIG(wstatus) if os.WIFSIGNALED(wstatus) else os.WEXITSTATUS(wstatus)
     reported = [ln.split(" ", 2)[1:] for ln in status_text.splitlines() if ln.startswith(nonce + " ")]
-    result = {"returncode": rc, "stdout": stdout, "stderr": stderr, "wall_s": wall}
+    result = {"returncode": rc, "stdout": stdout, "stderr": stderr, "wall_s": wall, "data": data}
     if reported:
         state, reason = ([*reported[-1], ""])[:2]
         if state == "setup":
@@ -444,7 +505,7 @@ def _rmtree(path: str) -> None:
 # Imported and exercised once here so every forked child finds them warm: the first compile() in a
 # process costs milliseconds, and so do these imports that tests and solutions commonly make.
 _WARM_MODULES = ("math", "re", "collections", "itertools", "functools", "heapq", "typing", "string", "bisect",
-                 "operator", "copy", "traceback")
+                 "operator", "copy", "traceback", "json")
 
 
 def _warm_up() -> None:
@@ -460,9 +521,40 @@ def _warm_up() -> None:
     gc.freeze()  # keep the collector from touching (and so copying) the host's pages in every child
 
 
+def _probe_confinement(wanted: dict) -> None:
+    """Try the requested Landlock / seccomp layers in a throwaway child; keep those that hold."""
+    global _seccomp_prog
+    abi = _confine.landlock_abi() if wanted.get("landlock", True) else 0
+    prog = _confine.seccomp_program() if wanted.get("seccomp", True) and _confine.seccomp_available() else None
+    read_only, devices = list(wanted.get("read_only", [])), list(wanted.get("devices", []))
+    for layer in ("landlock", "seccomp"):
+        if (layer == "landlock" and not abi) or (layer == "seccomp" and prog is None):
+            continue
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _confine.set_no_new_privs()
+                if layer == "landlock":
+                    _confine.apply_landlock(abi, read_only, ["/nonexistent"], devices)
+                else:
+                    _confine.apply_seccomp(prog)
+                os._exit(0)
+            finally:
+                os._exit(1)
+        _, wstatus = os.waitpid(pid, 0)
+        ok = os.WIFEXITED(wstatus) and os.WEXITSTATUS(wstatus) == 0
+        if layer == "landlock":
+            abi = abi if ok else 0
+        elif not ok:
+            prog = None
+    _layers.update(landlock=abi, seccomp=prog is not None, read_only=read_only, devices=devices)
+    _seccomp_prog = prog
+
+
 def main() -> None:
     expose = sys.argv[1] if len(sys.argv) > 1 else "-"
     cgroups = sys.argv[2] if len(sys.argv) > 2 else "-"
+    _probe_confinement(json.loads(sys.argv[3]) if len(sys.argv) > 3 else {})
     if expose != "-":
         prefix, hidden_top = expose.split(":", 1)
         _expose_interpreter(prefix, hidden_top)
@@ -472,7 +564,7 @@ def main() -> None:
         _libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker's Ctrl-C is for the worker to handle
     _warm_up()
-    _send({"ready": True, "pid": os.getpid()})
+    _send({"ready": True, "pid": os.getpid(), "landlock": _layers["landlock"], "seccomp": _layers["seccomp"]})
     while True:
         try:
             (size,) = struct.unpack(">I", _read_exact(4))

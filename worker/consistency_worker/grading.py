@@ -9,25 +9,30 @@ from __future__ import annotations
 
 import ast
 import copy
+import functools
 import re
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 
+from .canonical import parse_records, records_digest
 from .problems import Problem
 from .sandbox import SandboxLimits, TestResult, join_program, run_many, run_program
+from .trusted_tests import Rewritten, judge, rewrite
 
 __all__ = [
     "Grade",
     "TestResult",
     "build_program",
     "canonical_number",
+    "code_grading_metrics",
     "extract_choice",
     "extract_code",
     "extract_math_answer",
     "grade",
     "grade_many",
+    "has_trusted_tests",
     "instrument_tests",
     "math_answers_match",
     "run_tests",
@@ -236,9 +241,75 @@ def build_program(problem: Problem, completion: str) -> str:
 
 def run_tests(program: str, tests: str, timeout_s: float = 10.0, *,
               limits: SandboxLimits | None = None) -> TestResult:
-    """Run ``tests`` against ``program`` (a raw completion is reduced to its code) in the sandbox."""
+    """Run ``tests`` against ``program`` (a raw completion is reduced to its code) in the sandbox. The
+    functions the program defines are the candidates; tests that rewrite (``trusted_tests``) get the
+    grader's verdict, others the old in-sandbox one."""
     code = extract_code(program) if "```" in program else program
-    return run_program(join_program(code, tests), timeout_s=timeout_s, limits=limits)
+    plan = _rewritten(tests, frozenset(_defined_functions(code)))
+    if plan is None:
+        return run_program(join_program(code, tests), timeout_s=timeout_s, limits=limits)
+    result = run_program(join_program(code, plan.script), timeout_s=timeout_s, limits=limits)
+    passed, status, reason, _ = _trusted_outcome(result, plan)
+    return replace(result, passed=passed, status=status, reason=reason)
+
+
+def _defined_functions(code: str) -> list[str]:
+    try:
+        return [n.name for n in ast.parse(code).body if isinstance(n, ast.FunctionDef)]
+    except (SyntaxError, ValueError):
+        return []
+
+
+# ---------------------------------------------------------------------------------------------------
+# trusted verdicts: the sandbox records the candidate's values, the grader compares (trusted_tests)
+
+
+@functools.lru_cache(maxsize=4096)
+def _rewritten(tests: str, entry_points: frozenset[str]) -> Rewritten | None:
+    return rewrite(tests, entry_points)
+
+
+def _plan_for(problem: Problem) -> Rewritten | None:
+    return _rewritten(problem.tests or "", frozenset([problem.entry_point] if problem.entry_point else []))
+
+
+def has_trusted_tests(problem: Problem) -> bool:
+    """Whether a code problem's tests are graded by the grader's own comparisons (else by the old path,
+    inside the sandbox: counted as ``testsUntrusted`` in stage results)."""
+    return _plan_for(problem) is not None
+
+
+def code_grading_metrics(problems: Sequence[Problem]) -> dict[str, int | list[str]]:
+    """For a stage's result, when it graded code: ``testsUntrusted``, the code problems whose tests did
+    not rewrite (graded by the old in-sandbox path), and ``sandboxLayers``, the containment in force."""
+    code = [p for p in problems if p.domain == "code"]
+    if not code:
+        return {}
+    from .sandbox import default_sandbox
+
+    return {"testsUntrusted": sum(not has_trusted_tests(p) for p in code), "sandboxLayers": default_sandbox().layers}
+
+
+def _trusted_outcome(result: TestResult, plan: Rewritten) -> tuple[bool, str, str, str]:
+    """(passed, status, reason, answer) of a run of rewritten tests. The program's own status line and
+    exit code decide nothing: only its records, judged here. The answer a sample votes with is "pass",
+    how the run ended before recording anything ("timeout", "error"), or a digest of every recorded
+    value and exception type, so different wrong programs disagree."""
+    records = parse_records(result.data)
+    verdict = judge(plan.checks, records)
+    if verdict.passed:
+        return True, "passed", "", "pass"
+    if result.status == "timeout" and not records.done:
+        status = "timeout"
+    elif not records.done and not records.records:
+        status = "error"
+    else:
+        status = "failed"
+    reason = verdict.reason
+    if status != "failed" and result.reason:
+        reason = f"{reason}; {result.reason}"
+    answer = status if status != "failed" else "v" + records_digest(records)
+    return False, status, reason, answer
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -322,8 +393,9 @@ def signature_of(result: TestResult, nonce: str | None) -> str:
 
 @dataclass(frozen=True)
 class Grade:
-    """``answer``: the normalised answer used for voting: a number (math), a letter (reasoning), the
-    test-outcome signature (code, see ``signature_of``)."""
+    """``answer``: the normalised answer used for voting: a number (math), a letter (reasoning); code:
+    "pass", or a digest of the values it returned (``_trusted_outcome``), or for tests that do not
+    rewrite the old test-outcome signature (``signature_of``)."""
 
     correct: bool
     answer: str | None
@@ -339,28 +411,37 @@ def _grade_text(problem: Problem, completion: str) -> Grade:
     return Grade(correct=letter is not None and letter == (problem.answer or "").upper(), answer=letter)
 
 
-def _code_grade(result: TestResult, nonce: str | None) -> Grade:
+def _code_grade(result: TestResult, how: Rewritten | str | None) -> Grade:
+    if isinstance(how, Rewritten):
+        passed, status, reason, answer = _trusted_outcome(result, how)
+        return Grade(correct=passed, answer=answer, detail=f"{status}: {reason}".rstrip(": "))
+    nonce = how
     reason = re.sub(rf"\[{nonce}:[^\]]*\] ", "", result.reason) if nonce else result.reason
     return Grade(correct=result.passed, answer=signature_of(result, nonce),
-                 detail=f"{result.status}: {reason}".rstrip(": "))
+                 detail=f"untrusted tests, {result.status}: {reason}".rstrip(": "))
 
 
-def _code_source(problem: Problem, completion: str) -> tuple[str, str | None]:
-    """The script that grades one code completion, and the nonce tagging its signature (a fresh one per
+def _code_source(problem: Problem, completion: str) -> tuple[str, Rewritten | str | None]:
+    """The script that grades one code completion, and how to read its run: the rewritten tests'
+    checks, or (tests that do not rewrite) the nonce tagging the old path's signature (a fresh one per
     run, so the model's own output cannot forge it)."""
+    program = build_program(problem, completion)
+    plan = _plan_for(problem)
+    if plan is not None:
+        return join_program(program, plan.script), plan
     nonce = secrets.token_hex(6)
     tests = instrument_tests(problem.tests or "", nonce)
     if tests is None:
-        return join_program(build_program(problem, completion), problem.tests or ""), None
-    return join_program(build_program(problem, completion), tests), nonce
+        return join_program(program, problem.tests or ""), None
+    return join_program(program, tests), nonce
 
 
 def grade(problem: Problem, completion: str, *, timeout_s: float = 10.0) -> Grade:
     """Grade one completion for one problem."""
     if problem.domain != "code":
         return _grade_text(problem, completion)
-    source, nonce = _code_source(problem, completion)
-    return _code_grade(run_program(source, timeout_s=timeout_s), nonce)
+    source, how = _code_source(problem, completion)
+    return _code_grade(run_program(source, timeout_s=timeout_s), how)
 
 
 def grade_many(pairs: Sequence[tuple[Problem, str]], *, timeout_s: float = 10.0,
@@ -373,6 +454,6 @@ def grade_many(pairs: Sequence[tuple[Problem, str]], *, timeout_s: float = 10.0,
             grades[i] = _grade_text(p, c)
     scripts = [_code_source(*pairs[i]) for i in code_idx]
     results = run_many([src for src, _ in scripts], workers=workers, timeout_s=timeout_s)
-    for i, result, (_, nonce) in zip(code_idx, results, scripts, strict=True):
-        grades[i] = _code_grade(result, nonce)
+    for i, result, (_, how) in zip(code_idx, results, scripts, strict=True):
+        grades[i] = _code_grade(result, how)
     return [g for g in grades if g is not None]

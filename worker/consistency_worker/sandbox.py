@@ -6,12 +6,21 @@ a time per host. Forking a warm, small interpreter is what makes this several ti
 starting one per program. Containment is layered; every layer the platform allows is used and
 ``probe_isolation()`` / ``Sandbox.isolation`` say which hold:
 
-* always: empty environment (PATH, LANG, HOME), a throwaway working directory, stdin /dev/null, every
-  inherited descriptor closed, rlimits set in the child before the program's first line (CPU seconds,
-  address space, file size, open files, core 0), no_new_privs (no gain through setuid binaries or file
-  capabilities), its own session, a wall-clock timeout, output captured in memfds and read back capped,
-  and afterwards every process the run left killed: the host is a child subreaper (or its PID
-  namespace's init), so setsid and double-forked orphans stay its descendants and are found.
+* always: empty environment (PATH, LANG, HOME, TMPDIR = its own directory), a throwaway working
+  directory inside a directory of its host's that the worker removes with the host (also when the
+  program killed it), stdin /dev/null, every inherited descriptor closed, rlimits set in the child
+  before the program's first line (CPU seconds, address space, file size, open files, core 0),
+  no_new_privs (no gain through setuid binaries or file capabilities), its own session, a wall-clock
+  timeout, output captured in memfds and read back capped, and afterwards every process the run left
+  killed: the host is a child subreaper (or its PID namespace's init), so setsid and double-forked
+  orphans stay its descendants and are found.
+* where the kernel has them (probed at start; neither needs a privilege, so they hold in a default
+  non-root pod too; ``_sandbox_confine.py``): a seccomp filter (no sockets but AF_UNIX socketpairs, no
+  ptrace / process_vm_* / pidfd_getfd / mount / unshare / setns / namespace clones / keyctl / bpf /
+  perf_event_open / io_uring) and a Landlock ruleset (read-only: the Python installation and the
+  system's binaries and libraries; read-write: its own directory; nothing else, so not /tmp, /proc,
+  /etc, the store or the worker's files; ABI >= 4: no TCP connect or bind; ABI >= 6: no signals to
+  processes outside the run and no abstract unix sockets).
 * root: a fresh uid per run, so RLIMIT_NPROC is enforced (it is not for root), the program cannot
   signal the worker or the host (``os.kill(os.getppid())``, ``killpg``, ``kill(-1)``), read their
   /proc/<pid>/environ or raise its own limits.
@@ -28,12 +37,16 @@ starting one per program. Containment is layered; every layer the platform allow
   fork bomb but shares the budget with the worker), and the worker is made non-dumpable so a same-uid
   program cannot read /proc/<worker>/environ.
 * neither root nor user namespaces (a non-root pod under the container runtime's default seccomp
-  profile, which refuses unshare; macOS has none of this): what does NOT hold there is network
-  isolation, protection of the worker from a program that deliberately signals same-uid processes
-  (``kill(-1, SIGKILL)``, the worker's process group) and a cap on the disk a program can fill with
-  many files each under the size limit. In such pods deny egress with a NetworkPolicy, set an
-  ``ephemeral-storage`` limit, and prefer ``hostUsers: false`` or a seccomp profile allowing
-  user namespaces.
+  profile, which refuses unshare; macOS has none of this): seccomp and Landlock still keep programs off
+  the network and out of every file but their own; what does NOT hold there is a cap on the disk a
+  program can fill with many files each under the size limit (its own directory is on the node's
+  disk), and, on kernels without Landlock ABI 6, protection of the worker and the host from a program
+  that deliberately signals same-uid processes (``kill(-1, SIGKILL)``). In such pods set an
+  ``ephemeral-storage`` limit, keep the NetworkPolicy, and prefer ``hostUsers: false``.
+
+``Sandbox.layers`` (``Isolation.layers``) names the layers in force; the generate and evaluate stages
+report them as ``sandboxLayers``. Programs write data on descriptor 3 (``TestResult.data``): the
+grader's recorded test calls (``trusted_tests.py``); what they print or exit with decides nothing there.
 """
 
 from __future__ import annotations
@@ -61,6 +74,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from . import _sandbox_confine as _confine
 from .resources import PoolSize, read_pod_resources, sandbox_pool_size
 
 log = logging.getLogger(__name__)
@@ -114,6 +128,7 @@ class TestResult:
     stdout: str = ""
     stderr: str = ""
     wall_s: float = 0.0
+    data: str = ""  # what the program wrote on its data descriptor (recorded test calls), uninterpreted
 
 
 @dataclass(frozen=True)
@@ -124,12 +139,31 @@ class Isolation:
     namespaces: bool
     cgroup: str | None  # "v1", "v2" or None
     fresh_uid: bool
+    landlock: int = 0  # the Landlock ABI in force, 0: none
+    seccomp: bool = False
+
+    def layers(self) -> list[str]:
+        """The layers in force, as the stage result's ``sandboxLayers`` lists them."""
+        names = ["rlimits", "no_new_privs"]
+        if self.seccomp:
+            names.append("seccomp")
+        if self.landlock:
+            names.append(f"landlock-v{self.landlock}")
+        if self.namespaces:
+            names.append("namespaces")
+        if self.cgroup:
+            names.append(f"cgroup-{self.cgroup}")
+        if self.fresh_uid:
+            names.append("fresh-uid")
+        return names
 
     def describe(self) -> str:
         return ", ".join([
             "fresh uid per run" if self.fresh_uid else "same uid as the worker",
-            "pid+net+mount namespaces" if self.namespaces else "no namespaces (network not isolated)",
+            "pid+net+mount namespaces" if self.namespaces else "no namespaces",
             f"cgroup {self.cgroup} pids+memory" if self.cgroup else "no cgroup",
+            "seccomp filter" if self.seccomp else "no seccomp filter",
+            f"Landlock ABI {self.landlock}" if self.landlock else "no Landlock",
         ])
 
 
@@ -146,6 +180,8 @@ class SandboxConfig:
     namespaces: bool | None = None
     cgroups: bool | None = None
     fresh_uid: bool | None = None
+    landlock: bool | None = None
+    seccomp: bool | None = None
     uid_range: tuple[int, int] = (200_000, 260_000)
     tmp_root: str | None = None
     limits: SandboxLimits = field(default_factory=SandboxLimits)
@@ -247,7 +283,26 @@ def probe_isolation(config: SandboxConfig | None = None) -> Isolation:
     fresh_uid = root and config.fresh_uid is not False
     if config.fresh_uid and not root:
         raise SandboxError("a fresh uid per run needs the worker to run as root")
-    return Isolation(root=root, namespaces=namespaces, cgroup=cgroup[0] if cgroup else None, fresh_uid=fresh_uid)
+    landlock = _confine.landlock_abi() if config.landlock is not False and sys.platform.startswith("linux") else 0
+    if config.landlock and not landlock:
+        raise SandboxError("Landlock requested but this kernel does not offer it")
+    seccomp = config.seccomp is not False and sys.platform.startswith("linux") and _confine.seccomp_available()
+    if config.seccomp and not seccomp:
+        raise SandboxError("a seccomp filter requested but not available here")
+    return Isolation(root=root, namespaces=namespaces, cgroup=cgroup[0] if cgroup else None, fresh_uid=fresh_uid,
+                     landlock=landlock, seccomp=seccomp)
+
+
+# Landlock: what a program may read (and execute) besides its own directory. The Python installation
+# and the system's binaries and libraries; not /etc, /proc, /tmp, the worker's files or the store.
+_SYSTEM_READ_ONLY = ("/usr", "/bin", "/lib", "/lib64", "/etc/localtime")
+_DEVICES = ("/dev/null", "/dev/zero", "/dev/urandom", "/dev/random")
+
+
+def _read_only_roots(python: str) -> list[str]:
+    prefix, stdlib = _interpreter_paths(python)
+    roots = [prefix, os.path.realpath(prefix), os.path.realpath(stdlib), *_SYSTEM_READ_ONLY]
+    return list(dict.fromkeys(roots))
 
 
 @functools.cache
@@ -316,8 +371,11 @@ class _HostDied(Exception):
 class _Host:
     """One sandbox host process and its request/response pipes."""
 
-    def __init__(self, argv: list[str], cgroup_dirs: list[str]) -> None:
+    def __init__(self, argv: list[str], cgroup_dirs: list[str], workroot: str) -> None:
         self.cgroup_dirs = cgroup_dirs
+        # The host's run directories live here; the worker removes it with the host, so a host its
+        # program killed (no fresh uid, no namespaces) leaves nothing behind.
+        self.workroot = workroot
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the host; closed in close()
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=_HOST_ENV,
@@ -326,6 +384,7 @@ class _Host:
         hello = self._receive(30.0)
         if not hello.get("ready"):
             raise SandboxError(f"sandbox host did not start: {hello}")
+        self.landlock, self.seccomp = int(hello.get("landlock", 0)), bool(hello.get("seccomp"))
 
     def _receive(self, timeout_s: float) -> dict[str, Any]:
         assert self.proc.stdout is not None
@@ -378,6 +437,7 @@ class _Host:
         self._stderr.close()
         for d in self.cgroup_dirs:
             _remove_cgroup_dir(d)
+        shutil.rmtree(self.workroot, ignore_errors=True)
 
 
 def _remove_cgroup_dir(path: str) -> None:
@@ -391,6 +451,20 @@ def _remove_cgroup_dir(path: str) -> None:
         except OSError:
             time.sleep(0.01)
     log.warning("sandbox cgroup %s is still busy; left behind", path)
+
+
+def _remove_stale_workroots(tmp_root: str) -> None:
+    """Remove host directories (``cw-sbx-<worker pid>-*``) that a worker killed outright left behind."""
+    for d in Path(tmp_root).glob(f"{_CGROUP_PREFIX}*-*"):
+        pid = d.name[len(_CGROUP_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or not d.is_dir():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except OSError:
+            pass  # alive (another user's process)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -434,6 +508,9 @@ class Sandbox:
         if not self.isolation.fresh_uid:
             _make_worker_non_dumpable()
         self._tmp_root = self.config.tmp_root or tempfile.gettempdir()
+        self._read_only = _read_only_roots(self.config.python)
+        _remove_stale_workroots(self._tmp_root)
+        log.info("sandbox layers: %s", ", ".join(self.isolation.layers()))
         self._idle: queue.SimpleQueue[_Host] = queue.SimpleQueue()
         self._all: list[_Host] = []
         self._uids: set[int] = set()
@@ -446,16 +523,47 @@ class Sandbox:
     def _start_host(self) -> _Host:
         name = f"{_CGROUP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
         cgroup_dirs = [os.path.join(base, name) for base in self._cgroup[1]] if self._cgroup else []
-        argv = [self.config.python, "-I", "-S", "-B", _HOST, self._expose, ":".join(cgroup_dirs) or "-"]
+        confine = {"landlock": bool(self.isolation.landlock), "seccomp": self.isolation.seccomp,
+                   "read_only": self._read_only, "devices": list(_DEVICES)}
+        argv = [self.config.python, "-I", "-S", "-B", _HOST, self._expose, ":".join(cgroup_dirs) or "-",
+                json.dumps(confine)]
         flags = _unshare_flags()
         if self.isolation.namespaces and flags:
             argv = [*flags, *argv]
+        workroot = tempfile.mkdtemp(prefix=f"{_CGROUP_PREFIX}{os.getpid()}-", dir=self._tmp_root)
+        os.chmod(workroot, 0o711)  # a fresh uid must reach its own run directory inside
         try:
-            return _Host(argv, cgroup_dirs)
+            host = _Host(argv, cgroup_dirs, workroot)
         except (OSError, _HostDied) as exc:
             for d in cgroup_dirs:
                 _remove_cgroup_dir(d)
+            shutil.rmtree(workroot, ignore_errors=True)
             raise SandboxError(f"cannot start a sandbox host: {exc}") from None
+        self._check_layers(host)
+        return host
+
+    def _check_layers(self, host: _Host) -> None:
+        """The kernel may refuse at run time what it advertised (a stricter seccomp profile around the
+        pod): keep to what the host's own probe found, and fail if the config required it."""
+        iso = self.isolation
+        missing = []
+        if iso.landlock and host.landlock != iso.landlock:
+            missing.append(("landlock", self.config.landlock))
+        if iso.seccomp and not host.seccomp:
+            missing.append(("seccomp", self.config.seccomp))
+        for layer, required in missing:
+            if required:
+                host.close()
+                raise SandboxError(f"the sandbox host could not apply {layer}")
+            log.warning("sandbox: %s is advertised by the kernel but could not be applied; running without it", layer)
+        if missing:
+            self.isolation = replace(iso, landlock=host.landlock if iso.landlock else 0,
+                                     seccomp=iso.seccomp and host.seccomp)
+
+    @property
+    def layers(self) -> list[str]:
+        """The containment layers in force (``Isolation.layers``), for stage results and logs."""
+        return self.isolation.layers()
 
     def _acquire(self) -> _Host:
         try:
@@ -517,10 +625,11 @@ class Sandbox:
             "source": source, "timeout_s": limits.timeout_s, "uid": uid, "cpu_s": limits.effective_cpu_s(),
             "memory": limits.memory_bytes, "file_bytes": limits.file_bytes, "nproc": limits.nproc,
             "nofile": limits.nofile, "disk_bytes": limits.disk_bytes, "output_bytes": limits.output_bytes,
-            "mount": self.isolation.namespaces, "tmp_root": self._tmp_root,
+            "mount": self.isolation.namespaces,
         }  # fmt: skip
         try:
             host = self._acquire()
+            req["tmp_root"] = host.workroot
             try:
                 reply = host.request(req, limits.timeout_s + _HOST_GRACE_S)
             except _HostDied as exc:
@@ -540,7 +649,8 @@ class Sandbox:
         status = reply["status"]
         return TestResult(passed=status == "passed", status=status, reason=reply.get("reason", ""),
                           returncode=reply.get("returncode"), stdout=reply.get("stdout", ""),
-                          stderr=reply.get("stderr", ""), wall_s=reply.get("wall_s", 0.0))
+                          stderr=reply.get("stderr", ""), wall_s=reply.get("wall_s", 0.0),
+                          data=reply.get("data", ""))
 
     def run_many(self, sources: Iterable[str], *, workers: int | None = None,
                  timeout_s: float | None = None, limits: SandboxLimits | None = None) -> list[TestResult]:

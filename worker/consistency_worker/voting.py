@@ -82,7 +82,7 @@ class Outcome:
 @dataclass
 class GroupStats:
     """Per-group counts. ``consistency``: share of problems whose k samples all give the same answer in
-    the domain's sense (math: canonical number, reasoning: letter, code: test-outcome signature);
+    the domain's sense (math: canonical number, reasoning: letter, code: returned values);
     ``consistency_given_correct``: the same among problems with at least one correct sample (for code
     this leaves out problems every sample fails, whose agreement says nothing about the skill);
     ``pass_at_1``: the unbiased pass@1 estimate from the k samples, mean over problems of c/k."""

@@ -4,8 +4,8 @@ the trained adapter (or none: baseline) and report accuracy, consistency and bef
 - accuracy per domain: the greedy answer (math: exact numeric match; code: greedy pass@1 by running the
   tests; reasoning: letter match); passAt1: the unbiased pass@1 estimate from the k samples (mean c/k);
 - consistency per domain: share of problems whose k samples all give the same answer: math the same
-  canonical number, reasoning the same letter, code the same test-outcome signature (which assertions
-  hold); consistencyGivenCorrect: the same among problems with at least one correct sample; the headline
+  canonical number, reasoning the same letter, code all pass or the same returned values on every test
+  call; consistencyGivenCorrect: the same among problems with at least one correct sample; the headline
   consistency pools every domain; mean agreement: mean share of samples on the modal answer;
 - per problem against a baseline report: a problem is a *failure* by the spec's 1B.2 criteria
   (params.failure = spec.expansion.failure: greedy answer wrong when includeWrong, or agreement below
@@ -25,6 +25,7 @@ from consistency_core.stats import paired_from_rows
 
 from consistency_worker.answering import SamplingSettings, generate_records, load_backend, truncated_share
 from consistency_worker.generations import GenerationRecord
+from consistency_worker.grading import code_grading_metrics
 from consistency_worker.stages import PermanentStageError
 from consistency_worker.stages.context import StageContext
 from consistency_worker.store import Store
@@ -168,6 +169,11 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
     metrics: dict[str, Any] = {k: summary[k] for k in ("problems", "consistency", "meanAgreement", "accuracy",
                                                        "consistencyByDomain", "consistencyGivenCorrect", "passAt1")}
     metrics["maxNewTokensHitShare"] = truncated_share(records)
+    grading = code_grading_metrics(problems)
+    if grading:
+        ctx.logger.info("code grading: %d problems with untrusted tests, sandbox layers %s",
+                        grading["testsUntrusted"], ", ".join(grading["sandboxLayers"]))
+        metrics.update(grading)
     report: dict[str, Any] = {
         **summary,
         "adapterUri": params.adapter_uri,

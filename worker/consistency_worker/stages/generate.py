@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from consistency_core.stages import GenerateParams, StageConfig, StageResult
 
 from consistency_worker.answering import SamplingSettings, completion_metrics, generate_records, load_backend
+from consistency_worker.grading import code_grading_metrics
 from consistency_worker.problems import Problem
 from consistency_worker.stages import PermanentStageError
 from consistency_worker.stages.context import StageContext
@@ -43,6 +44,11 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
     ctx.manifest.extra.update(backend=backend.name, model=config.model.uri)
     metrics = {**completion_metrics(records), "shard": ctx.shard_index, "shards": ctx.shard_count,
                "backend": backend.name}
+    grading = code_grading_metrics(mine)
+    if grading:
+        ctx.logger.info("code grading: %d problems with untrusted tests, sandbox layers %s",
+                        grading["testsUntrusted"], ", ".join(grading["sandboxLayers"]))
+        metrics.update(grading)
     return StageResult(
         key=config.key,
         ok=True,
