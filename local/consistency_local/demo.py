@@ -22,7 +22,7 @@ from consistency_local.campaign_file import load_campaign
 from consistency_local.cli import run_and_report
 from consistency_local.demo_data import DEFAULT_SIZES, write_splits
 from consistency_local.demo_model import DemoModelConfig, ensure_demo_model
-from consistency_local.kernels import describe, pin_kernels
+from consistency_local.kernels import describe, kernel_mode, pin_kernels
 from consistency_local.rundir import RunDir, atomic_write
 
 DEFAULT_CACHE = Path(os.environ.get("CONSISTENCY_DEMO_CACHE", ".cache"))
@@ -65,7 +65,7 @@ def _link(link: Path, target: Path) -> None:
 
 def prepare(cache: Path, log=print) -> tuple[Path, Path]:
     data = ensure_data(cache)
-    model = ensure_demo_model(data / "pretrain.jsonl", DemoModelConfig(), cache_root=cache / "demo-model", log=log)
+    model = ensure_demo_model(data / "pretrain.jsonl", DemoModelConfig(kernels=kernel_mode()), cache_root=cache / "demo-model", log=log)
     _link(cache / "demo" / "data", data)
     _link(cache / "demo" / "model", model)
     return data, model

@@ -48,6 +48,9 @@ class DemoModelConfig:
     warmup_steps: int = 50
     weight_decay: float = 0.05
     threads: int = 0  # 0: all cores
+    # Which CPU kernels built it (kernels.kernel_mode): a model built with the CPU's own kernels is another
+    # model than the pinned build, so the two are cached apart.
+    kernels: str = "native"
 
     def key(self, data_digest: str) -> str:
         blob = json.dumps({"config": asdict(self), "data": data_digest, "v": BUILD_VERSION}, sort_keys=True)

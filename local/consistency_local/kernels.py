@@ -35,6 +35,13 @@ def pin_kernels(environ: dict[str, str] | os._Environ[str] = os.environ) -> dict
     return dict(PINNED)
 
 
+def kernel_mode(environ: dict[str, str] | os._Environ[str] = os.environ) -> str:
+    """A short name for the kernels this process runs with (part of cache keys of what they compute)."""
+    if environ.get(ENV_SWITCH, "pinned") == "native":
+        return "native"
+    return f"pinned-avx2-{PINNED_THREADS}t"
+
+
 def describe(environ: dict[str, str] | os._Environ[str] = os.environ) -> str:
     if environ.get(ENV_SWITCH, "pinned") == "native":
         return "native CPU kernels (figures depend on the CPU)"

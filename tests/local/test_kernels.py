@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from consistency_local.kernels import ENV_SWITCH, PINNED, describe, pin_kernels
+from consistency_local.demo_model import DemoModelConfig
+from consistency_local.kernels import ENV_SWITCH, PINNED, describe, kernel_mode, pin_kernels
 
 
 def test_pinned_by_default_and_native_on_request() -> None:
@@ -18,6 +19,13 @@ def test_pinned_by_default_and_native_on_request() -> None:
     native = {ENV_SWITCH: "native", "OMP_NUM_THREADS": "16"}
     assert pin_kernels(native) == {} and native == {ENV_SWITCH: "native", "OMP_NUM_THREADS": "16"}
     assert "depend on the CPU" in describe(native)
+
+
+def test_the_demo_model_cache_tells_pinned_and_native_builds_apart() -> None:
+    pinned = DemoModelConfig(kernels=kernel_mode({}))
+    native = DemoModelConfig(kernels=kernel_mode({ENV_SWITCH: "native"}))
+    assert pinned.kernels == "pinned-avx2-2t" and native.kernels == "native"
+    assert pinned.key("d") != native.key("d")
 
 
 @pytest.mark.skipif("avx2" not in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else True,
