@@ -65,7 +65,8 @@ def _link(link: Path, target: Path) -> None:
 
 def prepare(cache: Path, log=print) -> tuple[Path, Path]:
     data = ensure_data(cache)
-    model = ensure_demo_model(data / "pretrain.jsonl", DemoModelConfig(kernels=kernel_mode()), cache_root=cache / "demo-model", log=log)
+    model = ensure_demo_model(data / "pretrain.jsonl", DemoModelConfig(kernels=kernel_mode()),
+                              cache_root=cache / "demo-model", log=log)
     _link(cache / "demo" / "data", data)
     _link(cache / "demo" / "model", model)
     return data, model
