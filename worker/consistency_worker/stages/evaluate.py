@@ -23,7 +23,13 @@ from consistency_core.spec import FailureCriteria
 from consistency_core.stages import EVALUATE_REPORT, EvaluateParams, StageConfig, StageResult, join_uri
 from consistency_core.stats import paired_from_rows
 
-from consistency_worker.answering import SamplingSettings, generate_records, load_backend, truncated_share
+from consistency_worker.answering import (
+    SamplingSettings,
+    generate_records,
+    load_backend,
+    token_metrics,
+    truncated_share,
+)
 from consistency_worker.generations import GenerationRecord
 from consistency_worker.stages import PermanentStageError
 from consistency_worker.stages.context import StageContext
@@ -168,6 +174,7 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
     metrics: dict[str, Any] = {k: summary[k] for k in ("problems", "consistency", "meanAgreement", "accuracy",
                                                        "consistencyByDomain", "consistencyGivenCorrect", "passAt1")}
     metrics["maxNewTokensHitShare"] = truncated_share(records)
+    metrics.update(token_metrics(records))
     report: dict[str, Any] = {
         **summary,
         "adapterUri": params.adapter_uri,
