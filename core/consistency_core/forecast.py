@@ -127,11 +127,13 @@ def campaign_forecast(spec: CampaignSpec, sizes: Mapping[str, int | None], rates
     configs = StageConfigs(spec, CampaignStatus(), campaign, namespace)
     counts = _counts(spec, sizes)
     attempts = spec.retry.stage_retries + 1
-    rows, unknown = [], []
+    rows, unknown, first_hours, worst_hours = [], [], 0.0, 0.0
     for step, first in steps(spec):
         work, known = _plan_workload(configs, step, counts)
         gpus = _gpus(spec, step.stage)
         hours = cost.forecast_gpu_hours(step.stage, gpus, work, spec.budget, rates)
+        first_hours += hours if first else 0.0  # totals from unrounded figures
+        worst_hours += hours * attempts
         generates = step.stage in (StageName.generate, StageName.evaluate)
         if not known:
             unknown.append(f"{step.key}: a dataset's size is unknown (set its `limit`, or plan from a local file)")
@@ -145,8 +147,6 @@ def campaign_forecast(spec: CampaignSpec, sizes: Mapping[str, int | None], rates
             gpus=gpus, tokens=round(cost.forecast_tokens(step.stage, work, rates)),
             seconds=round(cost.forecast_wall_seconds(step.stage, gpus, work, rates), 1),
             gpu_hours=round(hours, 4), usd=cost.usd(hours, spec.budget)))
-    first_hours = sum(r.gpu_hours for r in rows if r.first_pass)
-    worst_hours = sum(r.gpu_hours * r.attempts for r in rows)
     first_usd, worst_usd = cost.usd(first_hours, spec.budget), cost.usd(worst_hours, spec.budget)
     return CampaignForecast(
         stages=rows, first_pass_gpu_hours=round(first_hours, 4), first_pass_usd=first_usd,

@@ -17,6 +17,7 @@ builds what each stage is told.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -158,12 +159,17 @@ def decide(
     namespace: str = "default",
     now: datetime,
     generation: int | None = None,
+    dataset_rows: Mapping[str, int] | None = None,
 ) -> Decision:
-    """Next action for a campaign, and the status that records it. Never mutates its inputs."""
+    """Next action for a campaign, and the status that records it. Never mutates its inputs.
+    `dataset_rows`: rows of datasets the caller counted (local files), for the forecast of a new campaign."""
     events: list[Event] = []
     if status is None or status.phase == CampaignPhase.pending:
-        # A new campaign (or one whose status was never written): start 1B.1 iteration 1.
+        # A new campaign (or one whose status was never written): start 1B.1 iteration 1, with the plan's
+        # forecast (what `consistency plan` prints) kept in the status.
         status = initial_status(now, generation)
+        status.forecast = forecast.campaign_forecast(spec, forecast.dataset_sizes(spec, dataset_rows),
+                                                     campaign=campaign, namespace=namespace)
         events.append(Event(EventType.normal, Reason.campaign_started, "phase 1B.1, iteration 1"))
     else:
         status = status.model_copy(deep=True)

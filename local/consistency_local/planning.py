@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from consistency_core import cost, forecast
-from consistency_core.spec import CampaignSpec, DatasetFormat
+from consistency_core.spec import CampaignSpec, DatasetFormat, StageName
 from consistency_core.status import CampaignForecast
 
 # Local files with one problem per line; other local formats (MBPP's task-id splits, MMLU) need a limit.
@@ -48,7 +48,12 @@ PLAN_COLUMNS = ("STAGE", "PASS", "PROBLEMS", "EXAMPLES", "K", "TOKENS/ANSWER", "
 def render_plan(plan: CampaignForecast) -> str:
     from consistency_local.console import table
 
-    rows = [[s.key, "first" if s.first_pass else "retry", _n(s.problems), _n(s.examples),
+    def count(value: int | None, applies: bool) -> str:
+        return _n(value) if applies else ""
+
+    rows = [[s.key, "first" if s.first_pass else "retry",
+             count(s.problems, s.stage in (StageName.generate, StageName.evaluate)),
+             count(s.examples, s.stage == StageName.train),
              "" if s.samples is None else str(s.samples), "" if s.max_new_tokens is None else str(s.max_new_tokens),
              "" if s.epochs is None else str(s.epochs), str(s.gpus), _hours(s.seconds), f"{s.gpu_hours:.3f}",
              f"{s.usd:.2f}", f"{s.usd * s.attempts:.2f}"] for s in plan.stages]
