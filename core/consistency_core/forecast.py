@@ -233,3 +233,38 @@ def estimate(spec: CampaignSpec, status: CampaignStatus, stage: StageName, gpus:
         expected_usd=cost.usd(cost.forecast_gpu_hours(stage, gpus, work, spec.budget, expected), spec.budget),
         prior_seconds=round(cost.forecast_wall_seconds(stage, gpus, work, prior), 1),
         expected_seconds=round(cost.forecast_wall_seconds(stage, gpus, work, expected), 1))
+
+
+@dataclass(frozen=True)
+class ForecastCheck:
+    """A finished stage's forecasts against what it took (the report's forecast-vs-actual table)."""
+
+    key: str
+    attempt: int
+    seconds: float  # measured
+    prior_seconds: float  # from the spec's figures: the forecast before learning
+    expected_seconds: float  # from what earlier stages measured
+    bound_usd: float
+    expected_usd: float
+    usd: float
+
+    @staticmethod
+    def error(forecast: float, actual: float) -> float:
+        """Signed relative error: +0.5 means forecast 50% too high, -0.5 half of what it took."""
+        return (forecast - actual) / actual
+
+    @property
+    def prior_error(self) -> float:
+        return self.error(self.prior_seconds, self.seconds)
+
+    @property
+    def expected_error(self) -> float:
+        return self.error(self.expected_seconds, self.seconds)
+
+
+def forecast_checks(spec: CampaignSpec, status: CampaignStatus) -> list[ForecastCheck]:
+    """Succeeded stages that had a forecast (generate, evaluate, train) and a measured duration."""
+    return [ForecastCheck(r.key, r.attempt, r.seconds, r.prior_seconds, r.expected_seconds, r.forecast_usd,
+                          r.expected_usd, cost.usd(r.gpu_hours, spec.budget))
+            for r in status.stages
+            if r.outcome == StageOutcome.succeeded and r.seconds > 0 and r.prior_seconds > 0]

@@ -88,3 +88,31 @@ def test_compare_prices_the_seed_options(capsys):
     assert failure["assumptions"]["generateTokensPerSecond"] == 12500
     assert main(["plan", "--compare"]) == 0
     assert "full train sets" in capsys.readouterr().out
+
+
+def test_report_shows_forecast_against_actual_with_errors():
+    from consistency_core.spec import StageName
+    from consistency_local.report import forecast_lines
+    from consistency_local.report_data import ReportData
+
+    from tests.core.helpers import drive, minimal_spec, succeed_with
+
+    spec = minimal_spec(**HAND)
+
+    def outcome(run):
+        base = succeed_with([(0.9, 0.9)])(run)
+        metrics = {**base.metrics, "selection": 100, "scan": 200, "eval": 50} \
+            if run.record.stage == StageName.prepare else dict(base.metrics)
+        if run.record.stage in (StageName.generate, StageName.evaluate):
+            metrics.update(generatedTokens=5000, countedAnswers=250)  # 50 tok/s over 100 s, a fifth of the budget
+        return base.model_copy(update={"metrics": metrics, "seconds": 100.0})
+
+    final, _ = drive(spec, outcome)
+    lines = forecast_lines(ReportData("hand", "default", final.status, [], [], spec))
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in lines if line.startswith("| 1b")}
+    # The baseline took 100 s against 25 s forecast from the spec's figures (-75%); 1B.1 generate was then
+    # forecast from it: 100 x 5 x 100 x 0.2 / 50 = 200 s, +100% against the 100 s it took.
+    baseline = next(line for line in lines if line.startswith("| baseline-evaluate"))
+    assert "| 25s | -75% | 25s | -75% |" in baseline
+    assert rows["1b1-i1-generate"][3:7] == ["50s", "-50%", "3m20s", "+100%"]
+    assert "## Forecast against actual" in lines
