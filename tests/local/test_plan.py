@@ -116,3 +116,17 @@ def test_report_shows_forecast_against_actual_with_errors():
     assert "| 25s | -75% | 25s | -75% |" in baseline
     assert rows["1b1-i1-generate"][3:7] == ["50s", "-50%", "3m20s", "+100%"]
     assert "## Forecast against actual" in lines
+
+
+def test_plan_loads_no_model_library(tmp_path):
+    """`consistency plan` is pure: no torch, transformers or worker stage code is imported to run it."""
+    import subprocess
+    import sys
+
+    path = campaign_file(tmp_path, 1.0)
+    code = ("import sys; from consistency_local.cli import main; rc = main(['plan', '-f', sys.argv[1]]); "
+            "heavy = sorted(m for m in ('torch', 'transformers', 'vllm', 'consistency_worker.stages') "
+            "if m in sys.modules); print(heavy); sys.exit(rc or bool(heavy))")
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip().endswith("[]")
