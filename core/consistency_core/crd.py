@@ -36,6 +36,8 @@ PRINTER_COLUMNS = [
     {"name": "Math", "type": "number", "jsonPath": ".status.mathAccuracy",
      "description": "Latest evaluated math accuracy"},
     {"name": "Cost USD", "type": "number", "jsonPath": ".status.cost.usd", "description": "Spent so far"},
+    {"name": "Worst USD", "type": "number", "jsonPath": ".status.forecast.worstCaseUsd",
+     "description": "Forecast cost if every 1B.1 iteration and stage retry runs (status.forecast)"},
     {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]

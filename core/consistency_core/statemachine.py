@@ -17,10 +17,11 @@ builds what each stage is told.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from consistency_core import cost
+from consistency_core import cost, forecast
 from consistency_core.names import job_name, parse_rfc3339, rfc3339
 from consistency_core.plan import BASELINE_KEY, REPORT_KEY, Step, knobs, plan, report_step, stage_key
 from consistency_core.spec import CampaignSpec, StageName, StageResources
@@ -190,12 +191,17 @@ def decide(
     namespace: str = "default",
     now: datetime,
     generation: int | None = None,
+    dataset_rows: Mapping[str, int] | None = None,
 ) -> Decision:
-    """Next action for a campaign, and the status that records it. Never mutates its inputs."""
+    """Next action for a campaign, and the status that records it. Never mutates its inputs.
+    `dataset_rows`: rows of datasets the caller counted (local files), for the forecast of a new campaign."""
     events: list[Event] = []
     if status is None or status.phase == CampaignPhase.pending:
-        # A new campaign (or one whose status was never written): start 1B.1 iteration 1.
+        # A new campaign (or one whose status was never written): start 1B.1 iteration 1, with the plan's
+        # forecast (what `consistency plan` prints) kept in the status.
         status = initial_status(now, generation)
+        status.forecast = forecast.campaign_forecast(spec, forecast.dataset_sizes(spec, dataset_rows),
+                                                     campaign=campaign, namespace=namespace)
         events.append(Event(EventType.normal, Reason.campaign_started, "phase 1B.1, iteration 1"))
     else:
         status = status.model_copy(deep=True)
@@ -224,6 +230,7 @@ def _record_result(
     seconds = result.seconds
     if seconds is None and current.start_time:
         seconds = (now - parse_rfc3339(current.start_time)).total_seconds()
+    current.seconds = round(max(seconds or 0.0, 0.0), 3)
     current.gpu_hours = round(cost.actual_gpu_hours(seconds or 0.0, current.gpus), 6)
     status.cost.gpu_hours = round(status.cost.gpu_hours + current.gpu_hours, 6)
     status.cost.usd = round(status.cost.usd + cost.usd(current.gpu_hours, spec.budget), 4)
@@ -345,27 +352,30 @@ def _start(
     config = configs.config(step, attempt)
     resources = spec.resources.stages.for_stage(step.stage)
     gpus = resources.gpus * (resources.shards if step.stage == StageName.generate else 1)
-    forecast = cost.usd(cost.forecast_gpu_hours(step.stage, gpus, configs.workload(step, config), spec.budget),
-                        spec.budget)
-    if spec.budget.max_usd is not None and status.cost.usd + forecast > spec.budget.max_usd:
+    # The bound (whole token budgets) guards the budget; the expected cost learns from earlier stages.
+    estimate = forecast.estimate(spec, status, step.stage, gpus, configs.workload(step, config))
+    forecast_usd = estimate.bound_usd
+    if spec.budget.max_usd is not None and status.cost.usd + forecast_usd > spec.budget.max_usd:
         # Stop before spending, not after: a stage cannot be half-paid.
-        reason = (f"budget: {step.key} is forecast at ${forecast:.2f}; spent ${status.cost.usd:.2f} of "
+        reason = (f"budget: {step.key} is forecast at ${forecast_usd:.2f}; spent ${status.cost.usd:.2f} of "
                   f"${spec.budget.max_usd:.2f}")
         events.append(Event(EventType.warning, Reason.budget_exceeded, reason))
         return _fail(status, Reason.budget_exceeded, reason, now, events)
     record = StageRecord(
         key=step.key, stage=step.stage, phase=step.phase, iteration=step.iteration, attempt=attempt,
         job_name=job_name(campaign, step.key, attempt), gpus=gpus, start_time=rfc3339(now),
-        forecast_usd=forecast,
+        forecast_usd=forecast_usd, expected_usd=estimate.expected_usd, prior_seconds=estimate.prior_seconds,
+        expected_seconds=estimate.expected_seconds,
     )
     status.stages = [*status.stages, record]
     status.stage = step.key
-    status.cost.forecast_usd = forecast
+    status.cost.forecast_usd = forecast_usd
     status.message = f"running {step.key}"
     status.set_condition(ConditionType.progressing, True, Reason.stage_running, f"{step.key} (attempt {attempt})",
                          now, generation)
     events.append(Event(EventType.normal, Reason.stage_started, f"{step.key} as Job {record.job_name} "
-                                                  f"(forecast ${forecast:.2f})"))
+                                                  f"(forecast ${estimate.expected_usd:.2f}, "
+                                                  f"at most ${forecast_usd:.2f})"))
     return Decision(status, RunStage(record, config, resources), tuple(events))
 
 

@@ -119,7 +119,14 @@ class StageRecord(WireModel):
     queued_time: str | None = Field(None, description="When its Job was last seen waiting for admission.")
     queued_seconds: float = Field(0.0, ge=0, description="Time spent queued; not counted as stage time or cost.")
     message: str = ""
-    forecast_usd: float = Field(0.0, ge=0)
+    forecast_usd: float = Field(0.0, ge=0, description="Upper-bound forecast (every answer uses its whole token "
+                                "budget) that the budget stop checked before starting it.")
+    expected_usd: float = Field(0.0, ge=0, description="Expected cost, from what the campaign's earlier stages "
+                                "measured (the spec's throughput figures until then).")
+    prior_seconds: float = Field(0.0, ge=0, description="Forecast wall time from the spec's throughput figures "
+                                 "alone (the forecast before learning).")
+    expected_seconds: float = Field(0.0, ge=0, description="Forecast wall time from the measured figures.")
+    seconds: float = Field(0.0, ge=0, description="Measured wall time of the stage (0 until it finished).")
     gpu_hours: float = Field(0.0, ge=0)
     result: dict[str, Any] = Field(default_factory=dict, description="Compact result (termination message).")
     artifacts: dict[str, str] = Field(default_factory=dict, description="Output URIs by name.")
@@ -152,6 +159,44 @@ class Cost(WireModel):
     forecast_usd: float = Field(0.0, description="Forecast of the stage now running.")
 
 
+class ForecastStage(WireModel):
+    """One stage of a campaign's plan with its forecast (one attempt)."""
+
+    key: str = Field(description="Stage key, e.g. 1b1-i2-train.")
+    stage: StageName
+    iteration: int = Field(ge=1)
+    first_pass: bool = Field(description="Runs when 1B.1 passes its first gate and no stage fails; the others "
+                             "(later 1B.1 iterations) run only in the worst case.")
+    attempts: int = Field(1, ge=1, description="Attempts in the worst case (stage retries + 1).")
+    problems: int | None = Field(None, description="Problems answered (generate, evaluate); None: unknown size.")
+    examples: int | None = Field(None, description="Training examples, at most (train).")
+    samples: int | None = Field(None, description="k sampled answers per problem (one greedy on top).")
+    max_new_tokens: int | None = Field(None, description="Token budget per answer.")
+    epochs: int | None = None
+    gpus: int = Field(0, ge=0)
+    tokens: int = Field(0, ge=0, description="Tokens the forecast assumes (generated, or trained).")
+    seconds: float = Field(0.0, ge=0, description="Forecast wall time of one attempt.")
+    gpu_hours: float = Field(0.0, ge=0)
+    usd: float = Field(0.0, ge=0)
+
+
+class CampaignForecast(WireModel):
+    """What a campaign will cost, before it runs (`consistency plan`, and status.forecast when accepted)."""
+
+    stages: list[ForecastStage] = Field(default_factory=list)
+    first_pass_gpu_hours: float = 0.0
+    first_pass_usd: float = Field(0.0, description="1B.1 passes its first gate, no stage fails, 1B.2 runs.")
+    worst_case_gpu_hours: float = 0.0
+    worst_case_usd: float = Field(0.0, description="Every 1B.1 iteration and every stage retry, then 1B.2.")
+    max_usd: float | None = Field(None, description="spec.budget.maxUsd.")
+    verdict: Literal["NoBudget", "WithinBudget", "MayExceedBudget", "ExceedsBudget", "Incomplete"] = Field(
+        "NoBudget", description="WithinBudget: the worst case fits maxUsd; MayExceedBudget: the first pass fits, "
+        "the worst case does not; ExceedsBudget: not even the first pass fits; Incomplete: a dataset's size "
+        "is unknown (set its limit).")
+    assumptions: dict[str, float] = Field(default_factory=dict, description="Throughput figures used.")
+    unknown: list[str] = Field(default_factory=list, description="What could not be sized, and how to fix it.")
+
+
 class Outputs(WireModel):
     """What a succeeded campaign ships, written by its final report stage."""
 
@@ -182,6 +227,8 @@ class CampaignStatus(WireModel):
     stages: list[StageRecord] = Field(default_factory=list)
     evaluations: list[EvaluationRecord] = Field(default_factory=list)
     cost: Cost = Field(default_factory=Cost)
+    forecast: CampaignForecast | None = Field(None, description="The plan's cost forecast, written when the "
+                                              "campaign is accepted (as `consistency plan` prints it).")
     adapter: str | None = Field(None, description="URI of the best adapter so far.")
     outputs: Outputs | None = Field(None, description="Shipped outputs, once the final report stage finished.")
     observed_generation: int | None = None

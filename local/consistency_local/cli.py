@@ -3,15 +3,19 @@
     consistency run -f campaign.yaml [--run-dir DIR] [--fresh]   run or resume (same command)
     consistency status [DIR] [--stages]                          like `kubectl get ct -o wide`
     consistency report [--run-dir DIR] -f campaign.yaml          (re)write the report
+    consistency plan -f campaign.yaml [--strict] [-o json]       stages and cost before running anything
+    consistency plan --compare                                   the seed's four options, priced
     consistency report --store s3://bucket/prefix/NS/NAME [--out DIR] [--endpoint URL]
                                                                  a cluster campaign's report, drawn here
 
-Exit codes: 0 campaign succeeded, 1 campaign failed, 2 bad input, 130 interrupted (resumable).
+Exit codes: 0 campaign succeeded, 1 campaign failed (plan --strict: the worst case may exceed
+budget.maxUsd, or a dataset's size is unknown), 2 bad input, 130 interrupted (resumable).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -86,6 +90,33 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from consistency_local import planning
+
+    if args.compare:
+        rows = planning.compare()
+        if args.output == "json":
+            print(json.dumps([{"option": r.option.name, "seedExamples": r.option.examples,
+                               "seedHours": r.option.seed_hours, "seedUsd": r.option.seed_usd,
+                               "defaultFigures": r.default_figures.to_wire(),
+                               "publishedFigures": r.published_figures.to_wire()} for r in rows], indent=2))
+        else:
+            print(planning.render_compare(rows))
+        return 0
+    if args.file is None:
+        raise RunError("plan needs -f campaign.yaml (or --compare)")
+    campaign = load_campaign(args.file)
+    plan = planning.plan_campaign(campaign.spec, campaign.name, campaign.namespace)
+    if args.output == "json":
+        print(json.dumps(plan.to_wire(), indent=2))
+    else:
+        print(f"Campaign {campaign.namespace}/{campaign.name}: spec valid")
+        print(planning.render_plan(plan))
+    # --strict: refuse what could overspend, and what cannot be sized to tell.
+    refused = plan.verdict in ("MayExceedBudget", "ExceedsBudget", "Incomplete")
+    return EXIT_FAILED if args.strict and refused else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="consistency", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -107,6 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--endpoint", default=None, help="S3 endpoint URL for --store (else AWS_ENDPOINT_URL)")
     report.add_argument("--out", type=Path, default=None, help="with --store: where to write (default runs/<name>)")
     report.set_defaults(func=_cmd_report)
+    plan = sub.add_parser("plan", help="validate a campaign and forecast its stages and cost (no cluster, "
+                          "no model)")
+    plan.add_argument("-f", "--file", type=Path, default=None, help="ConsistencyTraining YAML")
+    plan.add_argument("--strict", action="store_true",
+                      help="exit 1 when the worst case exceeds budget.maxUsd (or a dataset cannot be sized)")
+    plan.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    plan.add_argument("--compare", action="store_true",
+                      help="price the seed's four options for a 7B model on one GPU (docs/planning.md)")
+    plan.set_defaults(func=_cmd_plan)
     return parser
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from consistency_core.forecast import forecast_checks
 from consistency_core.status import ConditionType
 
 from consistency_local.console import duration, paired_text
@@ -134,10 +135,30 @@ def render_markdown(data: ReportData, figures: list[str]) -> str:
     md += [*_md_table(["stage", "attempt", "outcome", "duration", "GPU-hours", "cost", "message"], rows), ""]
     if "stages.png" in figures:
         md += ["![stages](stages.png)", ""]
+    md += forecast_lines(data)
     errors = [f"- {e.label}: {e.error}" for e in data.evaluations if e.error]
     if errors:
         md += ["## Missing data", "", *errors, ""]
     return "\n".join(md)
+
+
+def forecast_lines(data: ReportData) -> list[str]:
+    """Forecast against actual per finished stage: before learning (the spec's throughput figures) and after
+    (what the campaign's earlier stages measured), with the signed error of each."""
+    checks = forecast_checks(data.spec, data.status)
+    if not checks:
+        return []
+    rows = [[c.key, c.attempt, duration(c.seconds), duration(c.prior_seconds), f"{c.prior_error:+.0%}",
+             duration(c.expected_seconds), f"{c.expected_error:+.0%}", f"${c.bound_usd:.2f}",
+             f"${c.expected_usd:.2f}", f"${c.usd:.2f}"] for c in checks]
+    header = ["stage", "attempt", "took", "forecast (spec figures)", "error", "forecast (learned)", "error",
+              "upper bound", "expected cost", "cost"]
+    return ["## Forecast against actual", "",
+            "Each stage's wall time as forecast when it started: from the spec's throughput figures "
+            "(spec.budget.throughput, every answer at its whole token budget) and from what the campaign's "
+            "earlier stages measured (tokens per second, mean answer length); error = (forecast - took) / took. "
+            "The budget stop checks the upper bound (measured speed, whole token budgets).", "",
+            *_md_table(header, rows), ""]
 
 
 def open_campaign_store(spec: Any) -> Any:

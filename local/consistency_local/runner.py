@@ -23,6 +23,7 @@ from consistency_core.statemachine import Event, Finish, RunStage, decide
 from consistency_core.status import CampaignStatus
 
 from consistency_local.campaign_file import Campaign
+from consistency_local.planning import local_rows
 from consistency_local.rundir import RunDir
 from consistency_local.stage_process import Tick, run_stage_process
 
@@ -127,9 +128,10 @@ def run_campaign(
             # The worker may have finished after the runner was stopped: use its result, not a rerun.
             result = rd.finished_result(running) if running is not None else None
         limit = max_stages(local.spec) + 1
+        rows = local_rows(local.spec)  # local dataset files sized for the campaign's forecast
         for _ in range(limit + 1):
             decision = decide(local.spec, status, result, campaign=campaign.name,
-                              namespace=campaign.namespace, now=clock())
+                              namespace=campaign.namespace, now=clock(), dataset_rows=rows)
             status = decision.status
             rd.save_status(status)
             for event in decision.events:

@@ -44,6 +44,8 @@ FAMILY_NAMES: tuple[str, ...] = (
     "consistency_campaign_budget_usd",
     "consistency_stage_start_timestamp_seconds",
     "consistency_stage_deadline_seconds",
+    "consistency_stage_forecast_seconds",
+    "consistency_stage_measured_seconds",
 )
 
 # Stages run from minutes to a day; the buckets span that range.
@@ -72,6 +74,8 @@ class Metrics:
     budget_usd: Gauge
     stage_start: Gauge
     stage_deadline: Gauge
+    stage_forecast: Gauge
+    stage_measured: Gauge
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -123,6 +127,11 @@ def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
                           "Start time of the running stage (unix seconds).", [*CAMPAIGN, "stage"], registry=r),
         stage_deadline=Gauge("consistency_stage_deadline_seconds",
                              "activeDeadlineSeconds of the running stage.", [*CAMPAIGN, "stage"], registry=r),
+        stage_forecast=Gauge("consistency_stage_forecast_seconds",
+                             "Expected wall time of a stage's latest attempt, forecast when it started from what "
+                             "earlier stages measured.", [*CAMPAIGN, "stage"], registry=r),
+        stage_measured=Gauge("consistency_stage_measured_seconds",
+                             "Wall time of a stage's latest finished attempt.", [*CAMPAIGN, "stage"], registry=r),
     )
 
 

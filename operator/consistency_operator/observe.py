@@ -58,6 +58,13 @@ class CampaignObserver:
             self.m.budget_usd.labels(**ids).set(spec.budget.max_usd)
         elif spec is not None:
             remove_labelled(self.m.budget_usd, ids, CAMPAIGN)
+        # Forecast against actual, per stage key (its latest attempt): the dashboard's forecast-error view.
+        for record in status.stages:
+            labels = {**ids, "stage": record.key}
+            if record.expected_seconds or record.prior_seconds:
+                self.m.stage_forecast.labels(**labels).set(record.expected_seconds)
+            if record.outcome in (StageOutcome.succeeded, StageOutcome.failed) and record.seconds:
+                self.m.stage_measured.labels(**labels).set(record.seconds)
         # Start/deadline exist only for the running stage, so "past deadline" alerts cannot fire late.
         remove_labelled(self.m.stage_start, ids, (*CAMPAIGN, "stage"))
         remove_labelled(self.m.stage_deadline, ids, (*CAMPAIGN, "stage"))
@@ -113,5 +120,5 @@ class CampaignObserver:
         for gauge in (self.m.gpu_seconds, self.m.cost_usd, self.m.budget_usd):
             remove_labelled(gauge, ids, CAMPAIGN)
         remove_labelled(self.m.campaign_phase, ids, (*CAMPAIGN, "phase"))
-        for gauge in (self.m.stage_start, self.m.stage_deadline):
+        for gauge in (self.m.stage_start, self.m.stage_deadline, self.m.stage_forecast, self.m.stage_measured):
             remove_labelled(gauge, ids, (*CAMPAIGN, "stage"))

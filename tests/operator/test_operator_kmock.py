@@ -364,6 +364,20 @@ def test_budget_stops_before_an_over_budget_stage(
     failed = condition(obj, "Failed")
     assert failed["reason"] == "BudgetExceeded" and "baseline-evaluate" in failed["message"]
     assert [j["metadata"]["labels"]["consistency.dev/key"] for j in jobs.jobs(NS, name)] == ["prepare"]
+    # The plan written when the campaign was accepted, by hand (GPU-h at 2000 generated / 3000 training tok/s):
+    # evaluate 1483 x 6 x 512 tokens = 0.63275; 1B.1 generate 664 x 6 x 512 = 0.28331; train 1328 examples
+    # x 2 epochs x 256 = 0.06296 (iteration 2: 3 epochs, 0.09444); 1B.2 generate 8847 x 6 x 512 = 3.77472;
+    # 1B.2 train (2500 + 625 replayed) x 2 x 256 = 0.14815. First pass: baseline + iteration 1 + 1B.2 =
+    # 6.16739 GPU-h = $18.50; worst: both iterations, every stage twice (stageRetries 1) = 14.35576 GPU-h = $43.07.
+    plan = obj["status"]["forecast"]
+    assert plan["firstPassUsd"] == pytest.approx(18.502, abs=1e-3)
+    assert plan["worstCaseUsd"] == pytest.approx(43.067, abs=1e-3)
+    assert plan["verdict"] == "ExceedsBudget" and plan["maxUsd"] == 1.0
+    assert [s["key"] for s in plan["stages"] if not s["firstPass"]] == [
+        "1b1-i2-generate", "1b1-i2-distill", "1b1-i2-train", "1b1-i2-evaluate"]
+    # `kubectl get ct` shows it: the printer column reads the value the status holds.
+    [column] = [c for c in crd()["spec"]["versions"][0]["additionalPrinterColumns"] if c["name"] == "Worst USD"]
+    assert column["jsonPath"] == ".status.forecast.worstCaseUsd" and column["type"] == "number"
 
 
 def test_second_watched_namespace_works_and_unwatched_is_ignored(
@@ -420,6 +434,13 @@ def test_metrics_endpoint_reports_what_happened(
     # Running-stage gauges exist for the running stage only.
     assert [s["stage"] for s in series(text, "consistency_stage_start_timestamp_seconds", **ids)] == ["1b2-generate"]
     assert sample(text, "consistency_stage_deadline_seconds", **ids, stage="1b2-generate") == 21600
+    # Forecast against actual per stage, as the status records them.
+    records = {r["key"]: r for r in status["stages"]}
+    assert sample(text, "consistency_stage_forecast_seconds", **ids, stage="1b2-generate") == pytest.approx(
+        records["1b2-generate"]["expectedSeconds"]) and records["1b2-generate"]["expectedSeconds"] > 0
+    assert sample(text, "consistency_stage_measured_seconds", **ids, stage="1b1-i1-train") == pytest.approx(
+        records["1b1-i1-train"]["seconds"]) and records["1b1-i1-train"]["seconds"] > 0
+    assert not series(text, "consistency_stage_measured_seconds", stage="1b2-generate", **ids)  # still running
     # Counters and histograms cover every campaign this operator process has driven.
     assert sample(text, "consistency_job_outcomes_total", stage="train", outcome="succeeded") >= 1
     assert sample(text, "consistency_stage_duration_seconds_count", stage="distill", phase="1B.1") >= 1

@@ -77,7 +77,14 @@ def test_generate_writes_graded_records(tmp_path: Path) -> None:
             assert all(c.answer and c.answer != "pass" for c in record.samples)
     on_disk = json.loads((tmp_path / "store" / "gen" / shard_file_name(0, 1)).read_text().splitlines()[0])
     assert set(on_disk) == {"problemId", "domain", "stratum", "greedy", "samples"}
-    assert set(on_disk["greedy"]) == {"text", "answer", "correct", "truncated"}
+    assert set(on_disk["greedy"]) == {"text", "answer", "correct", "truncated", "tokens"}
+    # Token counts for the cost forecast: a truncated answer spent its whole budget, the rest at most that.
+    answers = [c for r in records for c in (r.greedy, *r.samples)]
+    budget = PARAMS["maxNewTokens"]
+    assert all(c.tokens == budget for c in answers if c.truncated)
+    assert all(c.tokens is not None and 0 <= c.tokens <= budget for c in answers)
+    assert result.metrics["countedAnswers"] == len(answers)
+    assert result.metrics["generatedTokens"] == sum(c.tokens or 0 for c in answers) > 0
     manifest = json.loads((tmp_path / "store" / "gen" / "manifest.json").read_text())
     assert manifest["inputs"]["problems"]["sha256"]
     assert set(manifest["outputs"]["generations"]["files"]) == {shard_file_name(0, 1)}
@@ -215,7 +222,11 @@ def test_answers_are_graded_by_domain_including_sandboxed_code() -> None:
     records = answer_problems(backend, problems, SamplingSettings(
         SamplingKnobs(samples=2, temperature=0.7, max_new_tokens=8), seed=1, code_timeout_s=2.0))
     by_id = {r.problem_id: r for r in records}
-    assert by_id["m1"].greedy == Completion(text="2 + 3 = 5\n#### 5", answer="5", correct=True)
+    tokenizer = backend.tokenizer
+    # Token counts are the answer re-encoded, capped at the budget (8 here).
+    greedy_tokens = min(len(tokenizer.encode("2 + 3 = 5\n#### 5", add_special_tokens=False)), 8)
+    assert by_id["m1"].greedy == Completion(text="2 + 3 = 5\n#### 5", answer="5", correct=True, tokens=greedy_tokens)
+    assert greedy_tokens > 0
     assert [(s.answer, s.correct) for s in by_id["m1"].samples] == [("5", True), ("6", False)]
     assert (by_id["c1"].greedy.answer, by_id["c1"].greedy.correct) == ("pass", True)
     # A wrong program and one that never ends (killed by the sandbox timeout) both fail; their answers

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from consistency_core.spec import SamplingKnobs
 from consistency_core.stages import StageConfig, join_uri
@@ -83,7 +83,18 @@ def load_backend(config: StageConfig, ctx: StageContext, adapter_uri: str | None
 
 
 def _completion(generated: Generated, grade: Grade) -> Completion:
-    return Completion(text=generated.text, answer=grade.answer, correct=grade.correct, truncated=generated.hit_limit)
+    return Completion(text=generated.text, answer=grade.answer, correct=grade.correct, truncated=generated.hit_limit,
+                      tokens=generated.tokens)
+
+
+def count_tokens(tokenizer: object, generated: Generated, max_new_tokens: int) -> Generated:
+    """The answer's generated tokens: the whole budget when it hit the limit (the engine spent it even where a
+    stop string cut the text), else its text re-encoded. Backends report text only, so this one count serves
+    hf and vLLM alike; the cost forecast learns the mean from it."""
+    if generated.hit_limit:
+        return replace(generated, tokens=max_new_tokens)
+    ids = tokenizer.encode(generated.text, add_special_tokens=False)  # type: ignore[attr-defined]
+    return replace(generated, tokens=min(len(ids), max_new_tokens))
 
 
 @dataclass(frozen=True)
@@ -114,6 +125,7 @@ def generate_chunk(backend: GenerationBackend, problems: Sequence[Problem], sett
     prompts = [render_prompt(backend.tokenizer, p) for p in problems]
     seeds = [problem_seed(settings.seed, p.id) for p in problems]
     outputs = backend.generate_requests(plan_requests(prompts, seeds, sampling)) if problems else []
+    outputs = [[count_tokens(backend.tokenizer, g, sampling.max_new_tokens) for g in out] for out in outputs]
     if sampling.temperature > 0.0:
         greedy = [outputs[2 * i][0] for i in range(len(problems))]
         samples = [outputs[2 * i + 1] for i in range(len(problems))]
@@ -222,11 +234,18 @@ def truncated_share(records: Sequence[GenerationRecord]) -> float:
     return round(sum(c.truncated for c in answers) / len(answers), 4) if answers else 0.0
 
 
+def token_metrics(records: Sequence[GenerationRecord]) -> dict[str, int]:
+    """What the cost forecast learns from: generated tokens and the answers they were spent on (answers
+    written before token counting existed are left out of both). Counts, so shards add up."""
+    counted = [c.tokens for r in records for c in (r.greedy, *r.samples) if c.tokens is not None]
+    return {"generatedTokens": sum(counted), "countedAnswers": len(counted)}
+
+
 def completion_metrics(records: Sequence[GenerationRecord]) -> dict[str, float | int]:
     completions = sum(1 + len(r.samples) for r in records)
     graded = [r.greedy.correct for r in records if r.greedy.correct is not None]
     metrics: dict[str, float | int] = {"problems": len(records), "completions": completions,
-                                       "maxNewTokensHitShare": truncated_share(records)}
+                                       "maxNewTokensHitShare": truncated_share(records), **token_metrics(records)}
     if graded:
         metrics["greedyAccuracy"] = round(sum(graded) / len(graded), 4)
     return metrics

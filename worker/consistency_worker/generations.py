@@ -31,6 +31,8 @@ class Completion(BaseModel):
     correct: bool | None = None
     # It stopped at the token budget (maxNewTokens), not at EOS or a stop string: likely cut off.
     truncated: bool = False
+    # Generated tokens (the whole budget when truncated): what the cost forecast learns from.
+    tokens: int | None = None
 
 
 class GenerationRecord(BaseModel):

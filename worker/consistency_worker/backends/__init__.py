@@ -45,10 +45,12 @@ class GenerationRequest:
 
 @dataclass(frozen=True)
 class Generated:
-    """One completion; `hit_limit`: it ended because it used all max_new_tokens (a cut-off answer)."""
+    """One completion; `hit_limit`: it ended because it used all max_new_tokens (a cut-off answer);
+    `tokens`: how many tokens it took (filled in by answering.count_tokens, for the cost forecast)."""
 
     text: str
     hit_limit: bool = False
+    tokens: int = 0
 
 
 class PromptGeneration:

@@ -23,7 +23,13 @@ from consistency_core.spec import FailureCriteria
 from consistency_core.stages import EVALUATE_REPORT, EvaluateParams, StageConfig, StageResult, join_uri
 from consistency_core.stats import paired_from_rows
 
-from consistency_worker.answering import SamplingSettings, generate_records, load_backend, truncated_share
+from consistency_worker.answering import (
+    SamplingSettings,
+    generate_records,
+    load_backend,
+    token_metrics,
+    truncated_share,
+)
 from consistency_worker.generations import GenerationRecord
 from consistency_worker.grading import code_grading_metrics
 from consistency_worker.stages import PermanentStageError
@@ -174,6 +180,7 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
         ctx.logger.info("code grading: %d problems with untrusted tests, sandbox layers %s",
                         grading["testsUntrusted"], ", ".join(grading["sandboxLayers"]))
         metrics.update(grading)
+    metrics.update(token_metrics(records))
     report: dict[str, Any] = {
         **summary,
         "adapterUri": params.adapter_uri,
