@@ -130,7 +130,8 @@ def grade_chunk(chunk: GeneratedChunk, settings: SamplingSettings) -> list[Gener
     for problem, g, s in zip(chunk.problems, chunk.greedy, chunk.samples, strict=True):
         pairs.append((problem, g))
         pairs.extend((problem, x) for x in s)
-    grades = grade_many([(p, g.text) for p, g in pairs], timeout_s=settings.code_timeout_s)
+    grades = grade_many([(p, g.text) for p, g in pairs], timeout_s=settings.code_timeout_s,
+                        cut_off=[g.hit_limit for _, g in pairs])
     completions = [_completion(g, grade) for (_, g), grade in zip(pairs, grades, strict=True)]
     records, at = [], 0
     for problem, samples in zip(chunk.problems, chunk.samples, strict=True):
