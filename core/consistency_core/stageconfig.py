@@ -86,6 +86,9 @@ class StageConfigs:
                 adapter_uri=None if step.key == BASELINE_KEY else self._own_adapter(step),
                 baseline_report_uri=self._compare_with(step),
                 failure=spec.expansion.failure,
+                primary_endpoint=spec.evaluation.primary_endpoint,
+                primary_baseline_uri=None if step.key == BASELINE_KEY else self._baseline_report(),
+                tensor_parallel_size=spec.resources.stages.evaluate.gpus or 1,
             )
         settings = phase_settings(spec, step.phase, step.iteration)
         expansion = step.phase == TrainingPhase.expansion
