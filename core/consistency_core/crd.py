@@ -34,6 +34,8 @@ PRINTER_COLUMNS = [
      "description": "Latest evaluated consistency rate"},
     {"name": "Math", "type": "number", "jsonPath": ".status.mathAccuracy",
      "description": "Latest evaluated math accuracy"},
+    {"name": "Primary Change", "type": "number", "jsonPath": ".status.primaryChange",
+     "description": "Paired change of the primary endpoint (evaluation.primaryEndpoint), baseline -> latest model"},
     {"name": "Cost USD", "type": "number", "jsonPath": ".status.cost.usd", "description": "Spent so far"},
     {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

@@ -128,6 +128,7 @@ class StageConfigs:
         snapshot = CampaignStatus(
             phase=CampaignPhase.succeeded, training_phase=st.training_phase, iteration=st.iteration,
             message="succeeded", consistency=st.consistency, math_accuracy=st.math_accuracy,
+            primary_change=st.primary_change,
             conditions=[gate] if gate else [], stages=[r for r in st.stages if r.key != REPORT_KEY],
             evaluations=st.evaluations, cost=Cost(gpu_hours=st.cost.gpu_hours, usd=st.cost.usd),
             adapter=st.adapter,

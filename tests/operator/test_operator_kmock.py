@@ -37,7 +37,10 @@ GENERATE = {"problems": 332, "completions": 1992}  # per shard; two shards
 DISTILL = {"examples": 412}
 TRAIN = {"steps": 104, "finalLoss": 0.41}
 BASELINE = {"problems": 1483, "consistency": 0.10, "meanAgreement": 0.45, "accuracy": {"math": 0.41, "code": 0.58}}
-PASSING = {"problems": 1483, "consistency": 0.64, "meanAgreement": 0.81, "accuracy": {"math": 0.57, "code": 0.6}}
+PASSING = {"problems": 1483, "consistency": 0.64, "meanAgreement": 0.81, "accuracy": {"math": 0.57, "code": 0.6},
+           "pairwiseAgreement": {"math": 0.44, "code": 0.52},
+           "primary": {"figure": "math pairwise agreement", "reference": "baseline", "difference": 0.13,
+                       "low": 0.08, "high": 0.18, "pValue": 0.0001, "n": 1319}}
 FAILING = {"problems": 1483, "consistency": 0.31, "meanAgreement": 0.62, "accuracy": {"math": 0.49, "code": 0.59}}
 
 
@@ -428,7 +431,12 @@ def test_metrics_endpoint_reports_what_happened(
     assert sample(text, "consistency_evaluation_accuracy_ratio", **ids, phase="baseline", iteration="0",
                   domain="code") == 0.58
     assert sample(text, "consistency_examples_produced_total", **ids, phase="1B.1") == 412
+    assert sample(text, "consistency_evaluation_pairwise_agreement_ratio", **q, domain="code") == 0.52
+    primary = {**q, "endpoint": "math pairwise agreement"}
+    assert [sample(text, "consistency_evaluation_primary_endpoint_change_ratio", **primary, bound=b)
+            for b in ("estimate", "low", "high")] == [0.13, 0.08, 0.18]
     status = get_ct(cluster, NS, name)["status"]
+    assert status["primaryChange"] == 0.13  # the `kubectl get ct` column
     cost = sample(text, "consistency_campaign_cost_usd", **ids)
     assert cost == pytest.approx(status["cost"]["usd"]) and cost > 0
     gpu_seconds = sample(text, "consistency_campaign_gpu_seconds", **ids)
