@@ -131,6 +131,9 @@ def test_baseline_train_evaluate_round(tmp_path: Path) -> None:
     assert m["failureToSuccess"] >= 1 and m["successToFailure"] == 0
     assert 0.0 <= m["consistency"] <= 1.0 and 0.0 <= m["meanAgreement"] <= 1.0
     assert len(after.to_termination_message().encode()) <= TERMINATION_MESSAGE_LIMIT
+    # ... with every metric the status reads still in it (three domains: the widest result)
+    wire = json.loads(after.to_termination_message())
+    assert wire["metrics"]["primary"] == m["primary"] and wire["metrics"]["paired"] == m["paired"]
 
     report = json.loads((store / "after" / "report.json").read_text())
     assert report["adapterUri"] == f"{store}/train/adapter"
