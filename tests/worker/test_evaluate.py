@@ -152,7 +152,7 @@ def test_baseline_train_evaluate_round(tmp_path: Path) -> None:
     assert math["pValue"] == pytest.approx(2 ** (1 - math["better"]) if math["better"] > 1 else 1.0)
     assert report["comparison"]["paired"]["success"]["better"] == m["failureToSuccess"]
     # cut-off answers without a final answer are counted, per problem and per evaluation
-    assert m["cutOffUnanswered"] == sum(r["cutOffUnanswered"] for r in rows) == report["cutOffUnanswered"]
+    assert m["cutOffUnanswered"] == sum(r["cutOffUnanswered"] for r in rows) == report["cutOffUnanswered"] > 0
     assert set(m["pairwiseAgreement"]) == {"math", "code", "reasoning"}
     # the primary endpoint (default math pairwise agreement), baseline -> this model, is outside the Holm family
     assert m["primary"]["figure"] == "math pairwise agreement" and m["primary"]["n"] == n_math
