@@ -35,6 +35,8 @@ PRINTER_COLUMNS = [
      "description": "Latest evaluated consistency rate"},
     {"name": "Math", "type": "number", "jsonPath": ".status.mathAccuracy",
      "description": "Latest evaluated math accuracy"},
+    {"name": "Primary Change", "type": "number", "jsonPath": ".status.primaryChange",
+     "description": "Paired change of the primary endpoint (evaluation.primaryEndpoint), baseline -> latest model"},
     {"name": "Cost USD", "type": "number", "jsonPath": ".status.cost.usd", "description": "Spent so far"},
     {"name": "Worst USD", "type": "number", "jsonPath": ".status.forecast.worstCaseUsd",
      "description": "Forecast cost if every 1B.1 iteration and stage retry runs (status.forecast)"},

@@ -299,7 +299,54 @@ class ExpansionPhase(TrainingKnobs, SamplingKnobs, AgreementFilter, FailureExamp
     learning_rate: float = Field(1e-4, gt=0.0, le=1.0, description="Peak learning rate.")
 
 
+class EndpointMeasure(StrEnum):
+    """Per-problem figures a paired before/after test can be declared primary on (see README Definitions)."""
+
+    pairwise_agreement = "pairwiseAgreement"
+    modal_share = "modalShare"
+    right_agreement = "rightAgreement"
+    wrong_agreement = "wrongAgreement"
+    self_consistency_gap = "selfConsistencyGap"
+    majority_accuracy = "majorityAccuracy"
+    accuracy = "accuracy"
+    consistency = "consistency"
+
+
+# How a measure is named in paired figures ("math pairwise agreement", "code maj@k").
+ENDPOINT_LABELS: dict[EndpointMeasure, str] = {
+    EndpointMeasure.pairwise_agreement: "pairwise agreement",
+    EndpointMeasure.modal_share: "modal share",
+    EndpointMeasure.right_agreement: "right agreement",
+    EndpointMeasure.wrong_agreement: "wrong agreement",
+    EndpointMeasure.self_consistency_gap: "self-consistency gap",
+    EndpointMeasure.majority_accuracy: "maj@k",
+    EndpointMeasure.accuracy: "accuracy",
+    EndpointMeasure.consistency: "consistency",
+}
+
+
+class PrimaryEndpoint(WireModel):
+    """The one paired test a campaign declares in advance: baseline -> final model on the held-out split.
+    The report and `consistency status` headline it; every other paired test is shown Holm-adjusted."""
+
+    measure: EndpointMeasure = Field(
+        EndpointMeasure.pairwise_agreement,
+        description="pairwiseAgreement, modalShare, rightAgreement, wrongAgreement, selfConsistencyGap (graded: "
+        "paired bootstrap CI, Wilcoxon signed-rank p), or majorityAccuracy, accuracy, consistency (yes/no per "
+        "problem: Newcombe CI, exact McNemar p).")
+    domain: Domain = Field("math", description="Domain the measure is taken on.")
+
+    @property
+    def figure(self) -> str:
+        return f"{self.domain} {ENDPOINT_LABELS[self.measure]}"
+
+
 class EvaluationConfig(SamplingKnobs):
+    # The graded measures need resolution: with k = 8, pairwise agreement moves in steps of 1/56.
+    samples: int = Field(8, ge=1, le=64, description="Sampled answers per problem (k) of every evaluation, "
+                         "besides one greedy; its own setting, independent of the training phases' k.")
+    primary_endpoint: PrimaryEndpoint = Field(default_factory=PrimaryEndpoint,
+                                              description="The campaign's one declared paired test.")
     datasets: list[DnsLabel] = Field(
         default_factory=lambda: ["gsm8k-test", "humaneval"],
         min_length=1, max_length=bounds.MAX_DATASETS,

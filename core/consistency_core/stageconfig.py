@@ -87,6 +87,9 @@ class StageConfigs:
                 adapter_uri=None if step.key == BASELINE_KEY else self._own_adapter(step),
                 baseline_report_uri=self._compare_with(step),
                 failure=spec.expansion.failure,
+                primary_endpoint=spec.evaluation.primary_endpoint,
+                primary_baseline_uri=None if step.key == BASELINE_KEY else self._baseline_report(),
+                tensor_parallel_size=spec.resources.stages.evaluate.gpus or 1,
             )
         settings = phase_settings(spec, step.phase, step.iteration)
         expansion = step.phase == TrainingPhase.expansion
@@ -126,6 +129,7 @@ class StageConfigs:
         snapshot = CampaignStatus(
             phase=CampaignPhase.succeeded, training_phase=st.training_phase, iteration=st.iteration,
             message="succeeded", consistency=st.consistency, math_accuracy=st.math_accuracy,
+            primary_change=st.primary_change,
             conditions=[gate] if gate else [], stages=[r for r in st.stages if r.key != REPORT_KEY],
             evaluations=st.evaluations, cost=Cost(gpu_hours=st.cost.gpu_hours, usd=st.cost.usd),
             adapter=st.adapter,

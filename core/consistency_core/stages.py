@@ -19,6 +19,7 @@ from consistency_core.spec import (
     FailureCriteria,
     FailureExamples,
     ModelRef,
+    PrimaryEndpoint,
     SamplingKnobs,
     Selection,
     StageName,
@@ -114,6 +115,11 @@ class EvaluateParams(WireModel):
     baseline_report_uri: str | None = Field(None, description="Earlier report, for per-problem before/after.")
     failure: FailureCriteria = Field(default_factory=FailureCriteria,
                                      description="What counts as a failed problem (spec.expansion.failure).")
+    primary_endpoint: PrimaryEndpoint = Field(default_factory=PrimaryEndpoint,
+                                              description="spec.evaluation.primaryEndpoint.")
+    primary_baseline_uri: str | None = Field(None, description="The baseline evaluation's report: the primary "
+                                             "endpoint is always baseline -> this model.")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one engine spans (resources.stages.evaluate.gpus).")
 
 
 class ReportParams(WireModel):

@@ -118,9 +118,12 @@ def _evaluation(step: Step, result: StageResult) -> EvaluationRecord:
         accuracy=accuracy,
         consistency_by_domain=_per_domain(metrics.get("consistencyByDomain")),
         pass_at_1=_per_domain(metrics.get("passAt1")),
+        pairwise_agreement=_per_domain(metrics.get("pairwiseAgreement")),
+        cut_off_unanswered=metrics.get("cutOffUnanswered"),
         problems=int(metrics.get("problems", 0) or 0),
         report=result.outputs.get("report"),
         paired=metrics.get("paired") or {},
+        primary=metrics.get("primary") or None,
     )
 
 
@@ -276,6 +279,7 @@ def _record_evaluation(
     measured = [v for _, v in gated_consistency(spec, ev) if v is not None]
     status.consistency = min(measured) if measured else None
     status.math_accuracy = ev.accuracy.get("math")
+    status.primary_change = ev.primary.get("difference") if ev.primary else None
     if step.phase == TrainingPhase.quick_fix:
         # Only 1B.1 is gated: its verdict decides between 1B.2, another iteration and failure (_advance).
         ev.gate_passed, detail = gate(spec, ev)

@@ -131,9 +131,9 @@ def paired(pairs: Iterable[tuple[bool, bool]], z: float = Z95) -> Paired:
 
 
 def paired_from_rows(before: Sequence[dict[str, Any]], after: Sequence[dict[str, Any]]) -> dict[str, Paired]:
-    """{"consistency", "<domain> accuracy", "<domain> consistency", "success": Paired} over the problems
-    in both row sets: the per-problem rows (problemId, domain, greedyCorrect, consistent, success) of
-    two evaluations."""
+    """{"consistency", "<domain> accuracy", "<domain> consistency", "<domain> maj@k", "success": Paired}
+    over the problems in both row sets: the per-problem rows (problemId, domain, greedyCorrect,
+    consistent, majorityCorrect, success) of two evaluations."""
     old = {r["problemId"]: r for r in before}
     matched = [(old[r["problemId"]], r) for r in after if r["problemId"] in old]
 
@@ -149,6 +149,9 @@ def paired_from_rows(before: Sequence[dict[str, Any]], after: Sequence[dict[str,
         if graded:
             out[f"{domain} accuracy"] = paired(graded)
         out[f"{domain} consistency"] = paired(flags(mine, "consistent"))
+        majority = flags(mine, "majorityCorrect")
+        if majority:
+            out[f"{domain} maj@k"] = paired(majority)
     if matched:
         out["success"] = paired(flags(matched, "success"))
     return out

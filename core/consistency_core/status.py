@@ -143,6 +143,12 @@ class EvaluationRecord(WireModel):
         "code: all pass, or the same returned values).")
     pass_at_1: dict[str, float] = Field(
         default_factory=dict, description="Unbiased pass@1 per domain from the k samples (mean share correct).")
+    pairwise_agreement: dict[str, float] = Field(
+        default_factory=dict, description="Mean pairwise agreement per domain: the chance that two of a "
+        "problem's k samples give the same answer.")
+    cut_off_unanswered: int | None = Field(
+        None, ge=0, description="Answers (greedy and samples) cut off at maxNewTokens before a final-answer "
+        "marker: graded as no answer.")
     problems: int = 0
     gate_passed: bool | None = None
     report: str | None = Field(None, description="URI of the full evaluation report.")
@@ -150,7 +156,12 @@ class EvaluationRecord(WireModel):
         default_factory=dict,
         description='Paired change against the reference evaluation (baseline, or the passing 1B.1 one) per '
         'figure ("math accuracy", "code consistency", "success", ...): difference, low/high (95% interval), '
-        'pValue (exact McNemar), better/worse (discordant problems), n.')
+        'pValue (exact McNemar), better/worse (discordant problems), n; graded figures ("math pairwise '
+        'agreement") carry before/after means, a paired bootstrap interval and the Wilcoxon signed-rank '
+        'pValue; pHolm: the p-value Holm-adjusted over every paired test but the primary endpoint.')
+    primary: dict[str, Any] | None = Field(
+        None, description="The primary endpoint (spec.evaluation.primaryEndpoint), baseline -> this model: "
+        "figure, reference, difference, low/high (95% interval), pValue, n.")
 
 
 class Cost(WireModel):
@@ -223,6 +234,9 @@ class CampaignStatus(WireModel):
     consistency: float | None = Field(None, description="Latest evaluated consistency rate of the domains the "
                                       "gate checks (thresholds.consistencyDomains; the lowest of them).")
     math_accuracy: float | None = Field(None, description="Latest evaluated math accuracy.")
+    primary_change: float | None = Field(
+        None, description="Paired change of the primary endpoint (spec.evaluation.primaryEndpoint), baseline -> "
+        "the latest evaluated model.")
     conditions: list[Condition] = Field(default_factory=list)
     stages: list[StageRecord] = Field(default_factory=list)
     evaluations: list[EvaluationRecord] = Field(default_factory=list)

@@ -90,7 +90,7 @@ class LiveConsole:
 # --- `consistency status` ---------------------------------------------------------------------------
 
 COLUMNS = ("NAME", "STATUS", "PHASE", "ITERATION", "STAGE", "PROGRESS", "CONSISTENCY", "MATH", "MATH-CHANGE",
-           "COST", "AGE", "MESSAGE")
+           "PRIMARY (BASELINE -> LATEST)", "COST", "AGE", "MESSAGE")
 
 
 def _pct(value: float | None) -> str:
@@ -104,6 +104,15 @@ def paired_text(change: dict | None) -> str:
         return ""
     return (f"{change['difference'] * 100:+.1f}pp [{change['low'] * 100:+.1f},{change['high'] * 100:+.1f}] "
             f"p={change['pValue']:.2g}")
+
+
+def primary_text(status: CampaignStatus) -> str:
+    """The declared primary endpoint of the latest evaluation that measured it, baseline -> that model."""
+    measured = [e.primary for e in status.evaluations if e.primary]
+    if not measured:
+        return ""
+    primary = measured[-1]
+    return f"{primary.get('figure', 'primary')} {paired_text(primary)}"
 
 
 def _last_change(status: CampaignStatus, figure: str) -> dict | None:
@@ -121,7 +130,7 @@ def status_row(name: str, namespace: str, status: CampaignStatus, now: datetime,
         str(status.iteration or ""), status.stage or "",
         _progress_text(progress) if status.current() is not None else "",
         _pct(status.consistency), _pct(status.math_accuracy), paired_text(_last_change(status, "math accuracy")),
-        f"${status.cost.usd:.2f}", age,
+        primary_text(status), f"${status.cost.usd:.2f}", age,
         status.message[:60],
     ]
 
@@ -146,17 +155,23 @@ def stage_rows(status: CampaignStatus, now: datetime) -> list[list[str]]:
 
 
 STAGE_COLUMNS = ("STAGE", "PHASE", "ITER", "ATTEMPT", "OUTCOME", "DURATION", "GPU-H", "MESSAGE")
-CHANGE_COLUMNS = ("EVALUATION", "FIGURE", "CHANGE (95% CI, McNemar p)", "BETTER", "WORSE", "PAIRS")
+CHANGE_COLUMNS = ("EVALUATION", "FIGURE", "CHANGE (95% CI, p)", "HOLM P", "BETTER", "WORSE", "PAIRS")
 
 
 def change_rows(status: CampaignStatus) -> list[list[str]]:
-    """Every paired before/after figure of every evaluation that had a reference to compare with."""
+    """Every paired before/after figure of every evaluation that had a reference to compare with: the
+    primary endpoint first (baseline -> that model), then the rest with their Holm-adjusted p. Graded
+    figures (Wilcoxon p) have no better/worse counts."""
     rows = []
     for e in status.evaluations:
         label = f"{getattr(e.phase, 'value', e.phase)} i{e.iteration}"
+        if e.primary:
+            rows.append([label, f"PRIMARY {e.primary.get('figure', '')} (baseline)", paired_text(e.primary), "",
+                         "", "", str(int(e.primary.get("n", 0)))])
         for figure, change in sorted(e.paired.items()):
-            rows.append([label, figure, paired_text(change), str(int(change.get("better", 0))),
-                         str(int(change.get("worse", 0))), str(int(change.get("n", 0)))])
+            holm = f"{change['pHolm']:.2g}" if "pHolm" in change else ""
+            counts = [str(int(change[k])) if k in change else "" for k in ("better", "worse")]
+            rows.append([label, figure, paired_text(change), holm, *counts, str(int(change.get("n", 0)))])
     return rows
 
 

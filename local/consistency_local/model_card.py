@@ -5,6 +5,7 @@ Pure text from the spec and the gathered report data (same numbers, intervals an
 
 from __future__ import annotations
 
+from consistency_core.plan import knobs
 from consistency_core.spec import CampaignSpec
 
 from consistency_local.report import _headline, _md_table
@@ -25,12 +26,16 @@ def _front_matter(spec: CampaignSpec) -> list[str]:
 
 def _phases(spec: CampaignSpec, data: ReportData) -> list[str]:
     qf, ex = spec.quick_fix, spec.expansion
-    iterations = max((e.record.iteration for e in data.evaluations if e.record.phase == "1B.1"), default=0)
+    quick = [e.record for e in data.evaluations if e.record.phase == "1B.1"]
+    iterations = max((r.iteration for r in quick), default=0)
     tries = f" ({iterations} iteration(s))" if iterations else ""
+    # The adapter comes from the iteration that passed the gate (else the last one): later iterations
+    # sample cooler (retry.temperatureSchedule) and train longer than the spec's base values.
+    used = next((r.iteration for r in reversed(quick) if r.gate_passed), iterations) or 1
+    knob = knobs(spec, used)
     lines = [f"- **1B.1 quick fix**{tries}: {qf.samples} samples per problem at temperature "
-             f"{qf.temperature}; kept answers with agreement >= {qf.min_agreement}; LoRA r={qf.lora.r}, "
-             f"alpha={qf.lora.alpha}, {qf.epochs} epoch(s) (+{spec.retry.epochs_step} per retry), learning rate "
-             f"{qf.learning_rate}."]
+             f"{knob.temperature} (iteration {used}); kept answers with agreement >= {qf.min_agreement}; LoRA "
+             f"r={qf.lora.r}, alpha={qf.lora.alpha}, {knob.epochs} epoch(s), learning rate {qf.learning_rate}."]
     if ex.enabled:
         lines.append(f"- **1B.2 expansion**: scanned {', '.join(ex.scan_datasets)} for failures (agreement < "
                      f"{ex.failure.max_agreement}{' or a wrong greedy answer' if ex.failure.include_wrong else ''}), "
@@ -65,6 +70,14 @@ def _transitions(data: ReportData) -> list[str]:
             f"(of {moves['matched']} matched).", ""]
 
 
+def _primary(data: ReportData) -> list[str]:
+    change = data.paired_changes().get(data.primary_figure)
+    if change is None or not change.n or data.after is None:
+        return []
+    return [f"Primary endpoint (declared in advance), {data.primary_figure}, base model -> {data.after.label}: "
+            f"{change.text()}.", ""]
+
+
 def render_model_card(data: ReportData) -> str:
     spec = data.spec
     datasets = [[ds.name, f"`{ds.uri}`", ds.format.value, ", ".join(r.value for r in ds.roles),
@@ -86,7 +99,7 @@ def render_model_card(data: ReportData) -> str:
         "Rates with Wilson 95% confidence intervals and counts; consistency: all "
         f"{spec.evaluation.samples} samples at temperature {spec.evaluation.temperature} agree; accuracy: the "
         "greedy answer is right.", "",
-        *before_after_table(data), "", *_transitions(data),
+        *before_after_table(data), "", *_primary(data), *_transitions(data),
         f"Compute: {data.status.cost.gpu_hours:.3f} GPU-hours (${data.status.cost.usd:.2f}); seed {spec.seed}.", "",
         "## Limitations", "",
         "Self-consistency training makes answers agree more; it can make a model agree on a wrong answer. "

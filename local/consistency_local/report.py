@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from consistency_core.endpoints import adjusted
 from consistency_core.forecast import forecast_checks
 from consistency_core.status import ConditionType
 
@@ -56,14 +57,47 @@ def before_after_lines(data: ReportData) -> list[str]:
         lines.append(f"{metric:<18} before {b.get(metric, 'n/a'):<34} after ({after.label}) {a.get(metric, 'n/a')}")
     changes = data.paired_changes()
     if changes:
-        lines.append(f"paired change, baseline -> {after.label} (same problems; 95% CI, exact McNemar p):")
-        lines += [f"  {figure:<20} {change.text()}" for figure, change in changes.items()]
+        primary = data.primary_figure
+        change = changes.get(primary)
+        lines.append(f"Primary endpoint (evaluation.primaryEndpoint): {primary}, baseline -> {after.label}: "
+                     f"{change.text() if change is not None and change.n else 'not measured'}")
+        holm = adjusted(changes, primary)
+        lines.append(f"paired change, baseline -> {after.label} (same problems; 95% CI; yes/no figures exact "
+                     "McNemar p, graded figures Wilcoxon p; Holm p: adjusted over these tests):")
+        lines += [f"  {figure:<28} {c.text()}" + (f", Holm p={holm[figure]:.3g}" if figure in holm else "")
+                  for figure, c in changes.items() if figure != primary]
     moves = data.before_after()
     if moves:
         lines.append(f"per problem, baseline -> {after.label}: {moves['failureToSuccess']} failure -> success, "
                      f"{moves['successToFailure']} success -> failure, {moves['stillFailure']} still failing "
                      f"(of {moves['matched']})")
     return lines
+
+
+GRADED_COLUMNS = (("pairwiseAgreement", "pairwise agreement"), ("modalShare", "modal share"),
+                  ("rightAgreement", "right agreement"), ("wrongAgreement", "wrong agreement"),
+                  ("majorityAccuracy", "maj@k"), ("selfConsistencyGap", "self-consistency gap"))
+
+
+def graded_section(data: ReportData) -> list[str]:
+    """Graded consistency per evaluation and domain (means over problems)."""
+    rows = []
+    for e in data.evaluations:
+        for domain, figures in e.graded.items():
+            values = [f"{figures[k]:.3f}" if k in figures else "n/a" for k, _ in GRADED_COLUMNS]
+            pass1 = e.pass_at_1.get(domain)
+            rows.append([e.label, domain, *values, f"{pass1:.3f}" if pass1 is not None else "n/a",
+                         int(figures.get("cutOffUnanswered", 0))])
+    if not rows:
+        return []
+    return ["## Graded consistency", "",
+            "Per problem, over its k samples: pairwise agreement (share of sample pairs giving the same answer), "
+            "modal share (share on the most common answer), right / wrong agreement (pairwise agreement on a "
+            "right / a wrong answer), maj@k (the majority answer is right), self-consistency gap (maj@k - "
+            "pass@1); means over problems. Cut off: answers stopped at maxNewTokens before a final-answer "
+            "marker, graded as no answer.", "",
+            *_md_table(["evaluation", "domain", *[label for _, label in GRADED_COLUMNS], "pass@1 (k)", "cut off"],
+                       rows), ""]
 
 
 def render_markdown(data: ReportData, figures: list[str]) -> str:
@@ -82,8 +116,12 @@ def render_markdown(data: ReportData, figures: list[str]) -> str:
           "pass@1 estimate from the k samples (mean share of correct samples). Both evaluations answer the "
           "same problems with the same "
           "seeds, so each change is also given paired: the difference with Newcombe's 95% interval for paired "
-          "proportions and the exact McNemar p-value on the problems that changed.", "", "```",
+          "proportions and the exact McNemar p-value on the problems that changed; graded measures with a "
+          "seeded paired bootstrap 95% interval and the Wilcoxon signed-rank p-value. The primary endpoint "
+          f"({data.primary_figure}, baseline -> final) was declared in the spec; every other test is also "
+          "given with its Holm-adjusted p-value (many tests: one p < 0.05 among them means little).", "", "```",
           *before_after_lines(data), "```", ""]
+    md += graded_section(data)
     if "metrics.png" in figures:
         md += ["![consistency and accuracy per evaluation](metrics.png)", ""]
 

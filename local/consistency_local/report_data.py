@@ -10,11 +10,12 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from consistency_core.endpoints import Change, domain_means, paired_family
 from consistency_core.names import parse_rfc3339
 from consistency_core.spec import CampaignSpec
 from consistency_core.status import BASELINE, CampaignStatus, EvaluationRecord, TrainingPhase
 
-from consistency_local.stats import Paired, Rate, paired_from_rows, wilson
+from consistency_local.stats import Rate, wilson
 
 
 @dataclass
@@ -26,6 +27,7 @@ class EvalView:
     strata: dict[str, dict[str, Rate]] = field(default_factory=dict)  # "math/easy" -> {accuracy, consistency}
     domain_consistency: dict[str, Rate] = field(default_factory=dict)  # per domain, in the domain's sense
     pass_at_1: dict[str, float] = field(default_factory=dict)  # unbiased, from the k samples
+    graded: dict[str, dict[str, float]] = field(default_factory=dict)  # domain -> graded measure means
     comparison: dict[str, Any] | None = None
     report_uri: str | None = None
     error: str | None = None
@@ -71,12 +73,17 @@ class ReportData:
             return None
         return transitions(before.rows, after.rows)
 
-    def paired_changes(self) -> dict[str, Paired]:
-        """Baseline -> final model on the problems both evaluated, each figure as a paired comparison."""
+    def paired_changes(self) -> dict[str, Change]:
+        """Baseline -> final model on the problems both evaluated, each figure as a paired comparison
+        (yes/no figures: Newcombe + McNemar; graded: seeded bootstrap + Wilcoxon)."""
         before, after = self.before, self.after
         if before is None or after is None or not before.rows or not after.rows:
             return {}
-        return paired_from_rows(before.rows, after.rows)
+        return paired_family(before.rows, after.rows)
+
+    @property
+    def primary_figure(self) -> str:
+        return self.spec.evaluation.primary_endpoint.figure
 
     @property
     def total_seconds(self) -> float:
@@ -123,6 +130,23 @@ def domain_figures(rows: list[dict[str, Any]]) -> tuple[dict[str, Rate], dict[st
     return consistency, pass1
 
 
+def graded_table(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per domain: the graded measure means, maj@k (share of problems whose majority answer is right) and
+    the cut-off answers without a final answer, from per-problem rows."""
+    table = domain_means(rows)
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[row["domain"]].append(row)
+    for domain, members in groups.items():
+        marks = [bool(r["majorityCorrect"]) for r in members if r.get("majorityCorrect") is not None]
+        entry = table.setdefault(domain, {})
+        if marks:
+            entry["majorityAccuracy"] = sum(marks) / len(marks)
+        if any("cutOffUnanswered" in r for r in members):
+            entry["cutOffUnanswered"] = sum(int(r.get("cutOffUnanswered") or 0) for r in members)
+    return dict(sorted(table.items()))
+
+
 def transitions(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> dict[str, int]:
     old = {r["problemId"]: bool(r.get("success")) for r in before}
     counts = {"matched": 0, "failureToSuccess": 0, "successToFailure": 0, "stillFailure": 0, "stillSuccess": 0}
@@ -153,6 +177,7 @@ def _eval_view(record: EvaluationRecord, store: Any) -> EvalView:
     if rows:
         view.consistency, view.accuracy, view.strata = rates_from_rows(rows)
         view.domain_consistency, view.pass_at_1 = domain_figures(rows)
+        view.graded = graded_table(rows)
     view.comparison = report.get("comparison")
     return view
 

@@ -27,6 +27,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 CAMPAIGN = ("namespace", "campaign")
 EVAL = ("namespace", "campaign", "phase", "iteration")
+PRIMARY = (*EVAL, "endpoint", "bound")
+PRIMARY_BOUNDS = {"estimate": "difference", "low": "low", "high": "high"}
 
 # Exposed sample names (counters get their `_total` suffix from the client library).
 FAMILY_NAMES: tuple[str, ...] = (
@@ -38,6 +40,8 @@ FAMILY_NAMES: tuple[str, ...] = (
     "consistency_evaluation_consistency_ratio",
     "consistency_evaluation_mean_agreement_ratio",
     "consistency_evaluation_accuracy_ratio",
+    "consistency_evaluation_pairwise_agreement_ratio",
+    "consistency_evaluation_primary_endpoint_change_ratio",
     "consistency_examples_produced_total",
     "consistency_campaign_gpu_seconds",
     "consistency_campaign_cost_usd",
@@ -68,6 +72,8 @@ class Metrics:
     consistency: Gauge
     mean_agreement: Gauge
     accuracy: Gauge
+    pairwise_agreement: Gauge
+    primary_change: Gauge
     examples: Counter
     gpu_seconds: Gauge
     cost_usd: Gauge
@@ -116,6 +122,13 @@ def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
                              "Mean share of samples on the modal answer.", list(EVAL), registry=r),
         accuracy=Gauge("consistency_evaluation_accuracy_ratio", "Greedy accuracy per domain.",
                        [*EVAL, "domain"], registry=r),
+        pairwise_agreement=Gauge("consistency_evaluation_pairwise_agreement_ratio",
+                                 "Mean pairwise agreement per domain: the chance that two of a problem's samples "
+                                 "give the same answer.", [*EVAL, "domain"], registry=r),
+        primary_change=Gauge("consistency_evaluation_primary_endpoint_change_ratio",
+                             "Paired change of the declared primary endpoint, baseline -> this evaluation; bound: "
+                             "estimate, or low / high of its 95% interval.", [*EVAL, "endpoint", "bound"],
+                             registry=r),
         examples=Counter("consistency_examples_produced_total", "Training examples produced by distill.",
                          [*CAMPAIGN, "phase"], registry=r),
         gpu_seconds=Gauge("consistency_campaign_gpu_seconds", "GPU time spent by a campaign (GPU-seconds).",

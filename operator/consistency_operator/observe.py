@@ -11,6 +11,8 @@ from consistency_operator.metrics import (
     CAMPAIGN,
     CAMPAIGN_PHASES,
     EVAL,
+    PRIMARY,
+    PRIMARY_BOUNDS,
     TRAINING_PHASES,
     Metrics,
     remove_labelled,
@@ -51,6 +53,13 @@ class CampaignObserver:
                 self.m.mean_agreement.labels(**labels).set(ev.mean_agreement)
             for domain, value in ev.accuracy.items():
                 self.m.accuracy.labels(**labels, domain=domain).set(value)
+            for domain, value in ev.pairwise_agreement.items():
+                self.m.pairwise_agreement.labels(**labels, domain=domain).set(value)
+            if ev.primary:
+                endpoint = str(ev.primary.get("figure", "primary"))
+                for bound, key in PRIMARY_BOUNDS.items():
+                    if isinstance(ev.primary.get(key), int | float):
+                        self.m.primary_change.labels(**labels, endpoint=endpoint, bound=bound).set(ev.primary[key])
         # The status counts GPU-hours for people; Prometheus wants the base unit.
         self.m.gpu_seconds.labels(**ids).set(status.cost.gpu_hours * 3600)
         self.m.cost_usd.labels(**ids).set(status.cost.usd)
@@ -116,6 +125,8 @@ class CampaignObserver:
         for gauge in (self.m.consistency, self.m.mean_agreement):
             remove_labelled(gauge, ids, EVAL)
         remove_labelled(self.m.accuracy, ids, (*EVAL, "domain"))
+        remove_labelled(self.m.pairwise_agreement, ids, (*EVAL, "domain"))
+        remove_labelled(self.m.primary_change, ids, PRIMARY)
         remove_labelled(self.m.examples, ids, (*CAMPAIGN, "phase"))
         for gauge in (self.m.gpu_seconds, self.m.cost_usd, self.m.budget_usd):
             remove_labelled(gauge, ids, CAMPAIGN)

@@ -37,7 +37,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
 NOT_STAGE_INPUTS = {
     "thresholds": "the 1B.1 gate (statemachine.gate)",
     "retry": "iterations and stage retries; per-iteration knobs are tested in test_statemachine",
-    "resources": "pods (operator/jobs.py); generate's shards and gpus are tested below",
+    "resources": "pods (operator/jobs.py); generate's shards and gpus, evaluate's gpus are tested below",
     "budget": "the cost forecast and the spending limit",
 }
 # Switches that choose which stages run (and what prepare readies) rather than being a stage's input.
@@ -178,3 +178,11 @@ def test_generate_resources_reach_the_generate_stage(field: str, param: str, val
     spec = _with(minimal_spec(), f"resources.stages.generate.{field}", value)
     generate = [c for c in _configs(spec) if c.stage.value == "generate"]
     assert generate and all(c.to_wire()["params"][param] == value for c in generate)
+
+
+def test_evaluate_gpus_reach_the_evaluate_stage_as_tensor_parallelism():
+    spec = _with(minimal_spec(), "resources.stages.evaluate.gpus", 2)
+    evaluate = [c for c in _configs(spec) if c.stage.value == "evaluate"]
+    assert evaluate and all(c.to_wire()["params"]["tensorParallelSize"] == 2 for c in evaluate)
+    base = [c for c in _configs(minimal_spec()) if c.stage.value == "evaluate"]
+    assert all(c.to_wire()["params"]["tensorParallelSize"] == 1 for c in base)

@@ -97,12 +97,17 @@ def test_paired_changes_in_status_and_from_rows(tmp_path: Path) -> None:
     rd, _ = _running(tmp_path)
     status = rd.load_status()
     assert status is not None
-    status.evaluations = [EvaluationRecord(phase="1B.1", iteration=1, paired={"math accuracy": math.as_json()})]
+    primary = {"figure": "math pairwise agreement", "reference": "baseline", "difference": 0.052, "low": 0.011,
+               "high": 0.093, "pValue": 0.004, "n": 100, "before": 0.31, "after": 0.362}
+    status.evaluations = [EvaluationRecord(phase="1B.1", iteration=1, primary=primary,
+                                           paired={"math accuracy": {**math.as_json(), "pHolm": 0.0123}})]
     rd.save_status(status)
     text = render_status(tmp_path, now=datetime(2026, 1, 1, 0, 2, 5, tzinfo=UTC))
     assert "MATH-CHANGE" in text and "+12.0pp [" in text and "p=0.0" in text
+    assert "PRIMARY (BASELINE -> LATEST)" in text and "math pairwise agreement +5.2pp [+1.1,+9.3] p=0.004" in text
     detail = render_status(rd.root, stages=True)
     assert "math accuracy" in detail and "15" in detail
+    assert "PRIMARY math pairwise agreement (baseline)" in detail and "0.012" in detail
 
 
 def test_domain_consistency_and_sample_pass_at_1_from_rows() -> None:
@@ -112,3 +117,42 @@ def test_domain_consistency_and_sample_pass_at_1_from_rows() -> None:
     consistency, pass1 = domain_figures(rows)
     assert (consistency["code"].successes, consistency["code"].total) == (1, 2)
     assert pass1 == {"math": 1.0, "code": pytest.approx(0.1)}
+
+
+def _rows(agreements: list[float], *, majority: int) -> list[dict]:
+    return [{"problemId": f"p{i}", "domain": "math", "greedyCorrect": i < majority, "consistent": a == 1.0,
+             "majorityCorrect": i < majority, "success": i < majority, "pairwiseAgreement": a, "modalShare": a,
+             "samplesCorrect": 4 if i < majority else 0, "samplesGraded": 8, "cutOffUnanswered": i % 2}
+            for i, a in enumerate(agreements)]
+
+
+def test_report_headlines_the_primary_endpoint_and_model_card_prints_the_sampled_temperature() -> None:
+    from consistency_local.model_card import render_model_card
+    from consistency_local.report import before_after_lines, graded_section
+    from consistency_local.report_data import EvalView, ReportData, graded_table
+
+    from tests.core.helpers import minimal_spec
+
+    spec = minimal_spec(retry={"temperatureSchedule": [0.3, 0.15]}, quickFix={"temperature": 0.9})
+    before = _rows([0.1 * (i % 5) for i in range(60)], majority=20)
+    after = _rows([min(1.0, 0.1 * (i % 5) + 0.15) for i in range(60)], majority=25)
+    views = [EvalView(label="baseline", record=EvaluationRecord(phase="baseline", iteration=0), rows=before,
+                      graded=graded_table(before)),
+             EvalView(label="1B.1 i1", record=EvaluationRecord(phase="1B.1", iteration=1, gate_passed=False)),
+             EvalView(label="1B.1 i2", record=EvaluationRecord(phase="1B.1", iteration=2, gate_passed=True),
+                      rows=after, graded=graded_table(after))]
+    data = ReportData(name="c", namespace="ns", status=CampaignStatus(), evaluations=views, stages=[], spec=spec)
+    lines = before_after_lines(data)
+    headline = next(line for line in lines if line.startswith("Primary endpoint"))
+    assert "math pairwise agreement, baseline -> 1B.1 i2: 0.200 -> 0.350: +0.150" in headline
+    assert "Wilcoxon p=" in headline
+    # every other test carries its Holm-adjusted p; the primary is not in that family
+    others = [line for line in lines if line.startswith("  ")]
+    assert others and all("Holm p=" in line for line in others)
+    assert not any(line.strip().startswith("math pairwise agreement") for line in others)
+    graded = "\n".join(graded_section(data))
+    assert "| 1B.1 i2 | math | 0.350 |" in graded and "| 30 |" in graded  # 30 cut-off answers
+    card = render_model_card(data)
+    # iteration 2 passed the gate: it sampled at retry.temperatureSchedule[0], not the spec's base 0.9
+    assert "at temperature 0.3 (iteration 2)" in card and "temperature 0.9" not in card
+    assert "Primary endpoint (declared in advance), math pairwise agreement" in card

@@ -109,7 +109,11 @@ def test_killed_run_resumes_and_completes_with_report(assets, tmp_path: Path, ca
     assert "paired change, baseline -> 1B.2" in report and "McNemar p=" in report
     assert "math accuracy" in after["evaluations"][1]["paired"]
     status_text = render_status(run_dir, stages=True)
-    assert "MATH-CHANGE" in status_text and "pp [" in status_text and "CHANGE (95% CI, McNemar p)" in status_text
+    assert "MATH-CHANGE" in status_text and "pp [" in status_text and "CHANGE (95% CI, p)" in status_text
+    # the declared primary endpoint (default math pairwise agreement), baseline -> latest model, headlined
+    assert after["evaluations"][-1]["primary"]["figure"] == "math pairwise agreement"
+    assert "PRIMARY math pairwise agreement (baseline)" in status_text
+    assert "Primary endpoint" in report and "Holm" in report
     out = capsys.readouterr().out
     assert f"Report: {run_dir / 'report' / 'report.md'}" in out
     assert "math accuracy" in out and "[" in out  # rates printed with their interval

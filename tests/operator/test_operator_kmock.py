@@ -138,8 +138,14 @@ def test_gate_pass_promotes_to_expansion_and_succeeds(
     train = jobs.wait_job(NS, name, "1b2-train")
     assert stage_config(train).params.init_adapter_uri == f"s3://campaigns/runs/{NS}/{name}/1b1-i1-train/adapter"
     jobs.succeed(train, TRAIN, {"adapter": f"s3://campaigns/runs/{NS}/{name}/1b2-train/adapter"})
-    final = {"problems": 1483, "consistency": 0.71, "meanAgreement": 0.86, "accuracy": {"math": 0.6, "code": 0.61}}
-    jobs.succeed(jobs.wait_job(NS, name, "1b2-evaluate"), final)
+    final = {"problems": 1483, "consistency": 0.71, "meanAgreement": 0.86, "accuracy": {"math": 0.6, "code": 0.61},
+             "primary": {**PASSING["primary"], "difference": 0.2, "low": 0.15, "high": 0.25}}
+    evaluate_final = jobs.wait_job(NS, name, "1b2-evaluate")
+    # 1B.2 compares with the passing 1B.1 evaluation; its primary endpoint is still measured from the baseline
+    final_params = stage_config(evaluate_final).params
+    assert final_params.baseline_report_uri.endswith("/1b1-i1-evaluate/report.json")
+    assert final_params.primary_baseline_uri.endswith("/baseline-evaluate/report.json")
+    jobs.succeed(evaluate_final, final)
 
     # The last stage: the CPU report stage, told the best adapter and a snapshot of the campaign.
     report = jobs.wait_job(NS, name, "report")
@@ -177,6 +183,8 @@ def test_gate_pass_promotes_to_expansion_and_succeeds(
     # (kubectl get ct) find their values.
     version = crd()["spec"]["versions"][0]
     assert pruned_fields(status, version["schema"]["openAPIV3Schema"]["properties"]["status"], ".status") == []
+    assert status["primaryChange"] == 0.2
+    assert status["evaluations"][-1]["primary"]["figure"] == "math pairwise agreement"
     for column in version["additionalPrinterColumns"]:
         # none runs now: no stage, no stage status
         if column["jsonPath"].startswith(".status.") and column["name"] not in ("Stage", "Stage Status"):
@@ -425,7 +433,12 @@ def test_metrics_endpoint_reports_what_happened(
     assert sample(text, "consistency_evaluation_accuracy_ratio", **ids, phase="baseline", iteration="0",
                   domain="code") == 0.58
     assert sample(text, "consistency_examples_produced_total", **ids, phase="1B.1") == 412
+    assert sample(text, "consistency_evaluation_pairwise_agreement_ratio", **q, domain="code") == 0.52
+    primary = {**q, "endpoint": "math pairwise agreement"}
+    assert [sample(text, "consistency_evaluation_primary_endpoint_change_ratio", **primary, bound=b)
+            for b in ("estimate", "low", "high")] == [0.13, 0.08, 0.18]
     status = get_ct(cluster, NS, name)["status"]
+    assert status["primaryChange"] == 0.13  # the `kubectl get ct` column
     cost = sample(text, "consistency_campaign_cost_usd", **ids)
     assert cost == pytest.approx(status["cost"]["usd"]) and cost > 0
     gpu_seconds = sample(text, "consistency_campaign_gpu_seconds", **ids)

@@ -115,12 +115,15 @@ def test_alert_rules_query_exported_metrics() -> None:
 
 def test_alert_thresholds_follow_values() -> None:
     values = {**COMBOS["cluster-peering-all-on"],
-              "prometheusRule": {"enabled": True, "jobFailuresPerHour": 7, "overDeadlineFor": "20m"}}
+              "prometheusRule": {"enabled": True, "jobFailuresPerHour": 7, "overDeadlineFor": "20m",
+                                 "agreementDropBelowBaseline": 0.12}}
     rules = {r["alert"]: r for group in only(render(values), "PrometheusRule").doc["spec"]["groups"]
              for r in group["rules"]}
     assert rules["ConsistencyJobFailuresRising"]["expr"].endswith("> 7")
     assert "(threshold 7)" in rules["ConsistencyJobFailuresRising"]["annotations"]["description"]
     assert rules["ConsistencyStageOverDeadline"]["for"] == "20m"
+    assert rules["ConsistencyAgreementBelowBaseline"]["expr"].endswith("< -0.12")
+    assert "(threshold 0.12)" in rules["ConsistencyAgreementBelowBaseline"]["annotations"]["description"]
 
 
 def test_every_exported_family_is_shown_or_alerted_on() -> None:

@@ -135,6 +135,8 @@ def alert(name: str, at: str, labels: dict[str, str] | None) -> dict[str, Any]:
     return {"eval_time": at, "alertname": name, "exp_alerts": expected}
 
 
+PRIMARY_FELL = {**CAMPAIGN, "phase": "1B.1", "iteration": "1", "endpoint": "math pairwise agreement", "bound": "high"}
+TRAINED_MATH = {**CAMPAIGN, "phase": "1B.1", "iteration": "1", "domain": "math"}
 # Input series named exactly as the operator exports them (checked below), one scenario per alert;
 # each alert also has a time at which it must not fire yet.
 INPUT = [
@@ -148,6 +150,15 @@ INPUT = [
     series("consistency_campaign_cost_usd", CAMPAIGN, "0+10x20"),
     series("consistency_campaign_budget_usd", CAMPAIGN, "50x20"),
     series("consistency_reconcile_errors_total", {"kind": "api"}, "0+1x40"),
+    # primary endpoint: the upper bound of its interval drops below 0 from minute 6 on
+    series("consistency_evaluation_primary_endpoint_change_ratio", PRIMARY_FELL, "0.02x5 -0.01x10"),
+    # wrong agreement is meant to fall: its drop never alerts
+    series("consistency_evaluation_primary_endpoint_change_ratio",
+           {**PRIMARY_FELL, "phase": "1B.2", "endpoint": "math wrong agreement"}, "-0.05x15"),
+    # pairwise agreement: the trained model's falls 0.10 below the base model's from minute 6 on
+    series("consistency_evaluation_pairwise_agreement_ratio",
+           {**CAMPAIGN, "phase": "baseline", "iteration": "0", "domain": "math"}, "0.40x15"),
+    series("consistency_evaluation_pairwise_agreement_ratio", TRAINED_MATH, "0.38x5 0.30x10"),
 ]
 ALERTS = [
     alert("ConsistencyCampaignFailed", "1m", None),
@@ -163,6 +174,10 @@ ALERTS = [
     alert("ConsistencyCampaignOverBudget", "10m", CAMPAIGN),
     alert("ConsistencyOperatorReconcileErrors", "10m", None),
     alert("ConsistencyOperatorReconcileErrors", "30m", {"kind": "api"}),
+    alert("ConsistencyPrimaryEndpointFell", "3m", None),
+    alert("ConsistencyPrimaryEndpointFell", "8m", PRIMARY_FELL),
+    alert("ConsistencyAgreementBelowBaseline", "3m", None),
+    alert("ConsistencyAgreementBelowBaseline", "8m", TRAINED_MATH),
 ]
 
 
@@ -177,7 +192,7 @@ def test_rendered_prometheusrule_passes_promtool_check_rules(tmp_path: Path) -> 
     rules = write(tmp_path / "rules.yaml", rendered_rules())
     proc = promtool("check", "rules", "--lint=all", "--lint-fatal", str(rules))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS: 5 rules found" in proc.stdout
+    assert "SUCCESS: 7 rules found" in proc.stdout
 
 
 def test_check_rules_catches_bad_names(tmp_path: Path) -> None:

@@ -108,7 +108,10 @@ def test_baseline_train_evaluate_round(tmp_path: Path) -> None:
     store = tmp_path / "store"
     problems = str(write_problems(tmp_path / "problems.jsonl"))
     data = str(write_train_data(tmp_path / "train.jsonl", copies=4))
-    base = run(eval_config(str(store), problems, "baseline"), tmp_path / "s1")
+    # The tiny model's samples run into the 24-token budget before any final answer: cut off, they have no
+    # answer and agree with nothing, so the failure rule here is the greedy answer alone.
+    greedy_only = {"maxAgreement": 0.0, "includeWrong": True}
+    base = run(eval_config(str(store), problems, "baseline", failure=greedy_only), tmp_path / "s1")
     assert base.ok and base.metrics["accuracy"] == {"code": 0.0, "math": 0.0, "reasoning": 0.0}
     assert "failureToSuccess" not in base.metrics  # nothing to compare with
     # code was graded: the stage says by which sandbox layers and how many tests the grader could not own
@@ -126,13 +129,17 @@ def test_baseline_train_evaluate_round(tmp_path: Path) -> None:
     assert trained.ok and trained.metrics["finalLoss"] < 0.5, trained.metrics
 
     after = run(eval_config(str(store), problems, "after", adapterUri=f"{store}/train/adapter",
-                            baselineReportUri=f"{store}/baseline/report.json"), tmp_path / "s3")
+                            baselineReportUri=f"{store}/baseline/report.json", failure=greedy_only,
+                            primaryBaselineUri=f"{store}/baseline/report.json"), tmp_path / "s3")
     m = after.metrics
     assert m["problems"] == len(PROBLEMS) and m["compared"] == len(PROBLEMS)
     assert m["accuracy"]["math"] > base.metrics["accuracy"]["math"]
     assert m["failureToSuccess"] >= 1 and m["successToFailure"] == 0
     assert 0.0 <= m["consistency"] <= 1.0 and 0.0 <= m["meanAgreement"] <= 1.0
     assert len(after.to_termination_message().encode()) <= TERMINATION_MESSAGE_LIMIT
+    # ... with every metric the status reads still in it (three domains: the widest result)
+    wire = json.loads(after.to_termination_message())
+    assert wire["metrics"]["primary"] == m["primary"] and wire["metrics"]["paired"] == m["paired"]
 
     report = json.loads((store / "after" / "report.json").read_text())
     assert report["adapterUri"] == f"{store}/train/adapter"
@@ -150,6 +157,15 @@ def test_baseline_train_evaluate_round(tmp_path: Path) -> None:
     assert math["low"] <= math["difference"] <= math["high"]
     assert math["pValue"] == pytest.approx(2 ** (1 - math["better"]) if math["better"] > 1 else 1.0)
     assert report["comparison"]["paired"]["success"]["better"] == m["failureToSuccess"]
+    # cut-off answers without a final answer are counted, per problem and per evaluation
+    assert m["cutOffUnanswered"] == sum(r["cutOffUnanswered"] for r in rows) == report["cutOffUnanswered"] > 0
+    assert set(m["pairwiseAgreement"]) == {"math", "code", "reasoning"}
+    # the primary endpoint (default math pairwise agreement), baseline -> this model, is outside the Holm family
+    assert m["primary"]["figure"] == "math pairwise agreement" and m["primary"]["n"] == n_math
+    family = report["comparison"]["family"]
+    assert "pHolm" not in family["math pairwise agreement"]
+    assert all("pHolm" in v for k, v in family.items() if k != "math pairwise agreement" and v["n"])
+    assert {"math modal share", "math self-consistency gap", "math maj@k"} <= set(family)
 
 
 def test_missing_baseline_report_is_a_config_error(tmp_path: Path) -> None:

@@ -68,6 +68,20 @@ MBPP_KNOWN_BROKEN: frozenset[str] = frozenset()
         ("\\boxed{\\dfrac{1{,}000}{8}}", "125"),
         # "2 points/answer = 48" is arithmetic, not an answer marker (a real GSM8K solution)
         ("He earned 24 answers * 2 points/answer = 48 points.\n#### 66", "66"),
+        # issue 19: the answer is the first number after the marker, not later arithmetic on its line
+        ("The answer is 5 apples. Check: 5*2=10", "5"),
+        ("The answer is 15. Janet had 3 + 4 = 7 eggs left", "15"),
+        ("the answer is 120 km, because speed = 60 km/h and time = 2 h", "120"),
+        ("#### 5 apples = 10 halves", "5"),
+        ("So the answer is $3 \\times 4 = 12$ cookies.", "12"),
+        # digit grouping by spaces, scientific forms
+        ("The answer is 1 200.", "1200"),
+        ("#### 1\u2009200", "1200"),
+        ("It weighs 1\u202f200 g", "1200"),
+        ("The answer is 1.5e3", "1500"),
+        ("Answer: 2 x 10^3", "2000"),
+        ("\\boxed{2 \\times 10^{3}}", "2000"),
+        ("The answer is 5 120 km away? no: 7", "5120"),
         ("no numbers here", None),
         ("", None),
     ],
@@ -92,7 +106,7 @@ def test_canonical_number() -> None:
     assert canonical_number("1,234.50") == "1234.5"
     assert canonical_number("-0.0") == "0"
     assert canonical_number("100") == "100"
-    assert canonical_number("1e3 things") == "1"
+    assert canonical_number("1e3 things") == "1000"
     assert canonical_number("nothing") is None
 
 
@@ -184,6 +198,14 @@ def test_model_style_completions_on_gsm8k_grade_the_final_answer(shared_datasets
         ("A. Oxygen\nB. Carbon dioxide\nC. Nitrogen\nD. Helium", None),
         ("I think the answer is a bit unclear", None),
         ("Between (A) and (C), hard to say", None),
+        # issue 19: phrasings that returned no letter
+        ("The best answer is option C", "C"),
+        ("Answer: Option B", "B"),
+        ("I would choose B", "B"),
+        ("... not A; it is C", "C"),
+        ("The answer is not A; it is C.", "C"),
+        ("I'll go with option D.", "D"),
+        ("I would choose a different approach", None),
         ("no idea", None),
         ("", None),
     ],
@@ -326,3 +348,42 @@ def test_grade_and_grade_many_dispatch_by_domain() -> None:
     # a wrong program votes with the digest of what it returned; the grader's verdict names the assertion
     assert (grades[3].answer or "").startswith("v")
     assert grades[3].detail == "failed: assertion 1 (add(1, 2) == 3) failed: got 0"
+
+
+@pytest.mark.parametrize(
+    ("completion", "cut_off_answer", "full_answer"),
+    [
+        # cut off mid-working: the last number is an intermediate value, not an answer
+        ("Janet has 16 eggs. She eats 3, so 16 - 3 = 13. Then she bakes with 4, so 13 - 4 = 9. Selling",
+         None, "9"),
+        ("Step 1: **3 apples**. Step 2: 3 * 4", None, "3"),  # a bold span is no final-answer marker
+        # a final-answer marker before the cut still answers
+        ("16 - 3 - 4 = 9, 9 * 2 = 18.\n#### 18\n\nQuestion: Tom has", "18", "18"),
+        ("So the answer is 18. Let me double-check: 16 - 3", "18", "18"),
+        ("Thus \\boxed{18}. Now, a similar problem: 4 + ", "18", "18"),
+    ],
+)
+def test_cut_off_math_answer_needs_a_final_answer_marker(completion: str, cut_off_answer: str | None,
+                                                        full_answer: str) -> None:
+    assert extract_math_answer(completion, cut_off=True) == cut_off_answer
+    assert extract_math_answer(completion) == full_answer
+
+
+def test_cut_off_choice_needs_a_commitment() -> None:
+    reasoning = "Option A is about X.\nB. would mean"
+    assert extract_choice(reasoning) == "B"
+    assert extract_choice(reasoning, cut_off=True) is None
+    assert extract_choice("Hmm. The answer is C. Let me verify option", cut_off=True) == "C"
+
+
+def test_cut_off_grades_as_no_answer() -> None:
+    math = Problem(id="m", domain="math", prompt="2+3?", answer="9")
+    mc = Problem(id="r", domain="reasoning", prompt="Pick", choices=("a", "b", "c", "d"), answer="B")
+    text = "16 - 3 = 13, 13 - 4 = 9"
+    assert grade(math, text) == Grade(correct=True, answer="9")
+    assert grade(math, text, cut_off=True) == Grade(correct=False, answer=None)
+    grades = grade_many([(math, text), (math, text), (mc, "B. would"), (mc, "Answer: B")],
+                        cut_off=[False, True, True, True])
+    assert [(g.answer, g.correct) for g in grades] == [("9", True), (None, False), (None, False), ("B", True)]
+    with pytest.raises(ValueError, match="cut_off has 1 flags for 2"):
+        grade_many([(math, text), (math, text)], cut_off=[True])

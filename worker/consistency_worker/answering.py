@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from consistency_core.spec import SamplingKnobs
-from consistency_core.stages import StageConfig, join_uri
+from consistency_core.stages import EvaluateParams, GenerateParams, StageConfig, join_uri
 
 from consistency_worker.backends import (
     SEEDING_PER_SEQUENCE,
@@ -72,12 +72,15 @@ def load_backend(config: StageConfig, ctx: StageContext, adapter_uri: str | None
     adapter = fetch_adapter(adapter_uri, ctx.store, ctx.cache_dir) if adapter_uri else None
     # A full fine-tuning output replaces the base model instead of going on top of it.
     model, adapter = with_trained(model, adapter)
-    tp = getattr(config.params, "tensor_parallel_size", 1)
+    params = config.params
+    # Read through the params' types: a misspelt attribute would silently give the default.
+    tp, seeding = 1, SEEDING_PER_SEQUENCE
+    if isinstance(params, GenerateParams | EvaluateParams):
+        tp, seeding = params.tensor_parallel_size, params.sampling.seeding.value
     rows = int(os.environ[ENV_BATCH_ROWS]) if os.environ.get(ENV_BATCH_ROWS) else None
-    ctx.logger.info("backend %s (requested %s), model %s, adapter %s",
-                    select_backend(config.backend), config.backend.value, model.describe(), adapter_uri or "none")
-    sampling = getattr(config.params, "sampling", None)
-    seeding = sampling.seeding.value if sampling is not None else SEEDING_PER_SEQUENCE
+    ctx.logger.info("backend %s (requested %s), model %s, adapter %s, tensor parallel %d",
+                    select_backend(config.backend), config.backend.value, model.describe(), adapter_uri or "none",
+                    tp)
     return open_backend(config.backend, model, adapter_dir=adapter, tensor_parallel_size=tp,
                         seed=config.seed, max_batch_rows=rows, seeding=seeding)
 
@@ -142,7 +145,8 @@ def grade_chunk(chunk: GeneratedChunk, settings: SamplingSettings) -> list[Gener
     for problem, g, s in zip(chunk.problems, chunk.greedy, chunk.samples, strict=True):
         pairs.append((problem, g))
         pairs.extend((problem, x) for x in s)
-    grades = grade_many([(p, g.text) for p, g in pairs], timeout_s=settings.code_timeout_s)
+    grades = grade_many([(p, g.text) for p, g in pairs], timeout_s=settings.code_timeout_s,
+                        cut_off=[g.hit_limit for _, g in pairs])
     completions = [_completion(g, grade) for (_, g), grade in zip(pairs, grades, strict=True)]
     records, at = [], 0
     for problem, samples in zip(chunk.problems, chunk.samples, strict=True):

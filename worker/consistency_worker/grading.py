@@ -47,6 +47,9 @@ _NUMBER = re.compile(
     # A dash right after a word or number is a range or subtraction ("pages 10-20"), not a sign.
     rf"(?:(?<![\w.)\]])(?P<sign>[{_MINUS}]))?\s*(?:[$€£¥]|\\\$|USD\s*|Rs\.?\s*)?\s*"
     r"(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
+    # Scientific forms: 1.5e3, 2 x 10^3, 2 \times 10^{3}, 2*10**3.
+    r"(?:(?P<exp>[eE][+\-]?\d+)(?![\w.])"
+    r"|\s*(?:[x\u00d7*]|\\times|\\cdot)\s*10\s*(?:\^|\*\*)\s*\{?\s*(?P<pow>[\-\u2212]?\d+)\s*\}?)?"
     r"(?:\s*/\s*(?P<den>\d+)(?![\d.]))?"
 )
 _FRAC = re.compile(r"\\[dt]?frac\s*\{\s*(-?[\d.,]+)\s*\}\s*\{\s*(-?[\d.,]+)\s*\}")
@@ -70,6 +73,10 @@ def _format(value: Decimal) -> str:
 def _to_decimal(match: re.Match[str]) -> Decimal | None:
     try:
         value = Decimal(match.group("num").replace(",", ""))
+        if match.group("exp"):
+            value = value.scaleb(int(match.group("exp")[1:]))
+        elif match.group("pow"):
+            value = value.scaleb(int(match.group("pow").replace("\u2212", "-")))
         if match.group("den"):
             den = Decimal(match.group("den"))
             if den == 0:
@@ -108,14 +115,29 @@ _LATEX_COMMA = re.compile(r"(?<=\d)\{,\}(?=\d)")
 _LATEX_SPACE = re.compile(r"(?<=\d)\\[,!;: ]\s*(?=\d{3}(?!\d))")
 
 
+# Thin and narrow no-break spaces only ever group digits ("1\u2009200").
+_THIN_GROUPING = re.compile(r"(?<=\d)[\u2009\u202f](?=\d{3}(?!\d))")
+# Right after a marker a plain or no-break space groups digits too ("The answer is 1 200").
+_SPACE_GROUPING = re.compile(r"(?<=\d)[ \u00a0](?=\d{3}(?!\d|[.,]\d))")
+_OPERAND = r"[$(]*\s*[\-\u2212]?\d[\d.,]*\s*\)*"
+_OPERATOR = r"(?:[-+*/x\u00d7\u00f7\u2212]|\\times|\\cdot|\\div)"
+# A marker followed at once by pure arithmetic and "=" ("Answer: 3 + 4 = 7") gives its result.
+_LEADING_EQUATION = re.compile(rf"^\s*(?:{_OPERAND}\s*{_OPERATOR}\s*)+{_OPERAND}\s*=\s*")
+
+
 def _untex(text: str) -> str:
-    return _LATEX_SPACE.sub("", _LATEX_COMMA.sub(",", text))
+    return _THIN_GROUPING.sub("", _LATEX_SPACE.sub("", _LATEX_COMMA.sub(",", text)))
 
 
 def _span_number(span: str) -> Decimal | None:
-    # "Answer: 3 + 4 = 7" means 7: take what follows the last "=" on the marker's line.
-    if "=" in span:
-        span = span.rsplit("=", 1)[1]
+    """The answer a marker introduces: the first number after it. What follows on the line is
+    justification ("The answer is 5 apples. Check: 5*2=10" is 5), except that arithmetic standing right
+    after the marker is the answer's own working ("Answer: 3 + 4 = 7" is 7)."""
+    while (head := _LEADING_EQUATION.match(span)) is not None:
+        span = span[head.end():]
+    leading = re.match(r"\D*\d[\d \u00a0]*", span)
+    if leading is not None:
+        span = _SPACE_GROUPING.sub("", leading.group(0)) + span[leading.end():]
     return _first_number(span)
 
 
@@ -128,28 +150,33 @@ def _marked(pattern: re.Pattern[str], text: str, *, last: bool) -> Decimal | Non
     return None
 
 
-def extract_math_answer(completion: str) -> str | None:
+def extract_math_answer(completion: str, *, cut_off: bool = False) -> str | None:
     """The completion's final numeric answer as a canonical number string, or None.
 
     Precedence: the first ``#### X`` (GSM8K's format; a model that rambles on into a made-up next
     question repeats it with other numbers); else the last ``\\boxed{...}``; else the last "answer is" /
     "Answer:" phrase; else the last bold span with a number; else the last number. Earlier mentions of
-    "the answer" are usually intermediate results, so among the later markers the last one wins."""
+    "the answer" are usually intermediate results, so among the later markers the last one wins. After
+    a marker the answer is the first number (see ``_span_number``).
+
+    ``cut_off``: the completion stopped at its token budget. Then only a final-answer marker (####,
+    \\boxed, "answer is" / "Answer:") counts: the last number of a cut-off text is an intermediate value,
+    so without a marker it has no answer."""
     if not completion:
         return None
     text = _untex(completion)
     value = _marked(_HASHES, text, last=False)
-    for pattern in (_BOXED, _PHRASE, _BOLD):
+    for pattern in (_BOXED, _PHRASE) if cut_off else (_BOXED, _PHRASE, _BOLD):
         if value is None:
             value = _marked(pattern, text, last=True)
-    if value is None:
+    if value is None and not cut_off:
         value = _last_number(text)
     return None if value is None else _format(value)
 
 
-def math_answers_match(completion: str, gold: str) -> bool:
+def math_answers_match(completion: str, gold: str, *, cut_off: bool = False) -> bool:
     """Whether the completion's final answer equals ``gold`` numerically."""
-    got = extract_math_answer(completion)
+    got = extract_math_answer(completion, cut_off=cut_off)
     want = canonical_number(gold.split("####")[-1]) if gold else None
     if got is None or want is None:
         return False
@@ -162,9 +189,18 @@ def math_answers_match(completion: str, gold: str) -> bool:
 _LETTER = r"(?:\*\*|__)?\s*[(\[]?\s*(?P<letter>[A-Da-d])\s*[)\].:]?(?:\*\*|__)?(?![A-Za-z0-9])"
 # A commitment: "answer is X", "Answer: X", "the correct option is X". A bare "option A" / "choice A"
 # is the model weighing an option while reasoning, not choosing it.
+_OPTION_WORD = r"(?:(?:option|choice)\s+)?"
 _CHOICE_MARKER = re.compile(
     r"(?i)(?:\banswer|\b(?:correct|right|best|final)\s+(?:option|choice))"
-    r"(?:\s+(?:is|would\s+be|should\s+be|must\s+be))?\s*(?:is\s*)?[:=\-]?\s*" + _LETTER
+    r"(?:\s+(?:is|would\s+be|should\s+be|must\s+be))?\s*(?:is\s*)?[:=\-]?\s*" + _OPTION_WORD + _LETTER
+)
+# "I would choose B", "I'll go with option D", "I pick C".
+_CHOICE_CHOOSE = re.compile(
+    r"(?i)\bI(?:\s+(?:would|will|shall)|'d|'ll)?\s+(?:choose|pick|select|go\s+with)\s+" + _OPTION_WORD + _LETTER
+)
+# "... not A; it is C": the letter after the correction is the choice.
+_CHOICE_NOT = re.compile(
+    r"(?i)\bnot\s+" + _OPTION_WORD + r"\(?[A-D]\)?\s*[;,:.]?\s*(?:it\s+is|it's|but|rather)\s+" + _OPTION_WORD + _LETTER
 )
 _CHOICE_BOXED = re.compile(r"\\boxed\s*\{\s*(?:\\text\{\s*)?\(?(?P<letter>[A-D])\)?\s*\}?\s*\}")
 _CHOICE_BOLD = re.compile(r"\*\*\s*\(?(?P<letter>[A-D])\)?[.:]?\s*\*\*")
@@ -180,19 +216,26 @@ def _letter_ok(match: re.Match[str]) -> str | None:
     return letter.upper()
 
 
-def extract_choice(completion: str) -> str | None:
+def extract_choice(completion: str, *, cut_off: bool = False) -> str | None:
     """The chosen letter A-D, or None when the completion does not commit to one.
 
-    Precedence: the last explicit commitment ("Answer: X", "the answer is X", "the correct option is X",
-    ``\\boxed{X}``); else the last bold letter; else a letter opening a line ("X." / "(X)" / "X)"),
-    when those lines name one letter (several are the options listed out); else a single distinct "(X)"."""
+    Precedence: the last explicit commitment ("Answer: X", "the answer is (option) X", "the best answer
+    is X", "I would choose X", "not A; it is X", ``\\boxed{X}``); else the last bold letter; else a letter
+    opening a line ("X." / "(X)" / "X)"), when those lines name one letter (several are the options
+    listed out); else a single distinct "(X)". ``cut_off`` (stopped at the token budget): only an
+    explicit commitment counts, the rest of a cut-off text is reasoning that did not finish."""
     if not completion:
         return None
-    marked = [(m.start(), _letter_ok(m)) for m in _CHOICE_MARKER.finditer(completion)]
+    marked = [(m.start(), _letter_ok(m)) for pattern in (_CHOICE_MARKER, _CHOICE_CHOOSE)
+              for m in pattern.finditer(completion)]
+    # The corrected letter sits at the end of its match: order it there, after the "not A" it follows.
+    marked += [(m.end(), _letter_ok(m)) for m in _CHOICE_NOT.finditer(completion)]
     marked += [(m.start(), m.group("letter")) for m in _CHOICE_BOXED.finditer(completion)]
     marked = [(pos, letter) for pos, letter in marked if letter]
     if marked:
         return max(marked)[1]
+    if cut_off:
+        return None
     bold = _CHOICE_BOLD.findall(completion)
     if bold:
         return bold[-1]
@@ -402,12 +445,14 @@ class Grade:
     detail: str = ""
 
 
-def _grade_text(problem: Problem, completion: str) -> Grade:
+def _grade_text(problem: Problem, completion: str, cut_off: bool = False) -> Grade:
+    """``cut_off``: the completion hit its token budget; without a final-answer marker it has no answer
+    (None: never right, never agreeing with another sample)."""
     if problem.domain == "math":
-        answer = extract_math_answer(completion)
-        return Grade(correct=answer is not None and math_answers_match(completion, problem.answer or ""),
-                     answer=answer)
-    letter = extract_choice(completion)
+        answer = extract_math_answer(completion, cut_off=cut_off)
+        return Grade(correct=answer is not None and math_answers_match(completion, problem.answer or "",
+                                                                       cut_off=cut_off), answer=answer)
+    letter = extract_choice(completion, cut_off=cut_off)
     return Grade(correct=letter is not None and letter == (problem.answer or "").upper(), answer=letter)
 
 
@@ -436,22 +481,25 @@ def _code_source(problem: Problem, completion: str) -> tuple[str, Rewritten | st
     return join_program(program, tests), nonce
 
 
-def grade(problem: Problem, completion: str, *, timeout_s: float = 10.0) -> Grade:
-    """Grade one completion for one problem."""
+def grade(problem: Problem, completion: str, *, timeout_s: float = 10.0, cut_off: bool = False) -> Grade:
+    """Grade one completion for one problem; ``cut_off``: it stopped at maxNewTokens (see _grade_text)."""
     if problem.domain != "code":
-        return _grade_text(problem, completion)
+        return _grade_text(problem, completion, cut_off)
     source, how = _code_source(problem, completion)
     return _code_grade(run_program(source, timeout_s=timeout_s), how)
 
 
 def grade_many(pairs: Sequence[tuple[Problem, str]], *, timeout_s: float = 10.0,
-               workers: int | None = None) -> list[Grade]:
-    """Grade many (problem, completion) pairs; code runs in parallel sandboxes. Input order kept."""
+               workers: int | None = None, cut_off: Sequence[bool] | None = None) -> list[Grade]:
+    """Grade many (problem, completion) pairs; code runs in parallel sandboxes. Input order kept.
+    ``cut_off``: per pair, whether the completion stopped at maxNewTokens (see _grade_text)."""
+    if cut_off is not None and len(cut_off) != len(pairs):
+        raise ValueError(f"cut_off has {len(cut_off)} flags for {len(pairs)} completions")
     grades: list[Grade | None] = [None] * len(pairs)
     code_idx = [i for i, (p, _) in enumerate(pairs) if p.domain == "code"]
     for i, (p, c) in enumerate(pairs):
         if p.domain != "code":
-            grades[i] = _grade_text(p, c)
+            grades[i] = _grade_text(p, c, bool(cut_off[i]) if cut_off is not None else False)
     scripts = [_code_source(*pairs[i]) for i in code_idx]
     results = run_many([src for src, _ in scripts], workers=workers, timeout_s=timeout_s)
     for i, result, (_, how) in zip(code_idx, results, scripts, strict=True):

@@ -11,6 +11,13 @@ the trained adapter (or none: baseline) and report accuracy, consistency and bef
   (params.failure = spec.expansion.failure: greedy answer wrong when includeWrong, or agreement below
   maxAgreement), else a success; failure -> success and success -> failure counts.
 
+- graded consistency per problem and per domain (consistency_worker.graded_measures): pairwise agreement,
+  modal share, right / wrong agreement, maj@k, self-consistency gap (maj@k - pass@1); a sample cut off at
+  maxNewTokens before a final-answer marker has no answer (cutOffUnanswered counts them);
+- paired tests against the reference (yes/no figures: Newcombe + exact McNemar; graded: seeded paired
+  bootstrap + Wilcoxon), each with a Holm-adjusted p; the declared primary endpoint
+  (params.primaryEndpoint) is measured baseline -> this model and left out of the Holm family.
+
 Outputs: report.json (summary), per_problem.jsonl (one line per problem), the generations shard file.
 """
 
@@ -19,9 +26,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from consistency_core.spec import FailureCriteria
+from consistency_core.endpoints import GRADED_FIELDS, domain_means, family_json, paired_family, primary_change
+from consistency_core.spec import FailureCriteria, PrimaryEndpoint
 from consistency_core.stages import EVALUATE_REPORT, EvaluateParams, StageConfig, StageResult, join_uri
-from consistency_core.stats import paired_from_rows
 
 from consistency_worker.answering import (
     SamplingSettings,
@@ -31,6 +38,7 @@ from consistency_worker.answering import (
     truncated_share,
 )
 from consistency_worker.generations import GenerationRecord
+from consistency_worker.graded_measures import graded_measures, self_consistency_gap
 from consistency_worker.grading import code_grading_metrics
 from consistency_worker.stages import PermanentStageError
 from consistency_worker.stages.context import StageContext
@@ -62,6 +70,8 @@ def per_problem_row(outcome: Outcome, record: GenerationRecord,
     criteria = criteria or FailureCriteria()
     greedy = outcome.greedy_correct if criteria.include_wrong else None
     verdict = failure(greedy, outcome.vote, min_agreement=criteria.max_agreement)
+    graded = graded_measures([s.answer for s in record.samples], [s.correct for s in record.samples])
+    cut_off = sum(c.truncated and c.answer is None for c in (record.greedy, *record.samples))
     return {
         "problemId": outcome.problem_id,
         "domain": outcome.domain,
@@ -76,6 +86,10 @@ def per_problem_row(outcome: Outcome, record: GenerationRecord,
         "samplesGraded": outcome.samples_graded,
         "success": not verdict.failed,
         "failureReasons": list(verdict.reasons),
+        **graded.as_row(),
+        "selfConsistencyGap": _round(self_consistency_gap(outcome.majority_correct, outcome.samples_correct,
+                                                          outcome.samples_graded)),
+        "cutOffUnanswered": cut_off,
     }
 
 
@@ -83,8 +97,9 @@ def _round(value: Any) -> Any:
     return round(value, 4) if isinstance(value, float) else value
 
 
-def summarise(outcomes: Sequence[Outcome]) -> dict[str, Any]:
-    """Headline metrics + per-domain and per-stratum tables."""
+def summarise(outcomes: Sequence[Outcome], rows: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """Headline metrics + per-domain and per-stratum tables; ``rows`` (per_problem_row) add the graded
+    measures per domain and the count of cut-off answers without a final answer."""
     by_domain = aggregate(outcomes, key="domain")
     overall = by_domain.get("all", {})
     accuracy = {d: _round(row["accuracy"]) for d, row in by_domain.items()
@@ -106,11 +121,17 @@ def summarise(outcomes: Sequence[Outcome]) -> dict[str, Any]:
         "majorityAccuracy": per_domain("majority_accuracy"),
         "byDomain": table,
         "byStratum": strata,
+        "graded": domain_means(rows),
+        "pairwiseAgreement": {d: m["pairwiseAgreement"] for d, m in domain_means(rows).items()
+                              if "pairwiseAgreement" in m},
+        "cutOffUnanswered": sum(int(r.get("cutOffUnanswered") or 0) for r in rows),
     }
 
 
-def compare(rows: Sequence[dict[str, Any]], baseline_rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Per-problem transitions between a baseline evaluation and this one (problems in both only)."""
+def compare(rows: Sequence[dict[str, Any]], baseline_rows: Sequence[dict[str, Any]],
+            primary: str | None = None) -> dict[str, Any]:
+    """Per-problem transitions between a baseline evaluation and this one (problems in both only), and
+    every paired test ("family", Holm-adjusted except the test named ``primary``)."""
     before = {r["problemId"]: r for r in baseline_rows}
     counts = {"matched": 0, "failureToSuccess": 0, "successToFailure": 0, "stillFailure": 0, "stillSuccess": 0}
     by_domain: dict[str, dict[str, int]] = {}
@@ -128,16 +149,26 @@ def compare(rows: Sequence[dict[str, Any]], baseline_rows: Sequence[dict[str, An
         domain["matched"] += 1
         if key in domain:
             domain[key] += 1
-    return {**counts, "byDomain": by_domain, "paired": paired_changes(rows, baseline_rows)}
+    family = family_json(paired_family(baseline_rows, rows), primary)
+    return {**counts, "byDomain": by_domain, "family": family, "paired": status_figures(family)}
 
 
-def paired_changes(rows: Sequence[dict[str, Any]], baseline_rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Every per-domain before/after figure on the problems both evaluations share, as a paired comparison:
-    difference, Newcombe 95% interval and exact McNemar p (consistency_core.stats). Keys: "<domain>
-    accuracy" (greedy), "<domain> consistency", "success" (not a failure by the 1B.2 rule); the pooled
-    consistency is left to the report, so the status keeps one figure per domain."""
-    changes = paired_from_rows(baseline_rows, rows)
-    return {name: change.as_json() for name, change in changes.items() if name != "consistency"}
+def status_figures(family: dict[str, Any]) -> dict[str, Any]:
+    """The part of a paired family the status carries (the stage result must fit 4 KiB): per domain
+    accuracy, consistency, maj@k and pairwise agreement, and success; the full family stays in report.json.
+    The pooled consistency is left to the report, so the status keeps one figure per domain."""
+    graded = tuple(label for label in GRADED_FIELDS if label != "pairwise agreement")
+    return {name: figures for name, figures in family.items()
+            if name != "consistency" and not name.endswith(graded)}
+
+
+def primary_result(endpoint: PrimaryEndpoint, rows: Sequence[dict[str, Any]],
+                   baseline_rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The primary endpoint, baseline -> this model, in wire form; None when the rows do not measure it."""
+    change = primary_change(endpoint, baseline_rows, rows)
+    if change is None:
+        return None
+    return {"figure": endpoint.figure, "reference": "baseline", **change.as_json()}
 
 
 def read_baseline(store: Store, uri: str) -> tuple[str, list[dict[str, Any]]]:
@@ -156,6 +187,10 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
         raise PermanentStageError(f"evaluate stage got params of kind {params.kind!r}")
     problems = ctx.read_problems(params.problems_uri)
     baseline = read_baseline(ctx.store, params.baseline_report_uri) if params.baseline_report_uri else None
+    first = None
+    if params.primary_baseline_uri:
+        first = baseline if baseline is not None and baseline[0] == params.primary_baseline_uri else \
+            read_baseline(ctx.store, params.primary_baseline_uri)
     if params.adapter_uri:
         ctx.manifest.add_input("adapter", params.adapter_uri)
     settings = SamplingSettings(params.sampling, config.seed)
@@ -169,11 +204,12 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
 
     outcomes = [outcome_of(r) for r in records]
     rows = [per_problem_row(o, r, params.failure) for o, r in zip(outcomes, records, strict=True)]
-    summary = summarise(outcomes)
+    summary = summarise(outcomes, rows)
     per_problem_uri = ctx.output(PER_PROBLEM)
     ctx.manifest.add_output("perProblem", per_problem_uri, data=ctx.store.write_jsonl(per_problem_uri, rows))
     metrics: dict[str, Any] = {k: summary[k] for k in ("problems", "consistency", "meanAgreement", "accuracy",
-                                                       "consistencyByDomain", "consistencyGivenCorrect", "passAt1")}
+                                                       "consistencyByDomain", "consistencyGivenCorrect", "passAt1",
+                                                       "pairwiseAgreement", "cutOffUnanswered")}
     metrics["maxNewTokensHitShare"] = truncated_share(records)
     grading = code_grading_metrics(problems)
     if grading:
@@ -195,8 +231,14 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
         "generationsUri": generations_uri,
         "maxNewTokensHitShare": metrics["maxNewTokensHitShare"],
     }
+    primary = primary_result(params.primary_endpoint, rows, first[1]) if first is not None else None
+    if primary is not None:
+        report["primaryEndpoint"] = {**primary, "baselineReportUri": first[0]}
+        metrics["primary"] = primary
     if baseline is not None:
-        comparison = compare(rows, baseline[1])
+        # The primary is its own test only where it compares against the same reference (the baseline).
+        same = first is not None and baseline[0] == first[0]
+        comparison = compare(rows, baseline[1], params.primary_endpoint.figure if same else None)
         report["comparison"] = {"baselineReportUri": baseline[0], **comparison}
         metrics.update(failureToSuccess=comparison["failureToSuccess"],
                        successToFailure=comparison["successToFailure"], compared=comparison["matched"],
@@ -210,7 +252,8 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
         key=config.key,
         ok=True,
         message=f"{len(records)} problems: consistency {summary['consistency']:.3f}, "
-        f"mean agreement {summary['meanAgreement']:.3f}, accuracy {accuracy}",
+        f"mean agreement {summary['meanAgreement']:.3f}, accuracy {accuracy}, "
+        f"{summary['cutOffUnanswered']} cut-off answers without a final answer",
         metrics=metrics,
         outputs={"report": report_uri, "perProblem": per_problem_uri, "generations": generations_uri},
     )
