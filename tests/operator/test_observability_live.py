@@ -4,7 +4,9 @@ against the emulator, evaluates the chart's rendered alert rules, and answers ev
 Scenario (one operator, one Prometheus, everything at 1 s intervals):
 
 * `succeeds` runs 1B.1 and 1B.2 to Succeeded; it must raise no alert, ever;
-* `fails-gate` fails its 1B.1 gate (one iteration allowed) -> ConsistencyCampaignFailed;
+* `fails-gate` fails its 1B.1 gate (one iteration allowed) -> ConsistencyCampaignFailed; its trained model
+  also agrees less than the base model (math pairwise agreement 0.31 -> 0.20) and its primary endpoint's
+  interval lies below zero -> ConsistencyAgreementBelowBaseline and ConsistencyPrimaryEndpointFell;
 * `over-budget` spends more than its budget on the baseline evaluation (its Job ran two hours on a
   $5 budget), then the operator refuses the next stage -> ConsistencyCampaignOverBudget and Failed;
 * `job-fails` has its prepare Job fail for good -> Failed and ConsistencyJobFailuresRising;
@@ -144,7 +146,7 @@ def drive(cluster: EmulatedCluster, jobs: JobController, operator: OperatorProce
     scraped_since(cluster, prom, time.time())
     run_expansion(jobs, SUCCEEDS)
     scraped_since(cluster, prom, time.time())
-    run_quick_fix(jobs, FAILS_GATE, FAILING)
+    run_quick_fix(jobs, FAILS_GATE, FELL)
     scraped_since(cluster, prom, time.time())
     jobs.succeed(jobs.wait_job(NS, OVER_BUDGET, "prepare"), PREPARE)
     # The baseline evaluation was forecast under the budget but ran 2 GPU-hours: $6 of a $5 budget.
@@ -179,8 +181,14 @@ def drive(cluster: EmulatedCluster, jobs: JobController, operator: OperatorProce
     return backdated
 
 
+# The gate-failing evaluation, trained into less agreement than the base model's (BASELINE: math 0.31).
+FELL = {**FAILING, "pairwiseAgreement": {"math": 0.20, "code": 0.41},
+        "primary": {"figure": "math pairwise agreement", "reference": "baseline", "difference": -0.11,
+                    "low": -0.16, "high": -0.06, "pValue": 0.001, "n": 1319}}
 EXPECTED_ALERTS = {
     ("ConsistencyCampaignFailed", f"namespace={NS}", f"campaign={FAILS_GATE}"),
+    ("ConsistencyAgreementBelowBaseline", f"namespace={NS}", f"campaign={FAILS_GATE}", "domain=math"),
+    ("ConsistencyPrimaryEndpointFell", f"namespace={NS}", f"campaign={FAILS_GATE}"),
     ("ConsistencyCampaignFailed", f"namespace={NS}", f"campaign={OVER_BUDGET}"),
     ("ConsistencyCampaignFailed", f"namespace={NS}", f"campaign={JOB_FAILS}"),
     ("ConsistencyCampaignOverBudget", f"namespace={NS}", f"campaign={OVER_BUDGET}"),
