@@ -77,10 +77,10 @@ def test_compare_prices_the_seed_options(capsys):
     assert list(rows) == ["quick fix (1B.1)", "strategic sampling", "failure-driven (1B.1 + 1B.2)",
                           "full train sets"]
     quick = rows["quick fix (1B.1)"]["defaultFigures"]
-    # baseline + 1B.1 evaluate: 1483 x 6 x 512 / 2000 / 3600 = 0.6328 h each; generate 664 x 6 x 512 -> 0.2833 h;
-    # train 664 x 2 examples x 2 epochs x 256 / 3000 / 3600 = 0.0630 h: 1.6118 h at $2.00
-    assert quick["firstPassGpuHours"] == pytest.approx(1.6118, abs=1e-3)
-    assert quick["firstPassUsd"] == pytest.approx(3.2235, abs=1e-3)
+    # baseline + 1B.1 evaluate: 1483 x (1 + evaluation k 8) x 512 / 2000 / 3600 = 0.9491 h each; generate
+    # 664 x 6 x 512 -> 0.2833 h; train 664 x 2 examples x 2 epochs x 256 / 3000 / 3600 = 0.0630 h: 2.2445 h at $2.00
+    assert quick["firstPassGpuHours"] == pytest.approx(2.2445, abs=1e-3)
+    assert quick["firstPassUsd"] == pytest.approx(4.4890, abs=1e-3)
     assert not any(s["key"].startswith("1b2") for s in quick["stages"])
     full = rows["full train sets"]["defaultFigures"]
     assert next(s for s in full["stages"] if s["key"] == "1b1-i1-generate")["problems"] == 7473 + 374

@@ -106,6 +106,7 @@ class PrometheusServer:
             if alert["state"] != "firing":
                 continue
             labels = alert["labels"]
-            ident = tuple(f"{k}={labels[k]}" for k in ("namespace", "campaign", "stage", "kind", "domain") if k in labels)
+            keys = ("namespace", "campaign", "stage", "kind", "domain")
+            ident = tuple(f"{k}={labels[k]}" for k in keys if k in labels)
             out.add((labels["alertname"], *ident))
         return out

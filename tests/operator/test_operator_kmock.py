@@ -365,7 +365,8 @@ def test_spec_edits_mid_run_follow_the_documented_rules(
 def test_budget_stops_before_an_over_budget_stage(
         cluster: EmulatedCluster, operator: OperatorProcess, jobs: JobController) -> None:
     name = "thrifty"
-    # Baseline evaluation of 1483 problems x 6 answers x 512 tokens at 2000 tok/s ~ 0.63 GPU-h ~ $1.9.
+    # Baseline evaluation of 1483 problems x 9 answers (greedy + evaluation k 8) x 512 tokens at 2000 tok/s
+    # ~ 0.95 GPU-h ~ $2.8.
     cluster.create(CT, CTS, campaign_body(name, budget={"gpuHourUsd": 3.0, "maxUsd": 1.0}), namespace=NS)
     jobs.succeed(jobs.wait_job(NS, name, "prepare"), PREPARE)
     obj = wait_status(cluster, NS, name, "Failed", lambda s: s["phase"] == "Failed")
@@ -373,13 +374,13 @@ def test_budget_stops_before_an_over_budget_stage(
     assert failed["reason"] == "BudgetExceeded" and "baseline-evaluate" in failed["message"]
     assert [j["metadata"]["labels"]["consistency.dev/key"] for j in jobs.jobs(NS, name)] == ["prepare"]
     # The plan written when the campaign was accepted, by hand (GPU-h at 2000 generated / 3000 training tok/s):
-    # evaluate 1483 x 6 x 512 tokens = 0.63275; 1B.1 generate 664 x 6 x 512 = 0.28331; train 1328 examples
+    # evaluate 1483 x 9 x 512 tokens = 0.94912; 1B.1 generate 664 x 6 x 512 = 0.28331; train 1328 examples
     # x 2 epochs x 256 = 0.06296 (iteration 2: 3 epochs, 0.09444); 1B.2 generate 8847 x 6 x 512 = 3.77472;
     # 1B.2 train (2500 + 625 replayed) x 2 x 256 = 0.14815. First pass: baseline + iteration 1 + 1B.2 =
-    # 6.16739 GPU-h = $18.50; worst: both iterations, every stage twice (stageRetries 1) = 14.35576 GPU-h = $43.07.
+    # 7.11651 GPU-h = $21.35; worst: both iterations, every stage twice (stageRetries 1) = 16.88675 GPU-h = $50.66.
     plan = obj["status"]["forecast"]
-    assert plan["firstPassUsd"] == pytest.approx(18.502, abs=1e-3)
-    assert plan["worstCaseUsd"] == pytest.approx(43.067, abs=1e-3)
+    assert plan["firstPassUsd"] == pytest.approx(21.350, abs=1e-3)
+    assert plan["worstCaseUsd"] == pytest.approx(50.660, abs=1e-3)
     assert plan["verdict"] == "ExceedsBudget" and plan["maxUsd"] == 1.0
     assert [s["key"] for s in plan["stages"] if not s["firstPass"]] == [
         "1b1-i2-generate", "1b1-i2-distill", "1b1-i2-train", "1b1-i2-evaluate"]
