@@ -17,6 +17,7 @@ OWN_TEST = {"gpu_check.py"}
 BENCHMARKS = sorted(p.name for p in (REPO / "bench").glob("*.py") if p.name not in OWN_TEST)
 # What each prints when it got to its figures (checked so that an early, silent exit 0 cannot pass).
 FIGURE_LINE = {
+    "demo_kernels.py": "pinned / native:",
     "generation_overlap.py": "same records from both loops: True",
     "hf_generation.py": "identical samples in all modes: True",
     "operator_latency.py": "quick mode: ran cleanly",
