@@ -85,7 +85,7 @@ def main() -> int:
 
     # Count what the model computes: every position of every collated micro-batch, padded or not.
     seen = {"positions": 0, "real": 0}
-    collate = training._collate
+    collate = training.collate
 
     def counting_collate(batch: list, pad_id: int) -> dict:
         out = collate(batch, pad_id)
@@ -93,7 +93,7 @@ def main() -> int:
         seen["real"] += int(out["attention_mask"].sum())
         return out
 
-    training._collate = counting_collate  # type: ignore[assignment]
+    training.collate = counting_collate  # type: ignore[assignment]
     knobs = TrainingKnobs(
         epochs=1, learning_rate=1e-4, batch_size=args.batch_size, gradient_accumulation=args.gradient_accumulation,
         max_seq_len=args.max_seq_len, lora=LoraConfig(r=8, alpha=16, dropout=0.0), checkpoint_steps=10**6,
