@@ -65,14 +65,20 @@ def ngrams(text: str, n: int = NGRAM) -> set[tuple[str, ...]]:
 
 @dataclass(frozen=True)
 class Overlap:
-    """A train/scan problem sharing an n-gram with an evaluation problem (the first shared one)."""
+    """A train/scan problem sharing something with an evaluation problem: `shared` is the first shared
+    n-gram (kind "ngram") or the shared question skeleton (kind "skeleton")."""
 
     train_id: str
     eval_id: str
-    ngram: str
+    shared: str
+    kind: str = "ngram"
+
+    @property
+    def ngram(self) -> str:
+        return self.shared
 
     def as_json(self) -> dict[str, str]:
-        return {"trainId": self.train_id, "evalId": self.eval_id, "ngram": self.ngram}
+        return {"trainId": self.train_id, "evalId": self.eval_id, self.kind: self.shared}
 
 
 def find_overlaps(train_like: Iterable[Problem], eval_problems: Iterable[Problem],
@@ -113,21 +119,10 @@ def skeleton(text: str) -> str:
     return normalise_text(masked)
 
 
-@dataclass(frozen=True)
-class SkeletonOverlap:
-    """A train/scan problem whose skeleton is also an evaluation problem's."""
-
-    train_id: str
-    eval_id: str
-    skeleton: str
-
-    def as_json(self) -> dict[str, str]:
-        return {"trainId": self.train_id, "evalId": self.eval_id, "skeleton": self.skeleton}
-
-
-def find_skeleton_overlaps(train_like: Iterable[Problem], eval_problems: Iterable[Problem]) -> list[SkeletonOverlap]:
-    """One ``SkeletonOverlap`` per train problem sharing its skeleton with some eval problem, in train order."""
+def find_skeleton_overlaps(train_like: Iterable[Problem], eval_problems: Iterable[Problem]) -> list[Overlap]:
+    """One ``Overlap`` (kind "skeleton") per train problem sharing its skeleton with some eval problem, in
+    train order."""
     index: dict[str, str] = {}
     for p in eval_problems:
         index.setdefault(skeleton(p.prompt), p.id)
-    return [SkeletonOverlap(p.id, index[key], key) for p in train_like if (key := skeleton(p.prompt)) in index]
+    return [Overlap(p.id, index[key], key, "skeleton") for p in train_like if (key := skeleton(p.prompt)) in index]
