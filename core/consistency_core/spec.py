@@ -533,7 +533,10 @@ class CampaignSpec(WireModel):
         {"rule": "self.datasets.all(d, self.datasets.exists_one(e, e.name == d.name))",
          "message": "spec.datasets: dataset names must be unique"},
         {"rule": f"self.quickFix.epochs + (self.retry.maxIterations - 1) * self.retry.epochsStep <= {MAX_EPOCHS}",
-         "message": f"spec.retry.epochsStep: the last 1B.1 iteration would train more than {MAX_EPOCHS} epochs"}]}})
+         "message": f"spec.retry.epochsStep: the last 1B.1 iteration would train more than {MAX_EPOCHS} epochs"},
+        *({"rule": f"self.{phase}.objective != 'preference' || self.{phase}.method != 'full'",
+           "message": f"spec.{phase}: objective preference needs method qlora or lora"}
+          for phase in ("quickFix", "expansion"))]}})
 
     model: ModelRef = Field(description="Base (Phase 0) model.")
     store: ArtifactStore = Field(description="Artifact store for every stage's inputs and outputs.")
