@@ -149,6 +149,10 @@ def trl_peer(ref: Any, tokenizer: Any, rows: list[dict[str, Any]], knobs: Any, s
 
     torch.manual_seed(0)
     base = load_model(ref, device="cpu")
+    if getattr(base, "hf_quantizer", None) is not None and ref.gguf_file:
+        # A GGUF checkpoint is dequantised to fp32 at load, but transformers keeps its GGUF quantizer marker,
+        # which its Trainer refuses to train; the weights themselves are plain tensors, as in our loop.
+        base.hf_quantizer, base.is_quantized, base.quantization_method = None, False, None
     dataset = Dataset.from_list([{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows])
     warmup = max(1, int(steps * knobs.warmup_ratio)) if steps > 1 else 0
     with tempfile.TemporaryDirectory(prefix="bench-trl-") as out:
