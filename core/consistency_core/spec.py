@@ -198,6 +198,16 @@ class LoraConfig(WireModel):
     )
 
 
+class PreferenceKnobs(WireModel):
+    """The consistency-preference objective: DPO on (modal-answer sample, least-voted sample) pairs, each
+    pair weighted by its vote margin, plus an NLL term on the chosen sample (as IRPO / TRL's rpo_alpha)."""
+
+    beta: float = Field(0.1, gt=0.0, le=100.0, description="DPO temperature: how far the policy may move from "
+                        "the reference (the base with the adapter disabled).")
+    nll_weight: float = Field(1.0, ge=0.0, le=100.0, description="Weight of the NLL term on the chosen sample "
+                              "(per-token mean); 0 = plain DPO.")
+
+
 class TrainingKnobs(WireModel):
     """How the train stage fits the adapter (the train stage's params carry this model as is)."""
 
@@ -219,6 +229,19 @@ class TrainingKnobs(WireModel):
         "qlora", description="qlora: LoRA on a 4-bit NF4 base wherever bitsandbytes supports the device (CUDA, "
         "recent CPU builds), else plain LoRA; lora: LoRA on the full-precision base; full: full fine-tuning "
         "(every weight; the output is a whole model, for small models such as a from-scratch demo one).")
+    objective: Literal["sft", "preference"] = Field(
+        "sft", description="sft: next-token loss on distill's targets; preference: DPO + NLL on distill's pairs "
+        "(a most-voted vs a least-voted sample per problem, weighted by the vote margin), the reference policy "
+        "being the base with the adapter disabled (needs method qlora or lora).")
+    preference: PreferenceKnobs = Field(default_factory=PreferenceKnobs,
+                                        description="Settings of objective preference.")
+
+    @model_validator(mode="after")
+    def _preference_needs_adapter(self) -> TrainingKnobs:
+        if self.objective == "preference" and self.method == "full":
+            raise ValueError("objective preference needs method qlora or lora: its reference policy is the base "
+                             "with the adapter disabled")
+        return self
 
 
 class SamplingKnobs(WireModel):
@@ -245,6 +268,11 @@ class AgreementFilter(WireModel):
         0.6, description="Keep a problem only if this share of samples agrees on the modal answer."
     )
     max_per_problem: int = Field(2, ge=1, le=64, description="At most this many training examples per problem.")
+    targets: Literal["gold", "majority"] = Field(
+        "gold", description="gold: targets are samples whose answer matches the gold answer (1B.2: else the "
+        "reference solution); majority: label-free, the modal answer's samples where agreement reaches "
+        "minAgreement (1B.2: failures are low-agreement problems only), so no gold answer or reference "
+        "solution reaches training; gold is then used only by evaluate.")
 
 
 class FailureCriteria(WireModel):
@@ -552,7 +580,10 @@ class CampaignSpec(WireModel):
         {"rule": "self.datasets.all(d, self.datasets.exists_one(e, e.name == d.name))",
          "message": "spec.datasets: dataset names must be unique"},
         {"rule": f"self.quickFix.epochs + (self.retry.maxIterations - 1) * self.retry.epochsStep <= {MAX_EPOCHS}",
-         "message": f"spec.retry.epochsStep: the last 1B.1 iteration would train more than {MAX_EPOCHS} epochs"}]}})
+         "message": f"spec.retry.epochsStep: the last 1B.1 iteration would train more than {MAX_EPOCHS} epochs"},
+        *({"rule": f"self.{phase}.objective != 'preference' || self.{phase}.method != 'full'",
+           "message": f"spec.{phase}: objective preference needs method qlora or lora"}
+          for phase in ("quickFix", "expansion"))]}})
 
     model: ModelRef = Field(description="Base (Phase 0) model.")
     store: ArtifactStore = Field(description="Artifact store for every stage's inputs and outputs.")

@@ -18,6 +18,7 @@ from consistency_core.spec import (
     TrainingKnobs,
 )
 from consistency_core.stages import (
+    DISTILL_PAIRS,
     DISTILL_TRAIN,
     EVALUATE_REPORT,
     PREPARE_EVAL,
@@ -114,8 +115,9 @@ class StageConfigs:
                 failures=FailureExamples.part_of(settings) if expansion else None,
                 replay_uri=self._passing_distill() if expansion and spec.expansion.replay_fraction > 0 else None,
             )
+        data = DISTILL_PAIRS if settings.objective == "preference" else DISTILL_TRAIN
         return TrainParams(
-            data_uri=join_uri(self.out(stage_key(step.phase, step.iteration, StageName.distill)), DISTILL_TRAIN),
+            data_uri=join_uri(self.out(stage_key(step.phase, step.iteration, StageName.distill)), data),
             training=TrainingKnobs.part_of(settings),
             init_adapter_uri=continue_from,
             processes=spec.resources.stages.train.gpus or 1,

@@ -37,6 +37,7 @@ PREPARE_SELECTION = "selection.jsonl"
 PREPARE_SCAN = "scan.jsonl"
 PREPARE_EVAL = "eval.jsonl"
 DISTILL_TRAIN = "train.jsonl"
+DISTILL_PAIRS = "pairs.jsonl"  # preference pairs (objective preference)
 TRAIN_ADAPTER = "adapter"
 EVALUATE_REPORT = "report.json"
 REPORT_MARKDOWN = "report.md"  # report stage: the Markdown report (PNG figures next to it)

@@ -20,7 +20,7 @@ from consistency_worker.answering import ENV_BATCH_ROWS
 
 from consistency_local.campaign_file import load_campaign
 from consistency_local.cli import run_and_report
-from consistency_local.demo_data import DEFAULT_SIZES, write_splits
+from consistency_local.demo_data import DEFAULT_SIZES, SPLIT_VERSION, write_splits
 from consistency_local.demo_model import DemoModelConfig, ensure_demo_model
 from consistency_local.kernels import describe, kernel_mode, pin_kernels
 from consistency_local.rundir import RunDir, atomic_write
@@ -48,7 +48,7 @@ def render(paths: dict[str, str]) -> str:
 
 def ensure_data(cache: Path, seed: int = DATA_SEED) -> Path:
     """The demo splits; regenerated only when missing (generation is deterministic)."""
-    out = cache / "demo" / f"data-seed{seed}"
+    out = cache / "demo" / f"data-v{SPLIT_VERSION}-seed{seed}"
     if not all((out / f"{name}.jsonl").is_file() for name in DEFAULT_SIZES):
         write_splits(out, seed=seed, sizes=DEFAULT_SIZES)
     return out

@@ -5,13 +5,18 @@ The demo needs data it can ship (no hub downloads) whose difficulty strata match
 built from a chain of operations; each operation is one question sentence and one worked
 solution line with a `<<a+b=c>>` calculator annotation, so step counts are exact.
 
-Splits (pretrain / train / scan / eval) are disjoint by normalised question text: the
-from-scratch model must never have seen an evaluation question, and the campaign's own
-leakage guard re-checks the train and scan splits against eval.
+Splits (pretrain / train / scan / eval) are disjoint by normalised question text and by question
+skeleton (the question with names and numbers masked, `consistency_worker.leakage.skeleton`): a seeded
+hash assigns every skeleton to the evaluation side (a share EVAL_SKELETON_SHARE of them) or to the
+training side, eval problems are drawn only from evaluation skeletons and every other split only from
+the rest. So no train, scan or pretrain problem is an evaluation problem with other names and numbers;
+nor does one share a 13-word run with an evaluation problem (two templates can: such draws are redrawn).
+The campaign's prepare stage re-checks both (13-gram and skeleton overlap, which must read 0).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -20,7 +25,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from consistency_worker.leakage import ngrams, skeleton
+
 SPLITS = ("pretrain", "train", "scan", "eval")
+# Bumped when the same seed gives other splits (2: template-disjoint), so cached data is regenerated.
+SPLIT_VERSION = 2
+# Share of question skeletons reserved for evaluation problems.
+EVAL_SKELETON_SHARE = 0.3
 DEFAULT_SIZES: Mapping[str, int] = {"pretrain": 6000, "train": 600, "scan": 400, "eval": 500}
 
 NAMES = (
@@ -270,10 +281,18 @@ def generate_problem(rng: random.Random, step_weights: Mapping[int, float] = _ST
             return problem
 
 
+def is_eval_skeleton(question: str, seed: int) -> bool:
+    """Whether the question's skeleton belongs to the evaluation side (a seeded hash, so the split of
+    skeletons is fixed by the seed and independent of draw order and split sizes)."""
+    digest = hashlib.sha256(f"{seed}:{skeleton(question)}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") < EVAL_SKELETON_SHARE * 2**64
+
+
 def generate_splits(
     seed: int = 0, sizes: Mapping[str, int] = DEFAULT_SIZES, step_weights: Mapping[int, float] = _STEP_WEIGHTS
 ) -> dict[str, list[Problem]]:
-    """Disjoint splits; the same seed, sizes and step weights give byte-identical output."""
+    """Splits disjoint by question and by skeleton (eval skeletons never outside eval); the same seed,
+    sizes and step weights give byte-identical output."""
     if not step_weights or any(s < 1 or w < 0 for s, w in step_weights.items()):
         raise ValueError(f"step_weights: need step counts >= 1 with weights >= 0, got {dict(step_weights)}")
     unknown = set(sizes) - set(SPLITS)
@@ -281,6 +300,7 @@ def generate_splits(
         raise ValueError(f"unknown split name(s) {sorted(unknown)}; expected some of {SPLITS}")
     rng = random.Random(seed)
     seen: set[str] = set()
+    eval_grams: set[tuple[str, ...]] = set()
     out: dict[str, list[Problem]] = {}
     # Held-out splits are drawn first so their content never depends on the pretrain size.
     for split in ("eval", "scan", "train", "pretrain"):
@@ -293,7 +313,12 @@ def generate_splits(
                 raise RuntimeError(f"could not draw {want} unique problems for split {split!r}")
             problem = generate_problem(rng, step_weights)
             key = normalise_question(problem.question)
-            if key in seen:
+            if key in seen or is_eval_skeleton(problem.question, seed) != (split == "eval"):
+                continue
+            grams = ngrams(problem.question)
+            if split == "eval":
+                eval_grams |= grams
+            elif grams & eval_grams:
                 continue
             seen.add(key)
             rows.append(problem)

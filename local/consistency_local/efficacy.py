@@ -22,7 +22,7 @@ from consistency_worker.answering import ENV_BATCH_ROWS
 from consistency_local.campaign_file import load_campaign
 from consistency_local.cli import run_and_report
 from consistency_local.demo import DEFAULT_CACHE, render_template
-from consistency_local.demo_data import write_splits
+from consistency_local.demo_data import SPLIT_VERSION, write_splits
 from consistency_local.rundir import RunDir, atomic_write
 
 DEFAULT_RUN_DIR = Path("runs/efficacy")
@@ -37,7 +37,7 @@ def render(paths: dict[str, str]) -> str:
 
 
 def ensure_data(cache: Path) -> Path:
-    out = cache / "efficacy" / f"data-seed{DATA_SEED}"
+    out = cache / "efficacy" / f"data-v{SPLIT_VERSION}-seed{DATA_SEED}"
     if not all((out / f"{name}.jsonl").is_file() for name in SIZES):
         write_splits(out, seed=DATA_SEED, sizes=SIZES, step_weights=STEP_WEIGHTS)
     return out

@@ -363,3 +363,15 @@ def test_stage_keys_follow_the_glossary():
     assert stage_key(TrainingPhase.expansion, 1, StageName.distill) == "1b2-distill"
     assert stage_key(TrainingPhase.quick_fix, 3, StageName.prepare) == PREPARE_KEY == "prepare"
     assert stage_key(BASELINE, 0, StageName.evaluate) == BASELINE_KEY == "baseline-evaluate"
+
+
+def test_preference_objective_trains_on_distills_pairs_and_targets_reach_distill():
+    spec = minimal_spec(quickFix={"objective": "preference", "method": "lora", "targets": "majority"},
+                        expansion={"targets": "majority"})
+    _, runs = drive(spec, succeed_with([(0.9, 0.9)]))
+    params = {r.record.key: r.config.params for r in runs}
+    assert params["1b1-i1-train"].data_uri == "s3://bucket/campaigns/default/demo/1b1-i1-distill/pairs.jsonl"
+    assert params["1b2-train"].data_uri == "s3://bucket/campaigns/default/demo/1b2-distill/train.jsonl"
+    assert params["1b1-i1-distill"].filter.targets == params["1b2-distill"].filter.targets == "majority"
+    with pytest.raises(SpecError, match="objective preference needs method qlora or lora"):
+        minimal_spec(quickFix={"objective": "preference", "method": "full"})

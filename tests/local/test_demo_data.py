@@ -113,3 +113,28 @@ def test_read_jsonl_names_the_bad_row(tmp_path: Path) -> None:
     bad.write_text('{"question": "q", "answer": "#### 1"}\n{"question": "q"}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2"):
         read_jsonl(bad)
+
+
+def test_eval_skeletons_are_never_used_outside_eval() -> None:
+    """Template-disjoint: no pretrain, train or scan question is an eval question with other names and
+    numbers (the review found 23 of 60 efficacy eval problems sharing a skeleton before the split)."""
+    from consistency_worker.leakage import ngrams, skeleton
+
+    splits = generate_splits(4, SIZES)
+    eval_skeletons = {skeleton(p.question) for p in splits["eval"]}
+    eval_grams = set().union(*(ngrams(p.question) for p in splits["eval"]))
+    for name in ("pretrain", "train", "scan"):
+        assert not {skeleton(p.question) for p in splits[name]} & eval_skeletons, name
+        assert not any(ngrams(p.question) & eval_grams for p in splits[name]), name
+    # The hash split leaves the eval side a real share of the templates, not a handful.
+    assert len(eval_skeletons) > 0.6 * SIZES["eval"]
+
+
+def test_skeleton_masks_names_and_numbers_only() -> None:
+    from consistency_worker.leakage import skeleton
+
+    a = skeleton("Mia has 5 apples. Then Mia buys 3 more apples.")
+    assert a == skeleton("Ben has 12 apples.  Then Ben buys 7 more apples!")
+    assert a == skeleton("Zoe has 1,200 apples. Then Zoe buys 3.5 more apples.")
+    assert a == "◊ has ∅ apples ◊ ◊ buys ∅ more apples"
+    assert a != skeleton("Mia has 5 pears. Then Mia buys 3 more pears.")

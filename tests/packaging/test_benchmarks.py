@@ -41,3 +41,25 @@ def test_benchmark_quick_mode_runs(script: str) -> None:
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert FIGURE_LINE[script] in proc.stdout, out[-4000:]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_train_benchmark_peer_trl_quick_mode_compares_like_with_like() -> None:
+    """`--peer trl` in quick mode: TRL's SFTTrainer sees the same tokens and, after the same single step
+    from the same base, reports the same loss as the train stage's loop (skipped cleanly without trl)."""
+    import json
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(REPO / d) for d in ("core", "worker", "operator", "local")] + [os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "train_throughput.py"), "--quick", "--peer", "trl"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    peer = figures["peer"]
+    if isinstance(peer, str):
+        assert peer == "trl not installed: skipped"
+        return
+    assert peer["steps"] == figures["steps"] and peer["realTokens"] == figures["realTokens"]
+    assert peer["finalLoss"] == pytest.approx(figures["finalLoss"], rel=1e-3)
+    assert figures["ratioOursToTrl"] == pytest.approx(figures["tokensPerSecond"] / peer["tokensPerSecond"], rel=1e-2)

@@ -385,3 +385,76 @@ def test_problems_file_is_read_once(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert reads.count(config.params.problems_uri) == 1
     manifest = json.loads((tmp_path / "distill" / "manifest.json").read_text())
     assert manifest["inputs"]["problems"]["sha256"]
+
+
+# ------------------------------------------------------------------------ label-free targets and pairs
+
+
+def _scrambled(problems: list[Problem], records: list[GenerationRecord]
+               ) -> tuple[list[Problem], list[GenerationRecord]]:
+    """Every gold answer and reference solution replaced, and every graded verdict as generate would
+    write it against the new gold (a sample right before is wrong now, and the reverse)."""
+    problems = [p.model_copy(update={"answer": "999" if p.domain == "math" else ("D" if p.answer else None),
+                                     "solution": "scrambled\n#### 999" if p.solution else None})
+                for p in problems]
+
+    def flip(comp: Completion) -> Completion:
+        return comp if comp.correct is None else comp.model_copy(update={"correct": not comp.correct})
+
+    return problems, [r.model_copy(update={"greedy": flip(r.greedy), "samples": [flip(s) for s in r.samples]})
+                      for r in records]
+
+
+@pytest.mark.parametrize("settings", [{"mode": "consistent", "minAgreement": 0.4}, failures_params()],
+                         ids=["1B.1", "1B.2"])
+def test_majority_targets_never_read_gold(tmp_path: Path, settings: dict[str, Any]) -> None:
+    problems, records = (consistent_cases() if settings["mode"] == "consistent" else failure_cases())
+    outputs: dict[str, dict[str, bytes]] = {}
+    for targets in ("gold", "majority"):
+        for name, (ps, rs) in {"real": (problems, records), "scrambled": _scrambled(problems, records)}.items():
+            root = tmp_path / targets / name
+            setup_dirs(root, ps, rs)
+            run(distill_config(root, **{**settings, "targets": targets}), tmp_path)
+            outputs[f"{targets}/{name}"] = {f: (root / "distill" / f).read_bytes()
+                                             for f in (DISTILL_TRAIN, "pairs.jsonl")}
+    # Label-free: the training data (SFT targets and preference pairs) is byte-identical under scrambled gold.
+    assert outputs["majority/real"] == outputs["majority/scrambled"]
+    assert outputs["majority/real"][DISTILL_TRAIN]
+    # The check can fail: with gold targets, scrambling the gold changes what is trained on.
+    assert outputs["gold/real"][DISTILL_TRAIN] != outputs["gold/scrambled"][DISTILL_TRAIN]
+    lines = [json.loads(x) for x in outputs["majority/real"][DISTILL_TRAIN].splitlines()]
+    assert {x["source"] for x in lines} == {"sample"}  # never a reference solution
+
+
+def test_majority_targets_are_the_modal_samples(tmp_path: Path) -> None:
+    problems, records = consistent_cases()
+    setup_dirs(tmp_path, problems, records)
+    result = run(distill_config(tmp_path, targets="majority", minAgreement=0.6), tmp_path)
+    by_problem: dict[str, list[str]] = {}
+    for line in train_lines(tmp_path):
+        by_problem.setdefault(line["problemId"], []).append(line["messages"][-1]["content"])
+    # "minority" and "all-wrong" agree 4/5 and 5/5 on 5: label-free, their modal (wrong) samples are targets;
+    # "split" (2/5 on 7) is below minAgreement whatever gold says.
+    assert sorted(by_problem) == ["all-right", "all-wrong", "code", "mc", "minority", "with-empty"]
+    assert all(t.endswith("#### 5") for t in by_problem["minority"] + by_problem["all-wrong"])
+    assert result.metrics["targets"] == "majority"
+    assert result.metrics["dropped"] == {"low_agreement": 1, "no_answer": 1, "no_samples": 1}
+
+
+def test_pairs_are_modal_against_least_voted_weighted_by_margin(tmp_path: Path) -> None:
+    problem = math_problem("p")
+    samples = [right(1), right(2), right(3), wrong(4, "5"), wrong(5, "5"), wrong(6, "6"), c("rambling", None)]
+    records = [rec(problem, right(0), samples),
+               rec(math_problem("same"), right(0), [right(i) for i in range(1, 5)])]
+    setup_dirs(tmp_path, [problem, math_problem("same")], records)
+    result = run(distill_config(tmp_path, targets="majority", minAgreement=0.4), tmp_path)
+    pairs = [json.loads(x) for x in (tmp_path / "distill" / "pairs.jsonl").read_text().splitlines()]
+    # "same": every sample agrees, nothing to prefer against.
+    assert [p["problemId"] for p in pairs] == ["p"] and result.metrics["pairs"] == 1
+    pair = pairs[0]
+    assert pair["messages"][:-1] == build_messages(problem)
+    assert pair["messages"][-1]["content"] in {right(i).text for i in range(4)}
+    # Least voted: "6" and the answerless sample have one vote each; the margin is 3 - 1 of 7 samples.
+    assert pair["rejected"] in {wrong(6, "6").text, "rambling"}
+    assert pair["weight"] == round(2 / 7, 6)
+    assert set(pair) == {"messages", "rejected", "weight", "problemId", "source"}

@@ -67,6 +67,7 @@ def test_prepare_real_gsm8k_and_mbpp(shared_datasets: Path, tmp_path: Path) -> N
     assert (m["selection"], m["scan"], m["eval"], m["malformed"]) == (40, 480, 100, 0)
     assert m["perDataset"]["gsm8k-train"] == {"rows": 400, "problems": 400, "malformed": 0, "overlapExcluded": 0}
     assert m["ngramOverlap"] == {"count": 0, "examples": []}
+    assert m["skeletonOverlap"] == {"count": 0, "examples": []}
     # Equal stratum weights: 10 easy, 10 medium, 10 hard GSM8K problems (each stratum has >= 10).
     assert m["strata"]["math"] == {"easy": 10, "hard": 10, "medium": 10}
     assert sum(m["strata"]["code"].values()) == 10
@@ -287,3 +288,33 @@ def test_dataset_and_outputs_on_s3(s3_env: dict[str, str], shared_datasets: Path
     assert result.outputs["scan"] == f"{out}/{PREPARE_SCAN}"
     # A second run finds result.json in S3 and returns it without work.
     assert run(config, tmp_path) == result
+
+
+def test_skeleton_overlap_is_reported(tmp_path: Path) -> None:
+    """A train problem that is an eval problem with other names and numbers is counted (not refused); the
+    demo's generated splits, drawn from disjoint skeletons, read 0."""
+    from consistency_local.demo_data import write_splits
+
+    def gsm8k(path: Path, questions: list[str]) -> str:
+        path.write_text("".join(json.dumps({"question": q, "answer": "x\n#### 1"}) + "\n" for q in questions))
+        return str(path)
+
+    train = gsm8k(tmp_path / "train.jsonl", ["Mia has 5 apples. Then Mia buys 3 more apples. How many now?",
+                                             "A train leaves at 3 pm and travels 60 miles. When does it arrive?"])
+    test = gsm8k(tmp_path / "test.jsonl", ["Ben has 12 apples. Then Ben buys 7 more apples. How many now?"])
+    datasets = [{"name": "tr", "uri": train, "format": "gsm8k", "roles": ["train", "scan"]},
+                {"name": "te", "uri": test, "format": "gsm8k", "roles": ["eval"]}]
+    result = run(config_for(str(tmp_path / "store"), datasets, [{"dataset": "tr", "count": 2}], ["tr"], ["te"]),
+                 tmp_path)
+    overlap = result.metrics["skeletonOverlap"]
+    assert overlap["count"] == 1 and [(e["trainId"], e["evalId"]) for e in overlap["examples"]] == [("tr/0", "te/0")]
+    report = json.loads((tmp_path / "store" / "1b1-i1" / "prepare" / REPORT).read_text())
+    assert report["skeletonOverlap"]["count"] == 1 and report["ngramOverlap"]["count"] == 0
+
+    paths = write_splits(tmp_path / "demo", seed=3, sizes={"train": 120, "scan": 60, "eval": 80})
+    datasets = [{"name": "tr", "uri": str(paths["train"]), "format": "gsm8k", "roles": ["train"]},
+                {"name": "sc", "uri": str(paths["scan"]), "format": "gsm8k", "roles": ["scan"]},
+                {"name": "te", "uri": str(paths["eval"]), "format": "gsm8k", "roles": ["eval"]}]
+    demo = run(config_for(str(tmp_path / "store2"), datasets, [{"dataset": "tr", "count": 120}], ["sc"], ["te"]),
+               tmp_path)
+    assert demo.metrics["skeletonOverlap"]["count"] == 0 and demo.metrics["ngramOverlap"]["count"] == 0

@@ -99,3 +99,20 @@ def test_a_permanent_error_keeps_its_exit_code_through_torchrun(tmp_path: Path) 
     assert code == EXIT_PERMANENT, output[-3000:]
     assert result["ok"] is False and result["retryable"] is False
     assert "train.jsonl:1" in result["message"]
+
+
+def test_preference_pairs_train_data_parallel_as_in_one_process(tmp_path: Path) -> None:
+    from tests.worker.test_preference import pair_rows, write_pairs
+
+    store = tmp_path / "store"
+    data = write_pairs(tmp_path / "pairs.jsonl", pair_rows(copies=2))  # 8 pairs of uneven lengths
+    pref = {"method": "lora", "objective": "preference", "preference": {"beta": 0.5, "nllWeight": 1.0}}
+    single = run(config(store, data, "one", gradientAccumulation=2, **pref), tmp_path / "s1")
+    code, result, output = run_cli(config(store, data, "two", processes=2, **pref), tmp_path)
+    assert code == EXIT_OK, output[-3000:]
+    assert result["metrics"]["objective"] == "preference" and result["metrics"]["steps"] == single.metrics["steps"]
+    assert result["metrics"]["tokens"] == single.metrics["tokens"]
+    one, two = (safetensors.load_file(str(store / key / "adapter" / "adapter_model.safetensors"))
+                for key in ("one", "two"))
+    for name in one:
+        torch.testing.assert_close(one[name], two[name], rtol=1e-4, atol=1e-5)

@@ -1,5 +1,6 @@
 """Leakage guard: no training or scan problem may appear in an evaluation set, as an exact copy
-(normalised text; refused) or as a near copy sharing a 13-word run (reported and left out)."""
+(normalised text; refused) or as a near copy sharing a 13-word run (reported and left out); and the
+skeleton overlap (the same question template once names and numbers are masked) is reported."""
 
 from __future__ import annotations
 
@@ -64,14 +65,20 @@ def ngrams(text: str, n: int = NGRAM) -> set[tuple[str, ...]]:
 
 @dataclass(frozen=True)
 class Overlap:
-    """A train/scan problem sharing an n-gram with an evaluation problem (the first shared one)."""
+    """A train/scan problem sharing something with an evaluation problem: `shared` is the first shared
+    n-gram (kind "ngram") or the shared question skeleton (kind "skeleton")."""
 
     train_id: str
     eval_id: str
-    ngram: str
+    shared: str
+    kind: str = "ngram"
+
+    @property
+    def ngram(self) -> str:
+        return self.shared
 
     def as_json(self) -> dict[str, str]:
-        return {"trainId": self.train_id, "evalId": self.eval_id, "ngram": self.ngram}
+        return {"trainId": self.train_id, "evalId": self.eval_id, self.kind: self.shared}
 
 
 def find_overlaps(train_like: Iterable[Problem], eval_problems: Iterable[Problem],
@@ -88,3 +95,34 @@ def find_overlaps(train_like: Iterable[Problem], eval_problems: Iterable[Problem
         if shared:
             found.append(Overlap(p.id, index[shared[0]], " ".join(shared[0])))
     return found
+
+
+# ---------------------------------------------------------------------------------------------------
+# Question skeletons: a problem's template with names and numbers masked. Two problems with one skeleton
+# differ only in who and how many: an evaluation problem whose skeleton a train problem shares measures
+# recall of a template, not generalisation. Generated problem sets are split by skeleton
+# (consistency_local.demo_data); prepare reports the overlap for every campaign.
+
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+# Every capitalised word, sentence starts included: names need not stand mid-sentence ("Mia has 5 apples."),
+# and masking a few non-names too only makes skeletons coarser, so the overlap count errs towards more.
+_CAPITALISED = re.compile(r"\b[A-Z][A-Za-z'-]*")
+# Symbols that normalise_text keeps as they are (NFKC and casefold leave them; not punctuation).
+NUMBER_MASK = "\u2205"  # ∅
+NAME_MASK = "\u25ca"  # ◊
+
+
+def skeleton(text: str) -> str:
+    """The normalised question with every number and every capitalised word masked."""
+    masked = _NUMBER.sub(f" {NUMBER_MASK} ", text)
+    masked = _CAPITALISED.sub(NAME_MASK, masked)
+    return normalise_text(masked)
+
+
+def find_skeleton_overlaps(train_like: Iterable[Problem], eval_problems: Iterable[Problem]) -> list[Overlap]:
+    """One ``Overlap`` (kind "skeleton") per train problem sharing its skeleton with some eval problem, in
+    train order."""
+    index: dict[str, str] = {}
+    for p in eval_problems:
+        index.setdefault(skeleton(p.prompt), p.id)
+    return [Overlap(p.id, index[key], key, "skeleton") for p in train_like if (key := skeleton(p.prompt)) in index]

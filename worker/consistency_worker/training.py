@@ -83,7 +83,7 @@ class TrainOutcome:
 # ------------------------------------------------------------------------------------------ data
 
 
-def _validate_messages(row: dict[str, Any], where: str) -> list[dict[str, str]]:
+def validate_messages(row: dict[str, Any], where: str) -> list[dict[str, str]]:
     messages = row.get("messages")
     if not isinstance(messages, list) or len(messages) < 2:
         raise TrainingDataError(f"{where}: `messages` must be a list of at least two turns")
@@ -126,7 +126,7 @@ def build_examples(
     """Encode chat rows; returns (examples, rows dropped because the prompt alone fills max_seq_len)."""
     examples, dropped = [], 0
     for i, row in enumerate(rows, start=1):
-        example = encode_example(tokenizer, _validate_messages(row, f"{source}:{i}"), max_seq_len)
+        example = encode_example(tokenizer, validate_messages(row, f"{source}:{i}"), max_seq_len)
         if example is None:
             dropped += 1
         else:
@@ -134,7 +134,7 @@ def build_examples(
     return examples, dropped
 
 
-def _collate(batch: list[Example], pad_id: int) -> dict[str, Any]:
+def collate(batch: list[Example], pad_id: int) -> dict[str, Any]:
     import torch
 
     width = max(len(e.input_ids) for e in batch)
@@ -355,15 +355,26 @@ def enable_tf32() -> None:
     torch.backends.cudnn.allow_tf32 = True
 
 
-def resume_fingerprint(examples: list[Example], knobs: TrainingKnobs, seed: int) -> dict[str, Any]:
+def _data_row(ex: Any) -> list[Any]:
+    if isinstance(ex, Example):
+        return [ex.input_ids, ex.labels]
+    # A preference pair (preference.PairExample): both sequences and the weight.
+    return [ex.chosen.input_ids, ex.chosen.labels, ex.rejected.input_ids, ex.rejected.labels, ex.weight]
+
+
+def resume_fingerprint(examples: Sequence[Any], knobs: TrainingKnobs, seed: int) -> dict[str, Any]:
     """What a checkpoint must match to be resumed: the training data itself (sha256 of the tokenised
-    examples, so a re-distilled file of the same size never resumes a stale checkpoint), maxSeqLen and the
-    schedule-defining knobs."""
+    examples or pairs, so a re-distilled file of the same size never resumes a stale checkpoint), maxSeqLen
+    and the schedule- and loss-defining knobs."""
     digest = hashlib.sha256()
     for ex in examples:
-        digest.update(json.dumps([ex.input_ids, ex.labels], separators=(",", ":")).encode())
+        digest.update(json.dumps(_data_row(ex), separators=(",", ":")).encode())
         digest.update(b"\n")
-    return {
+    objective: dict[str, Any] = {}
+    if knobs.objective != "sft":  # absent for sft: checkpoints written before the knob existed still resume
+        objective = {"objective": knobs.objective, "beta": knobs.preference.beta,
+                     "nllWeight": knobs.preference.nll_weight}
+    return {**objective,
         "examples": len(examples), "dataSha256": digest.hexdigest(), "maxSeqLen": knobs.max_seq_len,
         "epochs": knobs.epochs, "batchSize": knobs.batch_size, "gradientAccumulation": knobs.gradient_accumulation,
         "learningRate": knobs.learning_rate, "warmupRatio": knobs.warmup_ratio, "seed": seed, "r": knobs.lora.r,
@@ -371,9 +382,20 @@ def resume_fingerprint(examples: list[Example], knobs: TrainingKnobs, seed: int)
     }
 
 
+def _micro_batch_loss(model: Any, batch: list[Any], knobs: TrainingKnobs, pad_id: int, device: Any
+                      ) -> tuple[Any, int]:
+    """(loss of one micro-batch, positions computed)."""
+    if knobs.objective == "preference":
+        from consistency_worker.preference import pair_loss
+
+        return pair_loss(model, batch, pad_id, knobs.preference, device)
+    inputs = {k: v.to(device) for k, v in collate(batch, pad_id).items()}
+    return model(**inputs).loss, int(inputs["attention_mask"].sum())
+
+
 def train_lora(
     model: Any,
-    examples: list[Example],
+    examples: Sequence[Any],
     knobs: TrainingKnobs,
     *,
     seed: int,
@@ -385,7 +407,8 @@ def train_lora(
     world: World | None = None,
 ) -> TrainOutcome:
     """Train the model's trainable parameters in place (a LoRA adapter, or every weight for full
-    fine-tuning); resumes from `checkpoints` when one exists.
+    fine-tuning); resumes from `checkpoints` when one exists. `examples` are `Example`s (next-token loss on
+    the answer) or, for objective preference, `preference.PairExample`s (DPO + NLL, see preference.py).
 
     `on_step(step)` runs after each optimizer step (and its checkpoint): a seam for tests to simulate a
     preemption at a known step. `world`: this process's rank in a data-parallel run."""
@@ -400,7 +423,10 @@ def train_lora(
     all_steps = total_steps(len(examples), knobs, world.size)
     steps_per_epoch = all_steps // knobs.epochs
     micro_per_step = knobs.gradient_accumulation * world.size
-    lengths = [len(e.input_ids) for e in examples]
+    pairs = knobs.objective == "preference"
+    if pairs and not hasattr(model, "disable_adapter"):
+        raise TrainingDataError("objective preference needs a LoRA adapter (its reference is the base model)")
+    lengths = [e.length if pairs else len(e.input_ids) for e in examples]
     trainable = [p for p in model.parameters() if p.requires_grad]
     broadcast_parameters(trainable, world)
     optimizer = make_optimizer(trainable, knobs.learning_rate, paged=quantized and device.type == "cuda")
@@ -446,18 +472,20 @@ def train_lora(
         first_step = step - epoch * steps_per_epoch  # > 0 only in the epoch a resume lands in
         for step_in_epoch in range(first_step, steps_per_epoch):
             group = steps[step_in_epoch]
-            # Weight micro-batches by their target tokens so the step's loss is a per-token mean over the
-            # whole (global) batch, whichever rank computes which micro-batch.
-            counts = [sum(lab != IGNORE_INDEX for i in b for lab in examples[i].labels) for b in group]
+            # Weight micro-batches by their target tokens (pairs: by their pairs) so the step's loss is a mean
+            # over the whole (global) batch, whichever rank computes which micro-batch.
+            if pairs:
+                counts = [len(b) for b in group]
+            else:
+                counts = [sum(lab != IGNORE_INDEX for i in b for lab in examples[i].labels) for b in group]
             total_targets = sum(counts)
             step_loss, step_tokens = 0.0, 0
             for batch, count in list(zip(group, counts, strict=True))[world.rank :: world.size]:
-                inputs = {k: v.to(device) for k, v in _collate([examples[i] for i in batch], pad_id).items()}
                 with forward_precision(device):
-                    loss = model(**inputs).loss
+                    loss, computed = _micro_batch_loss(model, [examples[i] for i in batch], knobs, pad_id, device)
                 (loss * (count / total_targets)).backward()
                 step_loss += loss.item() * count / total_targets
-                step_tokens += int(inputs["attention_mask"].sum())
+                step_tokens += computed
             step_loss, step_tokens = all_reduce_gradients(trainable, [step_loss, float(step_tokens)], world)
             tokens += int(step_tokens)
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)

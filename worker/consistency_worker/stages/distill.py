@@ -6,6 +6,13 @@ the samples on the modal answer.
 mode `failures` (1B.2): keep only failed problems (wrong greedy answer when include_wrong, or agreement
 below failure.max_agreement); targets are correct samples (gold), modal-answer samples with agreement >=
 min_agreement (no gold), else the problem's reference solution (use_reference_solutions).
+filter.targets `majority` (label-free): every record is treated as having no gold answer (the graded
+`correct` flags are never read), a failure is a low-agreement problem only, and no reference solution is
+used: the output depends on the sampled answers alone.
+
+Besides train.jsonl (SFT targets) distill writes pairs.jsonl, what objective preference trains on: per kept
+problem one (chosen, rejected) pair, chosen a target as above, rejected a sample of the least-voted other
+answer (a sample with no answer is a class of one vote), weight = (chosen's votes - rejected's votes) / k.
 
 Both modes: targets chosen in a seeded order per problem, deduplicated by normalised text, capped per
 problem, then capped in total (max_examples) spread evenly over domain/stratum groups. With replay_uri
@@ -22,7 +29,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from consistency_core.spec import AgreementFilter, FailureExamples
-from consistency_core.stages import DISTILL_TRAIN, DistillMode, DistillParams, StageConfig, StageResult
+from consistency_core.stages import (
+    DISTILL_PAIRS,
+    DISTILL_TRAIN,
+    DistillMode,
+    DistillParams,
+    StageConfig,
+    StageResult,
+)
 
 from consistency_worker.generations import Completion, GenerationRecord
 from consistency_worker.grading import extract_code
@@ -69,6 +83,14 @@ class Example:
 
 
 @dataclass
+class Pair:
+    problem_id: str
+    chosen: str
+    rejected: str
+    weight: float  # vote margin / k, in (0, 1]
+
+
+@dataclass
 class Decision:
     """What distill made of one problem."""
 
@@ -79,6 +101,7 @@ class Decision:
     reason: str | None = None  # set when the problem yields no example
     failed: bool | None = None  # failures mode: did the problem count as a failure
     dropped: Counter[str] = field(default_factory=Counter)  # candidate-level drops
+    pair: Pair | None = None
 
 
 def _vote(record: GenerationRecord) -> Vote:
@@ -93,8 +116,38 @@ def dedupe_key(domain: str, text: str) -> str:
     return normalise_completion(text)
 
 
-def _has_gold(record: GenerationRecord) -> bool:
+def _has_gold(record: GenerationRecord, rule: AgreementFilter) -> bool:
+    """Whether targets come from gold verdicts: never under targets majority (label-free)."""
+    if rule.targets == "majority":
+        return False
     return any(c.correct is not None for c in [record.greedy, *record.samples])
+
+
+def make_pair(record: GenerationRecord, candidates: list[Completion], seed: int) -> Pair | None:
+    """One preference pair: a seeded choice among the chosen candidates (samples only), against a sample of
+    the least-voted answer other than the chosen one's; None when every sample gives the chosen answer or
+    the margin is not positive."""
+    samples = [c for c in candidates if any(c is s for s in record.samples)]
+    if not samples or not record.samples:
+        return None
+    votes = Counter(s.answer for s in record.samples if s.answer is not None)
+    rng = derive_rng(seed, "distill-pair", record.problem_id)
+    chosen = samples[rng.randrange(len(samples))]
+    chosen_votes = votes[chosen.answer] if chosen.answer is not None else 1
+
+    def weight(c: Completion) -> int:
+        return votes[c.answer] if c.answer is not None else 1  # no answer: a class of its own
+
+    others = [s for s in record.samples if s.text.strip() and (s.answer is None or s.answer != chosen.answer)]
+    if not others:
+        return None
+    fewest = min(weight(c) for c in others)
+    least = [c for c in others if weight(c) == fewest]
+    rejected = least[rng.randrange(len(least))]
+    margin = chosen_votes - fewest
+    if margin <= 0:
+        return None
+    return Pair(record.problem_id, chosen.text, rejected.text, round(margin / len(record.samples), 6))
 
 
 def _filter_candidates(record: GenerationRecord, modal: str | None, gold: bool,
@@ -143,13 +196,14 @@ def decide_consistent(record: GenerationRecord, rule: AgreementFilter, seed: int
     elif agreement < rule.min_agreement:
         decision.reason = LOW_AGREEMENT
     else:
-        gold = _has_gold(record)
+        gold = _has_gold(record, rule)
         candidates = _filter_candidates(record, modal, gold, decision.dropped)
         if not candidates:
             decision.reason = NO_CORRECT_SAMPLE if gold else NO_TARGET
         else:
             texts: list[tuple[str, Source]] = [(c.text, "sample") for c in candidates]
             decision.examples = _choose(texts, record, rule.max_per_problem, seed, decision.dropped)
+            decision.pair = make_pair(record, candidates, seed)
     return decision
 
 
@@ -178,23 +232,29 @@ def decide_failure(record: GenerationRecord, problem: Problem | None, rule: Agre
     vote = _vote(record)
     modal, agreement = vote.answer, vote.agreement
     decision = Decision(record, agreement, modal)
-    greedy_correct = record.greedy.correct if criteria.include_wrong else None
+    label_free = rule.targets == "majority"
+    # Label-free: a failure is a low-agreement problem; the greedy answer's gold verdict is never read.
+    greedy_correct = record.greedy.correct if criteria.include_wrong and not label_free else None
     # No samples: agreement 0, so the problem counts as a failure (the model gave nothing usable).
     decision.failed = failure(greedy_correct, vote, min_agreement=criteria.max_agreement).failed
     if not decision.failed:
         decision.reason = NOT_FAILURE
         return decision
 
-    gold = _has_gold(record)
+    gold = _has_gold(record, rule)
     texts: list[tuple[str, Source]] = []
+    candidates: list[Completion] = []
     if gold or (modal is not None and agreement >= rule.min_agreement):
-        texts = [(c.text, "sample") for c in _filter_candidates(record, modal, gold, decision.dropped)]
+        candidates = _filter_candidates(record, modal, gold, decision.dropped)
+        texts = [(c.text, "sample") for c in candidates]
     elif record.samples:
         decision.dropped[NOT_MODAL] += len(record.samples)
     if texts:
         decision.examples = _choose(texts, record, rule.max_per_problem, seed, decision.dropped)
+        decision.pair = make_pair(record, candidates, seed)
         return decision
-    reference = format_reference(problem) if (failures.use_reference_solutions and problem) else None
+    use_reference = failures.use_reference_solutions and problem is not None and not label_free
+    reference = format_reference(problem) if use_reference and problem is not None else None
     if reference is not None:
         decision.examples = [Example(record.problem_id, record.domain, record.stratum, reference, "reference", 0)]
     else:
@@ -284,6 +344,15 @@ def _training_line(problem: Problem, example: Example) -> dict[str, Any]:
     return {"messages": messages, "problemId": example.problem_id, "source": example.source}
 
 
+def _pair_line(problem: Problem, pair: Pair) -> dict[str, Any]:
+    """A pair as training.py reads it: the chosen transcript as `messages`, the rejected answer beside it."""
+    from consistency_worker.prompts import build_messages
+
+    messages = [*build_messages(problem), {"role": "assistant", "content": pair.chosen}]
+    return {"messages": messages, "rejected": pair.rejected, "weight": pair.weight, "problemId": pair.problem_id,
+            "source": "pair"}
+
+
 def run(config: StageConfig, ctx: StageContext) -> StageResult:
     params = config.params
     if not isinstance(params, DistillParams):
@@ -306,6 +375,7 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
 
     stats = Stats()
     examples: list[Example] = []
+    pairs: list[Pair] = []
     with ctx.manifest.timed("filter"), ctx.progress(len(records), "distill") as progress:
         for record in records:
             if params.failures is None:
@@ -315,21 +385,28 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
                                           config.seed)
             stats.add(decision)
             examples.extend(decision.examples)
+            if decision.pair is not None:
+                pairs.append(decision.pair)
             progress.update()
     kept, capped = cap_total(examples, params.failures.max_examples if params.failures else None, config.seed)
     stats.add_examples(kept, capped)
     replay, replay_pool = _replay_lines(ctx, params, kept, config.seed)
 
     train_uri = ctx.output(DISTILL_TRAIN)
+    pairs_uri = ctx.output(DISTILL_PAIRS)
     stats_uri = ctx.output(STATS)
     with ctx.manifest.timed("write"):
         lines = [*(_training_line(problems[ex.problem_id], ex) for ex in kept), *replay]
         data = ctx.store.write_jsonl(train_uri, lines)
         ctx.manifest.add_output("train", train_uri, data=data)
+        pair_data = ctx.store.write_jsonl(pairs_uri, (_pair_line(problems[p.problem_id], p) for p in pairs))
+        ctx.manifest.add_output("pairs", pairs_uri, data=pair_data)
         summary = {
             "mode": params.mode,
+            "targets": params.filter.targets,
             "records": len(records),
             "examples": len(kept),
+            "pairs": len(pairs),
             "replayed": len(replay),
             "replayAvailable": replay_pool,
             "groups": stats.as_json(),
@@ -346,6 +423,8 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
     metrics: dict[str, Any] = {
         "examples": len(kept) + len(replay),
         "newExamples": len(kept),
+        "pairs": len(pairs),
+        "targets": params.filter.targets,
         "replayed": len(replay),
         "problems": len(records),
         "problemsKept": stats.total("problemsKept"),
@@ -358,7 +437,7 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
                        fromReference=stats.total("fromReference"))
     replayed = f" + {len(replay)} replayed from {params.replay_uri}" if replay else ""
     return StageResult(key=config.key, ok=True, metrics=metrics,
-                       outputs={"train": train_uri, "stats": stats_uri},
+                       outputs={"train": train_uri, "pairs": pairs_uri, "stats": stats_uri},
                        message=f"{len(kept)} training examples from {metrics['problemsKept']} problems{replayed}")
 
 

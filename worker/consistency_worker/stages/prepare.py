@@ -22,7 +22,7 @@ from consistency_core.stages import (
     StageResult,
 )
 
-from consistency_worker.leakage import NGRAM, Overlap, find_overlaps, normalise_text
+from consistency_worker.leakage import NGRAM, Overlap, find_overlaps, find_skeleton_overlaps, normalise_text
 from consistency_worker.problems import Problem
 from consistency_worker.seeds import rng_seed
 from consistency_worker.stages import PermanentStageError
@@ -161,6 +161,12 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
             check_leakage(train_like, eval_role, max_examples=LEAK_EXAMPLES)
         except LeakageError as exc:
             raise PermanentStageError(str(exc)) from None
+        # Reported, not refused: real datasets (GSM8K train/test) may share a few short templates; the
+        # generated efficacy and demo sets are split by skeleton, so theirs must read 0.
+        skeletons = find_skeleton_overlaps(train_like, eval_role)
+    if skeletons:
+        ctx.logger.warning("%d train/scan problem(s) share a question skeleton (names and numbers masked) with "
+                           "an evaluation problem, e.g. %s", len(skeletons), skeletons[0].as_json())
 
     outputs = {
         "selection": ctx.output(PREPARE_SELECTION),
@@ -186,6 +192,8 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
         "malformed": malformed,
         "ngramOverlap": {"n": NGRAM, "count": len(overlaps),
                          "examples": [o.as_json() for o in overlaps[:OVERLAP_IN_REPORT]]},
+        "skeletonOverlap": {"count": len(skeletons),
+                            "examples": [o.as_json() for o in skeletons[:OVERLAP_IN_REPORT]]},
     }
     outputs["report"] = ctx.output(REPORT)
     ctx.store.write_json(outputs["report"], report)
@@ -199,6 +207,8 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
         "perDataset": {name: {k: v for k, v in d.items() if k != "strata"} for name, d in per_dataset.items()},
         "strata": strata["selection"],
         "ngramOverlap": {"count": len(overlaps), "examples": [o.as_json() for o in overlaps[:LEAK_EXAMPLES]]},
+        "skeletonOverlap": {"count": len(skeletons),
+                            "examples": [o.as_json() for o in skeletons[:LEAK_EXAMPLES]]},
     }
     if malformed:
         metrics["malformedExamples"] = _malformed_rows(malformed, MALFORMED_IN_METRICS, 120)
@@ -206,10 +216,12 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
                          message=f"{len(selection)} selected, {len(scan)} scan, {len(evaluation)} eval problems")
     # The termination message drops all metrics when too big; shed the detail (kept in report.json)
     # first so the counts the control plane reads always arrive.
-    for detail in ("malformedExamples", "perDataset", "strata", "overlapExamples"):
+    for detail in ("malformedExamples", "perDataset", "strata", "skeletonExamples", "overlapExamples"):
         if len(json.dumps(result.to_wire()).encode()) <= TERMINATION_MESSAGE_LIMIT:
             break
-        if detail == "overlapExamples":
+        if detail == "skeletonExamples":
+            result.metrics["skeletonOverlap"]["examples"] = []
+        elif detail == "overlapExamples":
             result.metrics["ngramOverlap"]["examples"] = [
                 {k: v[:60] for k, v in e.items()} for e in result.metrics["ngramOverlap"]["examples"][:2]]
         else:

@@ -151,11 +151,17 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
         try:
             # Parse the bytes already read for the manifest: one download of the data, not two.
             rows = parse_jsonl_objects(data.decode("utf-8"), params.data_uri)
-            examples, dropped = build_examples(tokenizer, rows, knobs.max_seq_len, source=params.data_uri)
+            if knobs.objective == "preference":
+                from consistency_worker.preference import build_pairs
+
+                examples, dropped = build_pairs(tokenizer, rows, knobs.max_seq_len, source=params.data_uri)
+            else:
+                examples, dropped = build_examples(tokenizer, rows, knobs.max_seq_len, source=params.data_uri)
         except (JsonlError, TrainingDataError) as exc:
             raise PermanentStageError(str(exc)) from None
         if not examples:
-            raise PermanentStageError(f"{params.data_uri}: no usable training examples ({len(rows)} rows)")
+            what = "preference pairs" if knobs.objective == "preference" else "training examples"
+            raise PermanentStageError(f"{params.data_uri}: no usable {what} ({len(rows)} rows)")
         import torch
 
         torch.manual_seed(config.seed)
@@ -186,6 +192,7 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
         "processes": world.size,
         "layers4bit": layers_4bit,
         "examples": outcome.examples,
+        "objective": knobs.objective,
         "dropped": dropped,
         "tokens": outcome.tokens,
     }
@@ -194,7 +201,8 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
     if outcome.resumed_from_step is not None:
         metrics["resumedFromStep"] = outcome.resumed_from_step
     first = outcome.losses[0]["loss"] if outcome.losses else None
-    message = f"{METHOD_LABELS[method]}: {outcome.steps} steps, loss {first} -> {outcome.final_loss}"
+    objective = " (consistency preference: DPO + NLL)" if knobs.objective == "preference" else ""
+    message = f"{METHOD_LABELS[method]}{objective}: {outcome.steps} steps, loss {first} -> {outcome.final_loss}"
     if not world.is_writer:  # rank 0 writes the outputs and reports; run_stage skips the rest here
         return StageResult(key=config.key, ok=True, message=message, metrics=metrics)
 
