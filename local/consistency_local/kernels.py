@@ -26,10 +26,14 @@ PINNED = {
 }
 
 
+def _native(environ: dict[str, str] | os._Environ[str]) -> bool:
+    return environ.get(ENV_SWITCH, "pinned") == "native"
+
+
 def pin_kernels(environ: dict[str, str] | os._Environ[str] = os.environ) -> dict[str, str]:
     """Set the pinned kernel variables (before torch is imported; stage processes inherit them).
     Returns what was set; nothing when CONSISTENCY_KERNELS=native."""
-    if environ.get(ENV_SWITCH, "pinned") == "native":
+    if _native(environ):
         return {}
     environ.update(PINNED)
     return dict(PINNED)
@@ -37,12 +41,12 @@ def pin_kernels(environ: dict[str, str] | os._Environ[str] = os.environ) -> dict
 
 def kernel_mode(environ: dict[str, str] | os._Environ[str] = os.environ) -> str:
     """A short name for the kernels this process runs with (part of cache keys of what they compute)."""
-    if environ.get(ENV_SWITCH, "pinned") == "native":
+    if _native(environ):
         return "native"
     return f"pinned-avx2-{PINNED_THREADS}t"
 
 
 def describe(environ: dict[str, str] | os._Environ[str] = os.environ) -> str:
-    if environ.get(ENV_SWITCH, "pinned") == "native":
+    if _native(environ):
         return "native CPU kernels (figures depend on the CPU)"
     return f"pinned CPU kernels (AVX2, {PINNED_THREADS} threads; {ENV_SWITCH}=native for the CPU's own)"
