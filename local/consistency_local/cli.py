@@ -17,9 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from consistency_core.status import CampaignPhase, StageOutcome
+from consistency_core.stages import StageConfig
+from consistency_core.status import CampaignPhase, StageOutcome, StageRecord
 
 from consistency_local.campaign_file import Campaign, CampaignFileError, load_campaign
 from consistency_local.console import LiveConsole, render_status
@@ -36,12 +38,15 @@ def default_run_dir(campaign: Campaign) -> Path:
     return DEFAULT_RUNS / name
 
 
-def run_and_report(campaign: Campaign, run_dir: Path, *, fresh: bool = False) -> int:
-    """Run or resume the campaign, print the live view and the summary; return the exit code."""
+def run_and_report(campaign: Campaign, run_dir: Path, *, fresh: bool = False,
+                   adjust: Callable[[StageRecord, StageConfig], StageConfig] | None = None) -> int:
+    """Run or resume the campaign, print the live view and the summary; return the exit code.
+    ``adjust``: see run_campaign."""
     console = LiveConsole()
     print(f"Campaign {campaign.namespace}/{campaign.name}: run directory {run_dir}", file=sys.stderr)
     try:
-        status = run_campaign(campaign, run_dir, fresh=fresh, on_event=console.event, on_tick=console.tick)
+        status = run_campaign(campaign, run_dir, fresh=fresh, on_event=console.event, on_tick=console.tick,
+                              adjust=adjust)
     except KeyboardInterrupt:
         console.close()
         print(f"\nInterrupted. Run the same command again to resume from {run_dir / 'status.json'}.",

@@ -19,8 +19,9 @@ from pathlib import Path
 
 from consistency_core.plan import max_stages
 from consistency_core.spec import StageName
+from consistency_core.stages import StageConfig
 from consistency_core.statemachine import Event, Finish, RunStage, decide
-from consistency_core.status import CampaignStatus
+from consistency_core.status import CampaignStatus, StageRecord
 
 from consistency_local.campaign_file import Campaign
 from consistency_local.planning import local_rows
@@ -111,8 +112,12 @@ def run_campaign(
     on_tick: Callable[[Tick], None] | None = None,
     clock: Clock = utcnow,
     gpus: int | None = None,
+    adjust: Callable[[StageRecord, StageConfig], StageConfig] | None = None,
 ) -> CampaignStatus:
-    """Run (or resume) the campaign until it succeeds or fails; return the final status."""
+    """Run (or resume) the campaign until it succeeds or fails; return the final status.
+
+    ``adjust`` may change a stage's config just before it runs, from what earlier stages produced (the
+    efficacy arms use it to give every arm the same optimizer steps); the campaign's own plan is unchanged."""
     rd = RunDir(run_dir)
     local = local_campaign(campaign, cuda_device_count() if gpus is None else gpus)
     with _locked(rd):
@@ -141,5 +146,6 @@ def run_campaign(
             if isinstance(action, Finish):
                 return status
             assert isinstance(action, RunStage)
-            result = run_stage_process(rd, action.record, action.config, on_tick=on_tick)
+            config = action.config if adjust is None else adjust(action.record, action.config)
+            result = run_stage_process(rd, action.record, config, on_tick=on_tick)
         raise RunError(f"campaign did not finish within {limit} stage runs; see {rd.status_path}")
