@@ -237,7 +237,7 @@ def model_dir(work: Path) -> Path:
 
 def problems(count: int, *, offset: int = 0) -> list:  # -> list[Problem]
     """Synthetic problems: mostly math (gradable from the text), plus a code and a reasoning one."""
-    from consistency_worker.problems import Problem
+    from consistency_worker.data.problems import Problem
 
     out = [Problem(id=f"m{i}", domain="math", prompt=f"What is {i + 2} + {3 * i + 1}?", answer=str(4 * i + 3))
            for i in range(offset, offset + count)]
@@ -258,7 +258,7 @@ def target(problem: Any) -> str:
 
 
 def write_train_data(path: Path, items: list) -> Path:
-    from consistency_worker.prompts import build_messages
+    from consistency_worker.data.prompts import build_messages
 
     rows = [{"messages": [*build_messages(p), {"role": "assistant", "content": target(p)}], "problemId": p.id}
             for p in items]
@@ -287,9 +287,9 @@ def stage_config(stage: str, work: Path, key: str, params: dict[str, Any], *, ba
 
 
 def run_stage(config: Any, scratch: Path):  # -> StageResult
+    from consistency_worker.job.context import StageContext
     from consistency_worker.stages import run_stage as run
-    from consistency_worker.stages.context import StageContext
-    from consistency_worker.store import open_store
+    from consistency_worker.store.facade import open_store
 
     scratch.mkdir(parents=True, exist_ok=True)
     return run(StageContext.create(config, store=open_store(config.store), shard=None, scratch_dir=scratch))
@@ -467,11 +467,11 @@ def agreement(a: list[list[int]], b: list[list[int]]) -> dict[str, float]:
 
 def step_vllm(work: Path, sizes: Sizes, rep: Report) -> None:
     from consistency_core.spec import ModelRef
-    from consistency_worker.answering import problem_seed
-    from consistency_worker.backends import GenerationRequest, encode_prompt
-    from consistency_worker.backends.vllm import build_batch, engine_kwargs, eos_token_ids
-    from consistency_worker.models import load_tokenizer, resolve_model
-    from consistency_worker.prompts import render_prompt
+    from consistency_worker.data.prompts import render_prompt
+    from consistency_worker.engines.answering import problem_seed
+    from consistency_worker.engines.backends import GenerationRequest, encode_prompt
+    from consistency_worker.engines.backends.vllm import build_batch, engine_kwargs, eos_token_ids
+    from consistency_worker.engines.model_loading import load_tokenizer, resolve_model
 
     model_path, adapter = model_dir(work), adapter_dir(work)
     resolved = resolve_model(ModelRef(uri=str(model_path), max_model_len=1024))
@@ -509,7 +509,7 @@ def step_vllm(work: Path, sizes: Sizes, rep: Report) -> None:
         rep.skip("vLLM engine: greedy comparison and throughput", "vllm not installed")
         return
 
-    from consistency_worker.backends.vllm import VLLMBackend
+    from consistency_worker.engines.backends.vllm import VLLMBackend
     from vllm import SamplingParams
 
     os.environ.setdefault("CONSISTENCY_VLLM_GPU_MEMORY_UTILIZATION", "0.6")
@@ -532,7 +532,7 @@ def step_vllm(work: Path, sizes: Sizes, rep: Report) -> None:
 
         # The stages' own path: one generate_requests call with greedy + k samples per problem, twice.
         from consistency_core.spec import SamplingKnobs
-        from consistency_worker.answering import plan_requests
+        from consistency_worker.engines.answering import plan_requests
 
         knobs = SamplingKnobs(samples=5, temperature=0.8, max_new_tokens=max(8, sizes.compare_tokens))
         planned = plan_requests([render_prompt(tokenizer, p) for p in trained],
@@ -620,7 +620,7 @@ def sandbox_program(i: int) -> str:
 
 
 def step_sandbox(work: Path, sizes: Sizes, rep: Report) -> None:
-    from consistency_worker.sandbox import default_sandbox, default_workers
+    from consistency_worker.sandbox.pool import default_sandbox, default_workers
 
     rep.figure("cpus_visible", len(os.sched_getaffinity(0)))
     sandbox = default_sandbox()

@@ -6,7 +6,7 @@ built from a chain of operations; each operation is one question sentence and on
 solution line with a `<<a+b=c>>` calculator annotation, so step counts are exact.
 
 Splits (pretrain / train / scan / eval) are disjoint by normalised question text and by question
-skeleton (the question with names and numbers masked, `consistency_worker.leakage.skeleton`): a seeded
+skeleton (the question with names and numbers masked, `consistency_worker.data.leakage.skeleton`): a seeded
 hash assigns every skeleton to the evaluation side (a share EVAL_SKELETON_SHARE of them) or to the
 training side, eval problems are drawn only from evaluation skeletons and every other split only from
 the rest. So no train, scan or pretrain problem is an evaluation problem with other names and numbers;
@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from consistency_worker.leakage import ngrams, skeleton
+from consistency_worker.data.leakage import ngrams, skeleton
 
 SPLITS = ("pretrain", "train", "scan", "eval")
 # Bumped when the same seed gives other splits (2: template-disjoint), so cached data is regenerated.

@@ -60,8 +60,8 @@ class DemoModelConfig:
 def demo_messages(question: str) -> list[dict[str, str]]:
     """The product's own math prompt (system instruction asking for `#### <number>`), so the model
     learns exactly the prompts the campaign's stages will send it."""
-    from consistency_worker.problems import Problem
-    from consistency_worker.prompts import build_messages
+    from consistency_worker.data.problems import Problem
+    from consistency_worker.data.prompts import build_messages
 
     return build_messages(Problem(id="demo", domain="math", prompt=question, answer="0"))
 

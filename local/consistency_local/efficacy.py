@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from consistency_worker.answering import ENV_BATCH_ROWS
+from consistency_worker.engines.answering import ENV_BATCH_ROWS
 
 from consistency_local.campaign_file import load_campaign
 from consistency_local.cli import run_and_report

@@ -11,11 +11,11 @@ from typing import Any
 
 from consistency_core.model import WireModel, nested_model
 from consistency_core.stages import DistillParams, EvaluateParams, GenerateParams, StageConfig, TrainParams
-from consistency_worker.problems import Problem
-from consistency_worker.prompts import build_messages
+from consistency_worker.data.problems import Problem
+from consistency_worker.data.prompts import build_messages
+from consistency_worker.job.context import StageContext
 from consistency_worker.stages import run_stage
-from consistency_worker.stages.context import StageContext
-from consistency_worker.store import open_store
+from consistency_worker.store.facade import open_store
 
 # One problem per domain, with targets short enough that a tiny model can learn them in seconds.
 PROBLEMS = [

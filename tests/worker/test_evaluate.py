@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 from consistency_core.stages import TERMINATION_MESSAGE_LIMIT
-from consistency_worker.generations import Completion, GenerationRecord
 from consistency_worker.stages import PermanentStageError
 from consistency_worker.stages.evaluate import compare, outcome_of, per_problem_row, summarise
+from consistency_worker.store.generations import Completion, GenerationRecord
 
 from tests.worker.model_fixtures import (
     PROBLEMS,

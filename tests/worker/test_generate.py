@@ -9,10 +9,14 @@ from pathlib import Path
 import pytest
 from consistency_core.spec import SamplingKnobs
 from consistency_core.stages import RESULT
-from consistency_worker import answering
-from consistency_worker.answering import SamplingSettings, answer_problems, plan_requests, truncated_share
-from consistency_worker.backends import Generated, GenerationRequest
-from consistency_worker.generations import (
+from consistency_worker.data.problems import Problem
+from consistency_worker.engines import answering
+from consistency_worker.engines.answering import SamplingSettings, answer_problems, plan_requests, truncated_share
+from consistency_worker.engines.backends import Generated, GenerationRequest
+from consistency_worker.stages import PermanentStageError
+from consistency_worker.stages.generate import shard_slice
+from consistency_worker.store.facade import open_store
+from consistency_worker.store.generations import (
     Completion,
     GenerationRecord,
     GenerationsError,
@@ -21,10 +25,6 @@ from consistency_worker.generations import (
     read_generations,
     shard_file_name,
 )
-from consistency_worker.problems import Problem
-from consistency_worker.stages import PermanentStageError
-from consistency_worker.stages.generate import shard_slice
-from consistency_worker.store import open_store
 
 from tests.worker.model_fixtures import (
     PROBLEMS,
@@ -287,7 +287,7 @@ def test_chunk_is_graded_while_the_next_one_generates(tmp_path: Path, monkeypatc
                                             "Tom has": ["#### 7", "#### 7", "#### 6..."]})
     config = gen_config(str(tmp_path / "store"), str(write_problems(tmp_path / "p.jsonl", PROBLEMS[:2])),
                         samples=2)
-    from consistency_worker.stages.context import StageContext
+    from consistency_worker.job.context import StageContext
 
     ctx = StageContext.create(config, store=open_store(config.store), shard=None, scratch_dir=tmp_path / "s")
     records, _ = answering.generate_records(ctx, backend, PROBLEMS[:2], SamplingSettings(config.params.sampling,
@@ -300,7 +300,7 @@ def test_chunk_is_graded_while_the_next_one_generates(tmp_path: Path, monkeypatc
 
 
 def test_generation_failure_keeps_the_chunk_being_graded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from consistency_worker.stages.context import StageContext
+    from consistency_worker.job.context import StageContext
     from consistency_worker.tinymodel import build_tokenizer
 
     monkeypatch.setenv("CONSISTENCY_GENERATE_CHUNK", "1")
@@ -335,9 +335,9 @@ def test_temperature_zero_samples_are_copies_of_the_greedy_answer(tmp_path: Path
     drop anything; at the default 0.7 they differ."""
     from consistency_core.spec import SamplingKnobs, SpecError, parse_spec
     from consistency_core.stages import StageConfig
-    from consistency_worker.backends import open_backend
-    from consistency_worker.models import resolve_model
-    from consistency_worker.voting import majority_vote
+    from consistency_worker.engines.backends import open_backend
+    from consistency_worker.engines.model_loading import resolve_model
+    from consistency_worker.grading.voting import majority_vote
     from pydantic import ValidationError
 
     from tests.worker.model_fixtures import stage_config

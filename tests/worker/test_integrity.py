@@ -12,8 +12,8 @@ from pathlib import Path
 
 import boto3
 import pytest
-from consistency_worker.manifest import ManifestBuilder
-from consistency_worker.store import ArtifactMismatch, MiB, S3Settings, Store, StoreError, open_store
+from consistency_worker.store.facade import ArtifactMismatch, MiB, S3Settings, Store, StoreError, open_store
+from consistency_worker.store.manifest import ManifestBuilder
 
 
 def _stage_dir(store: Store, out: str, rows: int = 10) -> str:
@@ -96,7 +96,7 @@ def test_unknown_schemes_are_refused() -> None:
 
 _KILLED_WRITER = textwrap.dedent("""
     import os, signal, sys
-    from consistency_worker import store as store_mod
+    from consistency_worker.store import facade as store_mod
     def die(*_):  # SIGKILL between the temp file's last byte and the rename
         os.kill(os.getpid(), signal.SIGKILL)
     store_mod.os.replace = die

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 from consistency_core.spec import LoraConfig, PreferenceKnobs
-from consistency_worker.preference import PairExample, build_pairs, pair_loss
-from consistency_worker.prompts import build_messages
+from consistency_worker.data.prompts import build_messages
+from consistency_worker.engines.preference import PairExample, build_pairs, pair_loss
+from consistency_worker.engines.training import IGNORE_INDEX, TrainingDataError, wrap_lora
 from consistency_worker.stages import PermanentStageError
-from consistency_worker.training import IGNORE_INDEX, TrainingDataError, wrap_lora
 
 from tests.worker.model_fixtures import PROBLEMS, TARGETS, run, single_torch_thread, stage_config, tiny_model_dir
 

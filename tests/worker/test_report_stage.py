@@ -71,7 +71,7 @@ def campaign(store: Any, root: str, model_dir: Path, tmp: Path, merged: bool) ->
 @pytest.mark.learning
 def test_report_stage_writes_report_model_card_adapter_and_merged_model(s3_bucket: str, tmp_path: Path) -> None:
     import torch
-    from consistency_worker.store import open_store
+    from consistency_worker.store.facade import open_store
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 

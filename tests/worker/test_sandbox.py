@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from consistency_worker.sandbox import (
+from consistency_worker.sandbox.pool import (
     Sandbox,
     SandboxConfig,
     SandboxError,
@@ -361,7 +361,7 @@ def test_required_layer_missing_is_an_error() -> None:
 _NON_ROOT_SCRIPT = r"""
 import json, os, secrets, sys, time
 sys.path.insert(0, sys.argv[1])
-from consistency_worker.sandbox import Sandbox, SandboxConfig
+from consistency_worker.sandbox.pool import Sandbox, SandboxConfig
 
 def survivors(token):
     found = []
@@ -408,7 +408,7 @@ print(json.dumps(out))
 def _python_readable_by_others() -> str | None:
     import shutil
 
-    from consistency_worker.sandbox import _hidden_ancestor, _interpreter_paths
+    from consistency_worker.sandbox.pool import _hidden_ancestor, _interpreter_paths
 
     for candidate in (sys.executable, "/usr/bin/python3", "/usr/local/bin/python3", shutil.which("python3")):
         if candidate and os.path.exists(candidate) and _hidden_ancestor(candidate) is None \
@@ -448,13 +448,13 @@ def test_non_root_worker() -> None:
 
 
 def _hidden_ancestor_of(path: str) -> bool:
-    from consistency_worker.sandbox import _hidden_ancestor
+    from consistency_worker.sandbox.pool import _hidden_ancestor
 
     return _hidden_ancestor(path) is not None
 
 
 def test_fresh_uids_stay_inside_the_mapped_range(monkeypatch: pytest.MonkeyPatch) -> None:
-    from consistency_worker import sandbox as sandbox_mod
+    from consistency_worker.sandbox import pool as sandbox_mod
 
     monkeypatch.setattr(sandbox_mod, "_mapped_uid_ceiling", lambda: 2**31 - 2)
     assert sandbox_mod._usable_uid_range((200_000, 260_000)) == (200_000, 260_000)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import boto3
 import pytest
-from consistency_worker import store as store_mod
-from consistency_worker.store import (
+from consistency_worker.store import facade as store_mod
+from consistency_worker.store.facade import (
     MiB,
     S3Settings,
     Store,

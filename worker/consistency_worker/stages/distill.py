@@ -38,13 +38,13 @@ from consistency_core.stages import (
     StageResult,
 )
 
-from consistency_worker.generations import Completion, GenerationRecord
-from consistency_worker.grading import extract_code
-from consistency_worker.problems import Problem
-from consistency_worker.seeds import derive_rng
+from consistency_worker.data.problems import Problem
+from consistency_worker.grading.grade import extract_code
+from consistency_worker.grading.voting import Vote, failure, majority_vote, normalise_code
+from consistency_worker.job.context import StageContext
+from consistency_worker.runtime.seeds import derive_rng
 from consistency_worker.stages import PermanentStageError
-from consistency_worker.stages.context import StageContext
-from consistency_worker.voting import Vote, failure, majority_vote, normalise_code
+from consistency_worker.store.generations import Completion, GenerationRecord
 
 STATS = "stats.json"
 Source = Literal["sample", "reference"]
@@ -338,7 +338,7 @@ class Stats:
 
 
 def _training_line(problem: Problem, example: Example) -> dict[str, Any]:
-    from consistency_worker.prompts import build_messages
+    from consistency_worker.data.prompts import build_messages
 
     messages = [*build_messages(problem), {"role": "assistant", "content": example.completion}]
     return {"messages": messages, "problemId": example.problem_id, "source": example.source}
@@ -346,7 +346,7 @@ def _training_line(problem: Problem, example: Example) -> dict[str, Any]:
 
 def _pair_line(problem: Problem, pair: Pair) -> dict[str, Any]:
     """A pair as training.py reads it: the chosen transcript as `messages`, the rejected answer beside it."""
-    from consistency_worker.prompts import build_messages
+    from consistency_worker.data.prompts import build_messages
 
     messages = [*build_messages(problem), {"role": "assistant", "content": pair.chosen}]
     return {"messages": messages, "rejected": pair.rejected, "weight": pair.weight, "problemId": pair.problem_id,
@@ -357,7 +357,7 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
     params = config.params
     if not isinstance(params, DistillParams):
         raise PermanentStageError(f"distill got params of kind {params.kind!r}")
-    from consistency_worker.generations import GenerationsError, read_generations
+    from consistency_worker.store.generations import GenerationsError, read_generations
 
     with ctx.manifest.timed("read"):
         problems = {p.id: p for p in ctx.read_problems(params.problems_uri)}

@@ -12,11 +12,11 @@ from collections.abc import Sequence
 
 from consistency_core.stages import GenerateParams, StageConfig, StageResult
 
-from consistency_worker.answering import SamplingSettings, completion_metrics, generate_records, load_backend
-from consistency_worker.grading import code_grading_metrics
-from consistency_worker.problems import Problem
+from consistency_worker.data.problems import Problem
+from consistency_worker.engines.answering import SamplingSettings, completion_metrics, generate_records, load_backend
+from consistency_worker.grading.grade import code_grading_metrics
+from consistency_worker.job.context import StageContext
 from consistency_worker.stages import PermanentStageError
-from consistency_worker.stages.context import StageContext
 
 
 def shard_slice(problems: Sequence[Problem], index: int, count: int) -> list[Problem]:

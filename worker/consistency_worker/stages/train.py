@@ -17,14 +17,14 @@ from typing import Any
 from consistency_core.spec import LoraConfig
 from consistency_core.stages import TRAIN_ADAPTER, StageConfig, StageResult, TrainParams
 
-from consistency_worker.distributed import (
+from consistency_worker.engines.distributed import (
     World,
     current_world,
     destroy_process_group,
     init_process_group,
     rank_zero_first,
 )
-from consistency_worker.models import (
+from consistency_worker.engines.model_loading import (
     ModelError,
     ResolvedModel,
     bnb_4bit_unsupported,
@@ -36,10 +36,7 @@ from consistency_worker.models import (
     resolve_model,
     with_trained,
 )
-from consistency_worker.stages import PermanentStageError
-from consistency_worker.stages.context import StageContext
-from consistency_worker.store import JsonlError, parse_jsonl_objects
-from consistency_worker.training import (
+from consistency_worker.engines.training import (
     CHECKPOINTS,
     CheckpointStore,
     TrainingDataError,
@@ -48,6 +45,9 @@ from consistency_worker.training import (
     train_lora,
     wrap_lora,
 )
+from consistency_worker.job.context import StageContext
+from consistency_worker.stages import PermanentStageError
+from consistency_worker.store.facade import JsonlError, parse_jsonl_objects
 
 LOSS_FILE = "loss.json"
 METHOD_LABELS = {
@@ -152,7 +152,7 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
             # Parse the bytes already read for the manifest: one download of the data, not two.
             rows = parse_jsonl_objects(data.decode("utf-8"), params.data_uri)
             if knobs.objective == "preference":
-                from consistency_worker.preference import build_pairs
+                from consistency_worker.engines.preference import build_pairs
 
                 examples, dropped = build_pairs(tokenizer, rows, knobs.max_seq_len, source=params.data_uri)
             else:

@@ -1,6 +1,6 @@
 """Sandbox host: a long-lived ``python -I -S -B`` process that forks one confined child per program.
 
-Started by ``consistency_worker.sandbox`` (never imported): stdlib only, no package imports, so
+Started by ``consistency_worker.sandbox.pool`` (never imported): stdlib only, no package imports, so
 nothing of the worker (credentials, models, open files) exists in its memory or environment. Forking a
 small, already-initialised interpreter costs about a millisecond where starting a fresh one costs tens.
 
@@ -10,7 +10,7 @@ directories and its working directory, gets /dev/null as stdin and private memfd
 as stdout/stderr (and fd 3 for data, fd 4 for its status line), closes every other descriptor, sets
 rlimits, drops to the run's uid and sets no_new_privs (staying uid 0 in a user namespace, it sheds
 every capability instead), then, where the kernel has them, a Landlock ruleset and a seccomp filter
-(``_sandbox_confine.py``; probed in a throwaway child at start, reported in the hello). Afterwards the
+(``_confine.py``; probed in a throwaway child at start, reported in the hello). Afterwards the
 host kills every process the run left (all other processes of its PID namespace, or, without one, all
 its descendants: it is a child subreaper, so double-forked orphans come back to it; with a cgroup, the
 cgroup's other members), reaps them and returns the result. The host lives in its own cgroup (when
@@ -42,7 +42,7 @@ import time
 # for this one import only (nothing else of the package is importable from the host or its children).
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 try:
-    import _sandbox_confine as _confine
+    import _confine
 finally:
     del sys.path[0]
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from consistency_core.stages import join_uri
 from pydantic import BaseModel, ConfigDict, Field
 
-from consistency_worker.store import Store
+from consistency_worker.store.facade import Store
 
 _SHARD_RE = re.compile(r"generations-(\d{5})-of-(\d{5})\.jsonl$")
 

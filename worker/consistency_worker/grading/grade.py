@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 
-from .canonical import parse_records, records_digest
-from .problems import Problem
-from .sandbox import SandboxLimits, TestResult, join_program, run_many, run_program
-from .trusted_tests import Rewritten, judge, rewrite
+from consistency_worker.data.problems import Problem
+from consistency_worker.grading.canonical import parse_records, records_digest
+from consistency_worker.grading.trusted_tests import Rewritten, judge, rewrite
+from consistency_worker.sandbox.pool import SandboxLimits, TestResult, join_program, run_many, run_program
 
 __all__ = [
     "Grade",
@@ -328,7 +328,7 @@ def code_grading_metrics(problems: Sequence[Problem]) -> dict[str, int | list[st
     code = [p for p in problems if p.domain == "code"]
     if not code:
         return {}
-    from .sandbox import default_sandbox
+    from consistency_worker.sandbox.pool import default_sandbox
 
     return {"testsUntrusted": sum(not has_trusted_tests(p) for p in code), "sandboxLayers": default_sandbox().layers}
 

@@ -35,11 +35,11 @@ from typing import Any
 from consistency_core.spec import LoraConfig, TrainingKnobs
 from consistency_core.stages import join_uri
 
-from consistency_worker.backends import encode_prompt
-from consistency_worker.distributed import World, all_reduce_gradients, broadcast_parameters
-from consistency_worker.prompts import plain_prompt
-from consistency_worker.seeds import derive_seed
-from consistency_worker.store import Store
+from consistency_worker.data.prompts import plain_prompt
+from consistency_worker.engines.backends import encode_prompt
+from consistency_worker.engines.distributed import World, all_reduce_gradients, broadcast_parameters
+from consistency_worker.runtime.seeds import derive_seed
+from consistency_worker.store.facade import Store
 
 log = logging.getLogger(__name__)
 
@@ -386,7 +386,7 @@ def _micro_batch_loss(model: Any, batch: list[Any], knobs: TrainingKnobs, pad_id
                       ) -> tuple[Any, int]:
     """(loss of one micro-batch, positions computed)."""
     if knobs.objective == "preference":
-        from consistency_worker.preference import pair_loss
+        from consistency_worker.engines.preference import pair_loss
 
         return pair_loss(model, batch, pad_id, knobs.preference, device)
     inputs = {k: v.to(device) for k, v in collate(batch, pad_id).items()}

@@ -12,11 +12,11 @@ from typing import Any
 
 from consistency_core.stages import MANIFEST, RESULT, StageConfig, join_uri
 
-from consistency_worker.manifest import ManifestBuilder
-from consistency_worker.problems import Problem, ProblemFileError, parse_problems
-from consistency_worker.progress import Progress
-from consistency_worker.stages.errors import PermanentStageError
-from consistency_worker.store import Store, open_store
+from consistency_worker.data.problems import Problem, ProblemFileError, parse_problems
+from consistency_worker.job.errors import PermanentStageError
+from consistency_worker.runtime.progress import Progress
+from consistency_worker.store.facade import Store, open_store
+from consistency_worker.store.manifest import ManifestBuilder
 
 ENV_PROGRESS_FILE = "CONSISTENCY_PROGRESS_FILE"
 ENV_SCRATCH_DIR = "CONSISTENCY_SCRATCH_DIR"

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from consistency_core.spec import Backend, Seeding
 
-from consistency_worker.models import ModelError, ResolvedModel, cuda_available
+from consistency_worker.engines.model_loading import ModelError, ResolvedModel, cuda_available
 
 # How sampled sequences are seeded (spec SamplingKnobs.seeding; vLLM honours it, hf always seeds per row).
 SEEDING_PER_SEQUENCE = Seeding.per_sequence.value
@@ -139,10 +139,10 @@ def open_backend(
     """Load the model (and adapter) into the selected engine."""
     name = select_backend(kind)
     if name == "vllm":
-        from consistency_worker.backends.vllm import VLLMBackend
+        from consistency_worker.engines.backends.vllm import VLLMBackend
 
         return VLLMBackend(model, adapter_dir=adapter_dir, tensor_parallel_size=tensor_parallel_size, seed=seed,
                            seeding=seeding)
-    from consistency_worker.backends.hf import HFBackend
+    from consistency_worker.engines.backends.hf import HFBackend
 
     return HFBackend(model, adapter_dir=adapter_dir, max_batch_rows=max_batch_rows)

@@ -25,16 +25,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from consistency_worker.backends import (
+from consistency_worker.data.prompts import stop_strings
+from consistency_worker.engines.backends import (
     Generated,
     GenerationRequest,
     PromptGeneration,
     cut_at_stop,
     encode_prompt,
 )
-from consistency_worker.models import ResolvedModel, cuda_available, load_model, load_tokenizer
-from consistency_worker.prompts import stop_strings
-from consistency_worker.seeds import derive_seed
+from consistency_worker.engines.model_loading import ResolvedModel, cuda_available, load_model, load_tokenizer
+from consistency_worker.runtime.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 

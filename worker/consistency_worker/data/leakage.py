@@ -9,7 +9,7 @@ import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .problems import Problem
+from consistency_worker.data.problems import Problem
 
 _SPACE = re.compile(r"\s+")
 

@@ -1,6 +1,6 @@
 """Run untrusted, model-written Python in separate, confined processes.
 
-Programs run in children forked by sandbox host processes (``_sandbox_host.py``, a ``python -I -S -B``
+Programs run in children forked by sandbox host processes (``_host.py``, a ``python -I -S -B``
 started with an empty environment and no package imports); one host per parallel slot, one program at
 a time per host. Forking a warm, small interpreter is what makes this several times faster than
 starting one per program. Containment is layered; every layer the platform allows is used and
@@ -15,7 +15,7 @@ starting one per program. Containment is layered; every layer the platform allow
   killed: the host is a child subreaper (or its PID namespace's init), so setsid and double-forked
   orphans stay its descendants and are found.
 * where the kernel has them (probed at start; neither needs a privilege, so they hold in a default
-  non-root pod too; ``_sandbox_confine.py``): a seccomp filter (no sockets but AF_UNIX socketpairs, no
+  non-root pod too; ``_confine.py``): a seccomp filter (no sockets but AF_UNIX socketpairs, no
   ptrace / process_vm_* / pidfd_getfd / mount / unshare / setns / namespace clones / keyctl / bpf /
   perf_event_open / io_uring) and a Landlock ruleset (read-only: the Python installation and the
   system's binaries and libraries; read-write: its own directory; nothing else, so not /tmp, /proc,
@@ -74,13 +74,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from . import _sandbox_confine as _confine
-from .resources import PoolSize, read_pod_resources, sandbox_pool_size
+from consistency_worker.runtime.pod_limits import PoolSize, read_pod_resources, sandbox_pool_size
+from consistency_worker.sandbox import _confine
 
 log = logging.getLogger(__name__)
 
 Status = Literal["passed", "failed", "timeout", "error"]
-_HOST = str(Path(__file__).with_name("_sandbox_host.py"))
+_HOST = str(Path(__file__).with_name("_host.py"))
 _CGROUP_PREFIX = "cw-sbx-"
 _HOST_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
 # Extra seconds the worker waits for a host beyond a run's own timeout (killing a big fork bomb).

@@ -38,7 +38,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from consistency_worker.backends import (
+from consistency_worker.data.prompts import stop_strings
+from consistency_worker.engines.backends import (
     SEEDING_ENGINE,
     SEEDING_PER_SEQUENCE,
     Generated,
@@ -46,8 +47,7 @@ from consistency_worker.backends import (
     PromptGeneration,
     encode_prompt,
 )
-from consistency_worker.models import ResolvedModel, adapter_rank, load_tokenizer
-from consistency_worker.prompts import stop_strings
+from consistency_worker.engines.model_loading import ResolvedModel, adapter_rank, load_tokenizer
 
 log = logging.getLogger(__name__)
 

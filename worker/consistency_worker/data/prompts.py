@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .problems import Problem
+from consistency_worker.data.problems import Problem
 
 SYSTEM_PROMPTS = {
     "math": "You are a careful math tutor. Solve the problem step by step, then end your response with a "

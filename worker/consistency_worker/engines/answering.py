@@ -21,7 +21,9 @@ from dataclasses import dataclass, replace
 from consistency_core.spec import SamplingKnobs
 from consistency_core.stages import EvaluateParams, GenerateParams, StageConfig, join_uri
 
-from consistency_worker.backends import (
+from consistency_worker.data.problems import Problem
+from consistency_worker.data.prompts import render_prompt
+from consistency_worker.engines.backends import (
     SEEDING_PER_SEQUENCE,
     Generated,
     GenerationBackend,
@@ -29,7 +31,11 @@ from consistency_worker.backends import (
     open_backend,
     select_backend,
 )
-from consistency_worker.generations import (
+from consistency_worker.engines.model_loading import fetch_adapter, resolve_model, with_trained
+from consistency_worker.grading.grade import Grade, grade_many
+from consistency_worker.job.context import StageContext
+from consistency_worker.runtime.seeds import derive_seed
+from consistency_worker.store.generations import (
     Completion,
     GenerationRecord,
     chunk_file_name,
@@ -38,13 +44,7 @@ from consistency_worker.generations import (
     parts_dir,
     shard_file_name,
 )
-from consistency_worker.grading import Grade, grade_many
-from consistency_worker.manifest import sha256_bytes
-from consistency_worker.models import fetch_adapter, resolve_model, with_trained
-from consistency_worker.problems import Problem
-from consistency_worker.prompts import render_prompt
-from consistency_worker.seeds import derive_seed
-from consistency_worker.stages.context import StageContext
+from consistency_worker.store.manifest import sha256_bytes
 
 ENV_CHUNK = "CONSISTENCY_GENERATE_CHUNK"  # problems per resumable chunk
 ENV_BATCH_ROWS = "CONSISTENCY_HF_BATCH_ROWS"  # sequences per forward pass of the hf backend

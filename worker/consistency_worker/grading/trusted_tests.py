@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .canonical import RECORDER_SOURCE, CanonicalError, Opaque, Records, decode
+from consistency_worker.grading.canonical import RECORDER_SOURCE, CanonicalError, Opaque, Records, decode
 
 HOLE = "_cw_value"
 _CANDIDATE_PARAM = "candidate"  # HumanEval: check(candidate)

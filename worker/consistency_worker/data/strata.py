@@ -14,7 +14,7 @@ import random
 from collections.abc import Mapping, Sequence
 from fractions import Fraction
 
-from .problems import Problem
+from consistency_worker.data.problems import Problem
 
 log = logging.getLogger(__name__)
 

@@ -123,7 +123,7 @@ def torchrun_command(nproc: int, worker_args: list[str]) -> list[str]:
 def rank_env(nproc: int) -> dict[str, str]:
     """The environment of the ranks: the pod's CPUs shared out, so N processes do not each start a thread
     pool the size of the whole pod (the CLI sized the pools for one process before this)."""
-    from consistency_worker.resources import THREAD_ENV
+    from consistency_worker.runtime.pod_limits import THREAD_ENV
 
     env = dict(os.environ)
     for name in THREAD_ENV:

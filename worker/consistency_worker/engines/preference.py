@@ -23,7 +23,7 @@ from typing import Any
 
 from consistency_core.spec import PreferenceKnobs
 
-from consistency_worker.training import (
+from consistency_worker.engines.training import (
     IGNORE_INDEX,
     Example,
     TrainingDataError,

@@ -15,9 +15,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .grading import canonical_number
-from .problems import DOMAINS, Problem
-from .sources import (
+from consistency_worker.data.problems import DOMAINS, Problem
+from consistency_worker.data.sources import (
     DatasetError,
     EmptyDatasetError,
     MalformedRow,
@@ -26,7 +25,8 @@ from .sources import (
     iter_rows,
     source_label,
 )
-from .strata import code_stratum, math_stratum, stratified_sample
+from consistency_worker.data.strata import code_stratum, math_stratum, stratified_sample
+from consistency_worker.grading.grade import canonical_number
 
 __all__ = [
     "FORMATS",
@@ -312,7 +312,7 @@ _SAMPLED_LIMIT = frozenset({"mmlu"})
 
 def load_problems(spec_like: Any, *, reader: Reader | None = None, seed: int = 0) -> LoadReport:
     """Load one dataset source into problems. ``reader(uri) -> bytes`` replaces the default byte reader
-    (local files, s3:// through ``consistency_worker.store``); hf:// sources go through ``datasets``.
+    (local files, s3:// through ``consistency_worker.store.facade``); hf:// sources go through ``datasets``.
     ``limit`` keeps the first N problems, except for MMLU: a sample of N stratified by subject, drawn
     with ``seed`` (the same problems for the same seed and source)."""
     spec = _as_spec(spec_like)

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from consistency_core.spec import ArtifactStore
 
-from consistency_worker.integrity import Expected, HashingWriter, ManifestIndex, is_manifest, mismatch
+from consistency_worker.store.integrity import Expected, HashingWriter, ManifestIndex, is_manifest, mismatch
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient
