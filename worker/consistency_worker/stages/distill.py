@@ -39,7 +39,7 @@ from consistency_core.stages import (
 )
 
 from consistency_worker.data.problems import Problem
-from consistency_worker.grading.grade import extract_code
+from consistency_worker.grading.code import extract_code
 from consistency_worker.grading.voting import Vote, failure, majority_vote, normalise_code
 from consistency_worker.job.context import StageContext
 from consistency_worker.runtime.seeds import derive_rng

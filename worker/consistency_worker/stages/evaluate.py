@@ -37,7 +37,7 @@ from consistency_worker.engines.answering import (
     token_metrics,
     truncated_share,
 )
-from consistency_worker.grading.grade import code_grading_metrics
+from consistency_worker.grading.code import code_grading_metrics
 from consistency_worker.grading.graded_measures import graded_measures, self_consistency_gap
 from consistency_worker.grading.voting import Outcome, aggregate, failure, majority_vote
 from consistency_worker.job.context import StageContext

@@ -14,7 +14,7 @@ from consistency_core.stages import GenerateParams, StageConfig, StageResult
 
 from consistency_worker.data.problems import Problem
 from consistency_worker.engines.answering import SamplingSettings, completion_metrics, generate_records, load_backend
-from consistency_worker.grading.grade import code_grading_metrics
+from consistency_worker.grading.code import code_grading_metrics
 from consistency_worker.job.context import StageContext
 from consistency_worker.stages import PermanentStageError
 
