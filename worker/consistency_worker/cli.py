@@ -70,7 +70,8 @@ def read_config_text(source: str) -> str:
         if name not in os.environ:
             raise ConfigError(f"--config {source}: environment variable {name} is not set")
         return os.environ[name]
-    from consistency_worker.store.facade import StoreNotFound, read_text
+    from consistency_worker.store.errors import StoreNotFound
+    from consistency_worker.store.facade import read_text
 
     try:
         return read_text(source)
@@ -117,7 +118,7 @@ class RedactingFormatter(logging.Formatter):
 def classify(exc: BaseException) -> bool:
     """True when another attempt may succeed (EXIT_RETRYABLE), False for permanent failures."""
     from consistency_worker.stages import StageFailure
-    from consistency_worker.store.facade import StoreError
+    from consistency_worker.store.errors import StoreError
 
     if isinstance(exc, StageFailure | StoreError):
         return exc.retryable
@@ -167,7 +168,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 def _unexpected(exc: BaseException) -> bool:
     """Errors we did not raise on purpose deserve a traceback in the log."""
     from consistency_worker.stages import StageFailure
-    from consistency_worker.store.facade import StoreError
+    from consistency_worker.store.errors import StoreError
 
     return not isinstance(exc, ConfigError | StageFailure | StoreError | Preempted)
 

@@ -45,9 +45,8 @@ def humaneval_path() -> str:
 
 def _default_reader(uri: str) -> bytes:
     if uri.startswith("s3://"):
-        from consistency_worker.store.facade import (
-            read_bytes,  # boto3 and the store only when a dataset actually lives in S3
-        )
+        # boto3 and the store only when a dataset actually lives in S3
+        from consistency_worker.store.facade import read_bytes
 
         return read_bytes(uri)
     path = local_path(uri)

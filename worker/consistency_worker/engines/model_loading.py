@@ -304,7 +304,7 @@ def adapter_rank(adapter_dir: Path) -> int:
 def fetch_adapter(adapter_uri: str, store: Store, cache_dir: Path) -> Path:
     """A local copy of the adapter directory at `adapter_uri` (a store URI: s3://, file:// or a path); a full
     fine-tuning output (see `with_trained`) is fetched the same way."""
-    from consistency_worker.store.facade import StoreNotFound
+    from consistency_worker.store.errors import StoreNotFound
 
     local = Path(cache_dir) / "adapters" / _cache_key(adapter_uri)
     if (local / ".complete").exists():

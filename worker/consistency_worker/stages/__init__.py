@@ -19,7 +19,7 @@ from consistency_core.stages import StageResult
 from consistency_worker.engines.distributed import current_world
 from consistency_worker.job.context import StageContext
 from consistency_worker.job.errors import PermanentStageError, StageFailure
-from consistency_worker.store.facade import StoreNotFound
+from consistency_worker.store.errors import StoreNotFound
 
 __all__ = ["STAGES", "PermanentStageError", "StageContext", "StageFailure", "load_stage", "run_stage"]
 

@@ -47,7 +47,7 @@ from consistency_worker.engines.training import (
 )
 from consistency_worker.job.context import StageContext
 from consistency_worker.stages import PermanentStageError
-from consistency_worker.store.facade import JsonlError, parse_jsonl_objects
+from consistency_worker.store.jsonl import JsonlError, parse_jsonl_objects
 
 LOSS_FILE = "loss.json"
 METHOD_LABELS = {

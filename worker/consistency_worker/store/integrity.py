@@ -17,8 +17,10 @@ import hashlib
 import json
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+MiB = 1024 * 1024
 MAX_LEVELS = 3
 MANIFEST_PREFIX = "manifest"
 
@@ -73,6 +75,14 @@ def mismatch(expected: Expected, sha256: str, size: int) -> str | None:
     if sha256 != expected.sha256:
         return f"sha256 {sha256[:12]}... where {expected.manifest} records {expected.sha256[:12]}..."
     return None
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(MiB), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class HashingWriter:

@@ -17,7 +17,8 @@ from typing import Any
 
 from consistency_core.stages import StageConfig, StageResult
 
-from consistency_worker.store.facade import Store, sha256_file
+from consistency_worker.store.facade import Store
+from consistency_worker.store.integrity import sha256_file
 
 ENV_CODE_VERSION = "CONSISTENCY_CODE_VERSION"  # set by image builds (tag or commit)
 
