@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from consistency_worker.data.leakage import ngrams, skeleton
+from consistency_worker.store.jsonl import BadLine, iter_jsonl
 
 SPLITS = ("pretrain", "train", "scan", "eval")
 # Bumped when the same seed gives other splits (2: template-disjoint), so cached data is regenerated.
@@ -353,17 +354,12 @@ def write_splits(
 
 def read_jsonl(path: Path) -> list[dict[str, str]]:
     rows = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not JSON: {exc}") from exc
-            if not isinstance(row, dict) or not {"question", "answer"} <= row.keys():
-                raise ValueError(f"{path}:{lineno}: expected an object with 'question' and 'answer'")
-            rows.append(row)
+    for lineno, row in iter_jsonl(path.read_text(encoding="utf-8")):
+        if isinstance(row, BadLine) and row.error is not None:
+            raise ValueError(f"{path}:{lineno}: not JSON: {row.error}") from row.error
+        if isinstance(row, BadLine) or not {"question", "answer"} <= row.keys():
+            raise ValueError(f"{path}:{lineno}: expected an object with 'question' and 'answer'")
+        rows.append(row)
     return rows
 
 

@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from consistency_worker.store.jsonl import jsonl_lines
+
 Domain = Literal["math", "code", "reasoning"]
 DOMAINS: tuple[Domain, ...] = ("math", "code", "reasoning")
 
@@ -74,9 +76,7 @@ def parse_problems(text: str, source: str) -> list[Problem]:
     """The problems of a JSONL text (the one reader of problems files); errors name source and line."""
     problems: list[Problem] = []
     seen: set[str] = set()
-    for lineno, line in enumerate(text.split("\n"), start=1):  # not splitlines(): U+2028 in GSM8K text
-        if not line.strip():
-            continue
+    for lineno, line in jsonl_lines(text):
         try:
             problem = Problem.from_jsonl(line)
         except ValueError as exc:

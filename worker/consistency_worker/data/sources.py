@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
+from consistency_worker.store.jsonl import BadLine, iter_jsonl
+
 Reader = Callable[[str], bytes]
 Row = dict[str, object]
 
@@ -117,15 +119,13 @@ def _looks_like_jsonl(text: str) -> bool:
 
 
 def _jsonl_rows(text: str) -> Iterator[tuple[int, Row | MalformedRow]]:
-    for number, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 inside strings
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            yield number, MalformedRow(f"invalid JSON: {exc.msg} at column {exc.colno}")
-            continue
-        yield number, row if isinstance(row, dict) else _not_object(row)
+    for number, row in iter_jsonl(text):
+        if not isinstance(row, BadLine):
+            yield number, row
+        elif row.error is not None:
+            yield number, MalformedRow(f"invalid JSON: {row.error.msg} at column {row.error.colno}")
+        else:
+            yield number, MalformedRow(f"expected a JSON object, got {row.got}")
 
 
 def _not_object(value: object) -> MalformedRow:

@@ -16,6 +16,7 @@ from consistency_core.stages import join_uri
 from pydantic import BaseModel, ConfigDict, Field
 
 from consistency_worker.store.facade import Store
+from consistency_worker.store.jsonl import jsonl_lines
 
 _SHARD_RE = re.compile(r"generations-(\d{5})-of-(\d{5})\.jsonl$")
 
@@ -75,9 +76,7 @@ def dump_records(records: Iterable[GenerationRecord]) -> bytes:
 def parse_records(text: str, source: str) -> list[GenerationRecord]:
     """Records of one JSONL text; a bad line raises an error naming `source` and the line number."""
     records = []
-    for lineno, line in enumerate(text.split("\n"), start=1):  # not splitlines(): U+2028 in text
-        if not line.strip():
-            continue
+    for lineno, line in jsonl_lines(text):
         try:
             records.append(GenerationRecord.from_json_line(line))
         except ValueError as exc:
