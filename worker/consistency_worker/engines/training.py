@@ -1,4 +1,4 @@
-"""LoRA / QLoRA fine-tuning: a plain torch loop, resumable from checkpoints in the artifact store.
+"""LoRA / QLoRA fine-tuning: a plain torch loop, resumable from checkpoints in the artifact store (`checkpoints`).
 
 - Examples are chat transcripts; the loss covers only the final assistant turn (prompt tokens get label
   -100), tokenised exactly as generation tokenises prompts (`encode_prompt`), so training and inference
@@ -25,7 +25,6 @@ import hashlib
 import json
 import logging
 import math
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,21 +32,16 @@ from pathlib import Path
 from typing import Any
 
 from consistency_core.spec import LoraConfig, TrainingKnobs
-from consistency_core.stages import join_uri
 
 from consistency_worker.data.prompts import plain_prompt
 from consistency_worker.engines.backends import encode_prompt
+from consistency_worker.engines.checkpoints import CheckpointStore, restore_rng, rng_state
 from consistency_worker.engines.distributed import World, all_reduce_gradients, broadcast_parameters
 from consistency_worker.runtime.seeds import derive_seed
-from consistency_worker.store.facade import Store
 
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
-CHECKPOINTS = "checkpoints"
-LATEST = "latest.json"
-STATE_FILE = "trainer_state.pt"
-FULL_WEIGHTS = "model.safetensors"
 ROLES = ("system", "user", "assistant")
 # Length grouping sorts examples within windows of this many optimizer steps: wide enough that most
 # micro-batches find similar lengths, narrow enough that the data order stays random across the epoch.
@@ -239,93 +233,6 @@ class _LinearSchedule:
         return max(0.0, remaining / max(1, self.total - self.warmup))
 
 
-# ------------------------------------------------------------------------------------ checkpoints
-
-
-def _rng_state() -> dict[str, Any]:
-    import torch
-
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _restore_rng(state: dict[str, Any]) -> None:
-    import torch
-
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-@dataclass
-class CheckpointStore:
-    """Checkpoints under `<output>/checkpoints/step-NNNNNN/`, with `latest.json` written last as the
-    commit marker: a checkpoint is used only once it is complete."""
-
-    store: Store
-    root: str
-    scratch: Path
-    keep: int = 2
-
-    def latest(self) -> dict[str, Any] | None:
-        uri = join_uri(self.root, LATEST)
-        return self.store.read_json(uri) if self.store.is_file(uri) else None
-
-    def save(self, model: Any, state: dict[str, Any], fingerprint: dict[str, Any], processes: int = 1) -> str:
-        import torch
-
-        step = state["step"]
-        local = self.scratch / f"ckpt-{step:06d}"
-        shutil.rmtree(local, ignore_errors=True)
-        if hasattr(model, "peft_config"):
-            model.save_pretrained(str(local))
-        else:  # full fine-tuning: every weight (safetensors' save_model copes with tied embeddings)
-            from safetensors.torch import save_model
-
-            local.mkdir(parents=True, exist_ok=True)
-            save_model(model, str(local / FULL_WEIGHTS))
-        torch.save(state, local / STATE_FILE)
-        uri = join_uri(self.root, f"step-{step:06d}")
-        self.store.upload_dir(local, uri)
-        self.store.write_json(join_uri(self.root, LATEST),
-                              {"step": step, "uri": uri, "fingerprint": fingerprint, "processes": processes})
-        shutil.rmtree(local, ignore_errors=True)
-        self._prune(keep_uri=uri)
-        return uri
-
-    def _prune(self, keep_uri: str) -> None:
-        dirs = sorted({c[len(self.root.rstrip("/")) + 1 :].split("/", 1)[0] for c in self.store.list(self.root)})
-        steps = [d for d in dirs if d.startswith("step-")]
-        for old in steps[: max(0, len(steps) - self.keep)]:
-            uri = join_uri(self.root, old)
-            if uri != keep_uri:
-                self.store.delete(uri, recursive=True)
-
-    def load(self, model: Any, pointer: dict[str, Any]) -> dict[str, Any]:
-        import torch
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
-        local = self.scratch / f"resume-{pointer['step']:06d}"
-        self.store.download_dir(pointer["uri"], local)
-        if (local / FULL_WEIGHTS).is_file():
-            from safetensors.torch import load_model
-
-            missing, unexpected = load_model(model, str(local / FULL_WEIGHTS), strict=False)
-            if missing or unexpected:
-                raise RuntimeError(f"checkpoint {pointer['uri']} does not match the model: "
-                                   f"{(missing + unexpected)[:3]}")
-        else:
-            weights = load_file(str(local / "adapter_model.safetensors"))
-            result = set_peft_model_state_dict(model, weights)
-            unexpected = getattr(result, "unexpected_keys", None)
-            if unexpected:
-                raise RuntimeError(f"checkpoint {pointer['uri']} does not match the model: {unexpected[:3]}")
-        return torch.load(local / STATE_FILE, weights_only=False, map_location="cpu")
-
-
 # ------------------------------------------------------------------------------------------ loop
 
 
@@ -448,7 +355,7 @@ def train_lora(
         state = checkpoints.load(model, pointer)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        _restore_rng(state["rng"])
+        restore_rng(state["rng"])
         step, losses, resumed_from = state["step"], state["losses"], state["step"]
         if world.rank:  # the checkpoint holds rank 0's RNG; other ranks draw their own dropout masks
             torch.manual_seed(derive_seed("rank", seed, world.rank, step))
@@ -459,7 +366,7 @@ def train_lora(
     def checkpoint() -> None:
         if checkpoints is not None and world.is_writer:
             checkpoints.save(model, {
-                "step": step, "losses": losses, "rng": _rng_state(),
+                "step": step, "losses": losses, "rng": rng_state(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             }, fingerprint, world.size)
 

@@ -17,6 +17,7 @@ from typing import Any
 from consistency_core.spec import LoraConfig
 from consistency_core.stages import TRAIN_ADAPTER, StageConfig, StageResult, TrainParams
 
+from consistency_worker.engines.checkpoints import CHECKPOINTS, CheckpointStore
 from consistency_worker.engines.distributed import (
     World,
     current_world,
@@ -36,15 +37,7 @@ from consistency_worker.engines.model_loading import (
     resolve_model,
     with_trained,
 )
-from consistency_worker.engines.training import (
-    CHECKPOINTS,
-    CheckpointStore,
-    TrainingDataError,
-    build_examples,
-    total_steps,
-    train_lora,
-    wrap_lora,
-)
+from consistency_worker.engines.training import TrainingDataError, build_examples, total_steps, train_lora, wrap_lora
 from consistency_worker.job.context import StageContext
 from consistency_worker.stages import PermanentStageError
 from consistency_worker.store.jsonl import JsonlError, parse_jsonl_objects
