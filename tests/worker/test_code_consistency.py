@@ -13,8 +13,8 @@ from consistency_core.spec import AgreementFilter
 from consistency_worker.data.loaders import load_problems
 from consistency_worker.data.problems import Problem
 from consistency_worker.grading.grade import grade_many
+from consistency_worker.grading.selection import LOW_AGREEMENT, decide_consistent
 from consistency_worker.grading.voting import failure
-from consistency_worker.stages.distill import LOW_AGREEMENT, decide_consistent
 from consistency_worker.stages.evaluate import outcome_of, per_problem_row, summarise
 from consistency_worker.store.generations import Completion, GenerationRecord
 
