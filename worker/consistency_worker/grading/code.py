@@ -14,7 +14,8 @@ from dataclasses import replace
 from consistency_worker.data.problems import Problem
 from consistency_worker.grading.canonical import parse_records, records_digest
 from consistency_worker.grading.trusted_tests import Rewritten, judge, rewrite
-from consistency_worker.sandbox.pool import SandboxLimits, TestResult, join_program, run_program
+from consistency_worker.sandbox.pool import join_program, run_program
+from consistency_worker.sandbox.types import SandboxLimits, TestResult
 
 # ---------------------------------------------------------------------------------------------------
 # code

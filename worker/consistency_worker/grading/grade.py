@@ -16,7 +16,8 @@ from consistency_worker.data.problems import Problem
 from consistency_worker.grading.answers import extract_choice, extract_math_answer, math_answers_match
 from consistency_worker.grading.code import build_program, instrument_tests, plan_for, signature_of, trusted_outcome
 from consistency_worker.grading.trusted_tests import Rewritten
-from consistency_worker.sandbox.pool import TestResult, join_program, run_many, run_program
+from consistency_worker.sandbox.pool import join_program, run_many, run_program
+from consistency_worker.sandbox.types import TestResult
 
 # ---------------------------------------------------------------------------------------------------
 # one entry point per problem
