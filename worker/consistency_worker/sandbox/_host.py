@@ -1,6 +1,6 @@
 """Sandbox host: a long-lived ``python -I -S -B`` process that forks one confined child per program.
 
-Started by ``consistency_worker.sandbox.pool`` (never imported): stdlib only, no package imports, so
+Started by ``consistency_worker.sandbox.hosts`` (never imported): stdlib only, no package imports, so
 nothing of the worker (credentials, models, open files) exists in its memory or environment. Forking a
 small, already-initialised interpreter costs about a millisecond where starting a fresh one costs tens.
 
@@ -10,7 +10,8 @@ directories and its working directory, gets /dev/null as stdin and private memfd
 as stdout/stderr (and fd 3 for data, fd 4 for its status line), closes every other descriptor, sets
 rlimits, drops to the run's uid and sets no_new_privs (staying uid 0 in a user namespace, it sheds
 every capability instead), then, where the kernel has them, a Landlock ruleset and a seccomp filter
-(``_confine.py``; probed in a throwaway child at start, reported in the hello). Afterwards the
+(``_confine.py``; probed in a throwaway child at start, reported in the hello; all of this is
+``_child.py``). Afterwards the
 host kills every process the run left (all other processes of its PID namespace, or, without one, all
 its descendants: it is a child subreaper, so double-forked orphans come back to it; with a cgroup, the
 cgroup's other members), reaps them and returns the result. The host lives in its own cgroup (when
@@ -26,11 +27,8 @@ Response: status, reason, returncode, stdout, stderr, data (what the program wro
 [fatal].
 """
 
-import ctypes
-import fcntl
 import json
 import os
-import resource
 import secrets
 import select
 import signal
@@ -38,40 +36,19 @@ import struct
 import sys
 import time
 
-# The confinement layer is a sibling module; -I leaves the script's directory off sys.path, so add it
-# for this one import only (nothing else of the package is importable from the host or its children).
+# The child's code and the confinement layer are sibling modules; -I leaves the script's directory off
+# sys.path, so add it for these imports only (nothing else of the package is importable from the host or
+# its children).
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 try:
+    import _child
     import _confine
 finally:
     del sys.path[0]
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_CLONE_NEWNS = 0x00020000
-_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT, _MS_BIND, _MS_REC = 1, 2, 4, 32, 4096, 16384
-_PR_SET_CHILD_SUBREAPER, _PR_SET_NO_NEW_PRIVS, _PR_CAPBSET_DROP = 36, 38, 24
-_LINUX_CAPABILITY_VERSION_3 = 0x20080522
-_TMPFS_TARGETS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/var/lock")
+_PR_SET_CHILD_SUBREAPER = 36
 _IN_PIDNS = os.getpid() == 1
-# The data channel (one JSON line per recorded test call, written by the graded script) and the status
-# line, at fixed descriptor numbers in every child.
-DATA_FD, STATUS_FD = 3, 4
-_DATA_CAP = 8 << 20
-# Set by main() from the worker's confinement settings and the start-up probe.
-_layers: dict = {"landlock": 0, "seccomp": False, "read_only": [], "devices": []}
-_seccomp_prog = None
-
-
-def _check(rc: int, what: str) -> None:
-    if rc != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-
-
-def _mount(source, target, fstype, flags, opts) -> None:
-    enc = [x.encode() if isinstance(x, str) else x for x in (source, target, fstype, opts)]
-    _check(_libc.mount(enc[0], enc[1], enc[2], flags, enc[3]), f"mount {source} on {target}")
-
+_DATA_CAP = 8 << 20  # what a run may write on its data descriptor
 
 # ---------------------------------------------------------------------------------------------------
 # once, at start-up
@@ -82,10 +59,10 @@ def _expose_interpreter(prefix: str, hidden_top: str) -> None:
     private mount namespace, cover that directory with an empty tmpfs and bind the interpreter back at
     the same path, read-only: programs can import the stdlib, and nothing else there is visible."""
     keep = os.open(prefix, os.O_RDONLY | os.O_DIRECTORY)
-    _mount("tmpfs", hidden_top, "tmpfs", _MS_NOSUID | _MS_NODEV, "mode=0755,size=1m")
+    _child.mount("tmpfs", hidden_top, "tmpfs", _child.MS_NOSUID | _child.MS_NODEV, "mode=0755,size=1m")
     os.makedirs(prefix, mode=0o755, exist_ok=True)
-    _mount(f"/proc/self/fd/{keep}", prefix, None, _MS_BIND | _MS_REC, None)
-    _mount(None, prefix, None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID, None)
+    _child.mount(f"/proc/self/fd/{keep}", prefix, None, _child.MS_BIND | _child.MS_REC, None)
+    _child.mount(None, prefix, None, _child.MS_BIND | _child.MS_REMOUNT | _child.MS_RDONLY | _child.MS_NOSUID, None)
     os.close(keep)
 
 
@@ -152,97 +129,6 @@ def _set_cgroup_limits(req: dict) -> None:
                 _cgroup_limits[path] = value
 
 
-def _child(req: dict, run_id: str, nonce: str, out: int, err: int, status: int, data: int) -> None:
-    """In the forked child: confine, then run the program. Never returns."""
-    try:
-        os.setsid()
-        if _cgroup_dirs:
-            with open("/proc/self/oom_score_adj", "w") as fh:
-                fh.write("1000")
-        workdir = os.path.join(req["tmp_root"], "cw-sbx-" + run_id)
-        if req["mount"]:
-            _check(_libc.unshare(_CLONE_NEWNS), "unshare(CLONE_NEWNS)")
-            opts = f"size={max(int(req['disk_bytes']), 4096)},mode=1777"
-            for target in (*_TMPFS_TARGETS, req["tmp_root"]):
-                if os.path.isdir(target) and not os.path.islink(target) and not os.path.ismount(target):
-                    _mount("tmpfs", target, "tmpfs", _MS_NOSUID | _MS_NODEV, opts)
-        os.makedirs(workdir, mode=0o700, exist_ok=True)
-        uid = int(req["uid"])
-        if uid >= 0:
-            os.chown(workdir, uid, uid)
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        # Move every descriptor out of the way first: the memfds may sit on 3 or 4 themselves.
-        high = [fcntl_dup(fd) for fd in (devnull, out, err, data, status)]
-        for target, fd in enumerate(high):
-            os.dup2(fd, target)
-        keep = [0, 1, 2, DATA_FD, STATUS_FD]
-        for lo, hi in zip(keep, [*keep[1:], 65536], strict=True):
-            os.closerange(lo + 1, hi)
-        status = STATUS_FD
-        for sig in (signal.SIGPIPE, signal.SIGINT, signal.SIGTERM, signal.SIGXFSZ, signal.SIGXCPU):
-            signal.signal(sig, signal.SIG_DFL)
-
-        def limit(kind: int, value: int, slack: int = 0) -> None:
-            if value > 0:
-                resource.setrlimit(kind, (value, value + slack))
-
-        limit(resource.RLIMIT_CPU, int(req["cpu_s"]), slack=1)
-        limit(resource.RLIMIT_AS, int(req["memory"]))
-        limit(resource.RLIMIT_FSIZE, int(req["file_bytes"]))
-        limit(resource.RLIMIT_NOFILE, int(req["nofile"]))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        if int(req["nproc"]) > 0:
-            # RLIMIT_NPROC counts every process of the real uid: with a fresh uid that is this run
-            # alone; otherwise the worker's own processes count too, so allow for them.
-            base = 0 if uid >= 0 else int(req["uid_processes"])
-            resource.setrlimit(resource.RLIMIT_NPROC, (base + int(req["nproc"]),) * 2)
-        if uid >= 0:
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-        _shed_privileges(keep_uid=uid < 0)
-        os.chdir(workdir)
-        # Landlock, then seccomp (no_new_privs is set): the last steps before the program's first line.
-        if _layers["landlock"]:
-            _confine.apply_landlock(_layers["landlock"], _layers["read_only"], [workdir], _layers["devices"])
-        if _seccomp_prog is not None:
-            _confine.apply_seccomp(_seccomp_prog)
-        os.umask(0o077)
-        os.environ.clear()
-        os.environ.update({"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": workdir,
-                           "TMPDIR": workdir})
-    except BaseException as exc:  # never run the program half-confined
-        os.write(status, f"{nonce} setup sandbox setup failed: {type(exc).__name__}: {exc}\n".encode())
-        os._exit(3)
-    _execute(req["source"], nonce, status)
-
-
-def fcntl_dup(fd: int) -> int:
-    return fcntl.fcntl(fd, fcntl.F_DUPFD, 100)
-
-
-class _CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
-
-
-def _shed_privileges(keep_uid: bool) -> None:
-    """No privilege gain through exec (setuid binaries, file capabilities) for anyone; and a process that
-    stays uid 0 (in a user namespace, or a root worker without fresh uids) drops every capability and
-    empties its bounding set, since exec as uid 0 would otherwise hand them back."""
-    _check(_libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
-    if keep_uid and os.geteuid() == 0:
-        for cap in range(64):
-            if _libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
-                break  # EINVAL past the last capability this kernel knows
-        header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
-        data = (_CapData * 2)()
-        _check(_libc.capset(ctypes.byref(header), data), "capset")
-
-
 _uid_count_cache: list = [0.0, 0]  # (when, count)
 
 
@@ -264,55 +150,6 @@ def _count_uid(uid: int) -> int:
             except OSError:
                 pass
     return count
-
-
-def _execute(source: str, nonce: str, status_fd: int) -> None:
-    def report(state: str, reason: str) -> None:
-        line = f"{nonce} {state} {reason.replace(chr(10), ' ')[:300]}\n".encode()
-        try:  # noqa: SIM105 - keep the child's import set minimal
-            os.write(status_fd, line)
-        except OSError:
-            pass
-
-    try:
-        code = compile(source, "solution.py", "exec")
-    except (SyntaxError, ValueError) as exc:
-        line = getattr(exc, "lineno", None)
-        report("error", f"{type(exc).__name__}: {getattr(exc, 'msg', exc)}" + (f" (line {line})" if line else ""))
-        os._exit(1)
-    # Not "__main__": `if __name__ == "__main__":` demo blocks in model answers must not run.
-    namespace = {"__name__": "solution", "__builtins__": __builtins__}
-    state, reason, rc = "passed", "", 0
-    try:
-        exec(code, namespace)
-    except AssertionError as exc:
-        state, reason, rc = "failed", _describe(exc), 1
-    except SystemExit as exc:
-        state, reason, rc = "error", f"program called exit({exc.code!r}) before the tests finished", 1
-    except BaseException as exc:
-        state, reason, rc = "error", _describe(exc), 1
-    for stream in (sys.stdout, sys.stderr):
-        try:  # noqa: SIM105 - see report()
-            stream.flush()
-        except BaseException:
-            pass
-    report(state, reason)
-    # os._exit skips atexit hooks and non-daemon threads the program may have left behind.
-    os._exit(rc)
-
-
-def _describe(exc: BaseException) -> str:
-    import traceback
-
-    traceback.print_exception(exc)
-    line = None
-    tb = exc.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename == "solution.py":
-            line = tb.tb_lineno
-        tb = tb.tb_next
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return text[:240] + (f" (line {line})" if line else "")
 
 
 def _leftovers() -> set:
@@ -440,7 +277,7 @@ def _run(req: dict) -> dict:
         pid = os.fork()
         if pid == 0:
             try:
-                _child(req, run_id, nonce, *fds)
+                _child.run_child(req, run_id, nonce, *fds, in_cgroup=bool(_cgroup_dirs))
             finally:
                 os._exit(4)
         wstatus = _wait(pid, float(req["timeout_s"]))
@@ -523,7 +360,6 @@ def _warm_up() -> None:
 
 def _probe_confinement(wanted: dict) -> None:
     """Try the requested Landlock / seccomp layers in a throwaway child; keep those that hold."""
-    global _seccomp_prog
     abi = _confine.landlock_abi() if wanted.get("landlock", True) else 0
     prog = _confine.seccomp_program() if wanted.get("seccomp", True) and _confine.seccomp_available() else None
     read_only, devices = list(wanted.get("read_only", [])), list(wanted.get("devices", []))
@@ -547,8 +383,8 @@ def _probe_confinement(wanted: dict) -> None:
             abi = abi if ok else 0
         elif not ok:
             prog = None
-    _layers.update(landlock=abi, seccomp=prog is not None, read_only=read_only, devices=devices)
-    _seccomp_prog = prog
+    _child.layers.update(landlock=abi, seccomp=prog is not None, read_only=read_only, devices=devices)
+    _child.seccomp_prog = prog
 
 
 def main() -> None:
@@ -561,10 +397,11 @@ def main() -> None:
     if cgroups != "-":
         _join_cgroup(cgroups.split(":"))
     if not _IN_PIDNS and sys.platform.startswith("linux"):
-        _libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        _child.libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker's Ctrl-C is for the worker to handle
     _warm_up()
-    _send({"ready": True, "pid": os.getpid(), "landlock": _layers["landlock"], "seccomp": _layers["seccomp"]})
+    layers = _child.layers
+    _send({"ready": True, "pid": os.getpid(), "landlock": layers["landlock"], "seccomp": layers["seccomp"]})
     while True:
         try:
             (size,) = struct.unpack(">I", _read_exact(4))
