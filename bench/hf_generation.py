@@ -95,11 +95,11 @@ def main() -> int:
 
     import torch
     from consistency_core.spec import ModelRef
+    from consistency_testkit.tinymodel import bench_model_uri
     from consistency_worker.data.prompts import render_prompt
     from consistency_worker.engines.backends.hf import HFBackend
     from consistency_worker.engines.model_loading import resolve_model
     from consistency_worker.runtime.seeds import derive_seed
-    from consistency_worker.tinymodel import bench_model_uri
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -69,9 +69,9 @@ def main() -> int:
 
     import torch
     from consistency_core.spec import LoraConfig, ModelRef, TrainingKnobs
+    from consistency_testkit.tinymodel import bench_model_uri
     from consistency_worker.engines import training
     from consistency_worker.engines.model_loading import load_model, load_tokenizer, resolve_model
-    from consistency_worker.tinymodel import bench_model_uri
 
     if args.threads:
         torch.set_num_threads(args.threads)

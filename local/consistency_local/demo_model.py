@@ -23,8 +23,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from consistency_testkit.chatml import IM_END
+
 from consistency_local.demo_data import read_jsonl
-from consistency_local.demo_tokenizer import IM_END, build_tokenizer
+from consistency_local.demo_tokenizer import build_tokenizer
 
 # Bumped when the build procedure changes in a way the config fields do not capture.
 BUILD_VERSION = 1
@@ -114,9 +116,8 @@ def build_demo_model(
 
     # The tokenizer must know every piece of the rendered chat prompt, so build it from
     # those renderings (via the template string itself) plus the targets.
+    from consistency_testkit.chatml import CHAT_TEMPLATE
     from jinja2 import Template
-
-    from consistency_local.demo_tokenizer import CHAT_TEMPLATE
 
     render = Template(CHAT_TEMPLATE).render
     texts = [render(messages=m, add_generation_prompt=True) + t + IM_END for m, t in prompts_and_targets]

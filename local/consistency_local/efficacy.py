@@ -44,7 +44,7 @@ def ensure_data(cache: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from consistency_worker.tinymodel import smollm2_gguf_path
+    from consistency_testkit.tinymodel import smollm2_gguf_path
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from consistency_core.spec import Backend, ModelRef
+from consistency_testkit.fixtures import PROBLEMS, single_torch_thread, tiny_model_dir
 from consistency_worker.data.prompts import PLAIN_STOP_STRINGS, render_prompt, stop_strings
 from consistency_worker.engines.backends import (
     Generated,
@@ -31,8 +32,6 @@ from consistency_worker.engines.backends.vllm import (
 from consistency_worker.engines.model_loading import ModelError, ResolvedModel, adapter_rank, resolve_model
 from consistency_worker.runtime.seeds import derive_seed
 from consistency_worker.store.facade import open_store
-
-from tests.worker.model_fixtures import PROBLEMS, single_torch_thread, tiny_model_dir
 
 torch = pytest.importorskip("torch")
 
@@ -268,7 +267,7 @@ def test_hf_stop_string_cuts_the_answer_and_clears_the_budget_flag(backend: HFBa
 
 
 def test_hf_plain_layout_gets_the_plain_stop_strings(tmp_path: Path) -> None:
-    from consistency_worker.tinymodel import build_tokenizer
+    from consistency_testkit.tinymodel import build_tokenizer
 
     model_dir = tmp_path / "plain"
     shutil.copytree(tiny_model_dir(), model_dir)

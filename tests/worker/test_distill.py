@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from consistency_core.stages import DISTILL_TRAIN, RESULT, StageConfig, StageResult
+from consistency_testkit.fixtures import nest_params
 from consistency_worker.data.problems import Problem
 from consistency_worker.data.prompts import build_messages
 from consistency_worker.grading.selection import Example, cap_total, format_reference
@@ -16,8 +17,6 @@ from consistency_worker.stages import PermanentStageError, run_stage
 from consistency_worker.stages.distill import STATS
 from consistency_worker.store.generations import Completion, GenerationRecord, dump_records, shard_file_name
 from pydantic import ValidationError
-
-from tests.worker.model_fixtures import nest_params
 
 
 def c(text: str, answer: str | None = None, correct: bool | None = None) -> Completion:

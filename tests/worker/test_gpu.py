@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 from consistency_core.spec import LoraConfig, ModelRef
-
-from tests.worker.model_fixtures import PROBLEMS, run, stage_config, write_problems, write_train_data
+from consistency_testkit.fixtures import PROBLEMS, run, stage_config, write_problems, write_train_data
 
 torch = pytest.importorskip("torch")
 
@@ -36,7 +35,7 @@ def figure(name: str, value: object) -> None:
 
 @pytest.fixture(scope="module")
 def gpu_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from consistency_worker.tinymodel import build_tiny_model
+    from consistency_testkit.tinymodel import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("gpu") / "model", seed=0, hidden_size=256, layers=2, heads=4,
                             kv_heads=2, intermediate_size=512)

@@ -11,8 +11,7 @@ import pytest
 from consistency_core.spec import parse_spec
 from consistency_core.stages import StageConfig, join_uri
 from consistency_core.status import CampaignPhase, CampaignStatus, EvaluationRecord, StageRecord
-
-from tests.worker.model_fixtures import run, single_torch_thread, tiny_model_dir
+from consistency_testkit.fixtures import run, single_torch_thread, tiny_model_dir
 
 pytest.importorskip("matplotlib")
 pytest.importorskip("peft")

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 from consistency_core.spec import DatasetSpec
+from consistency_testkit.fixtures import run, single_torch_thread, stage_config
+from consistency_testkit.tinymodel import smollm2_gguf_path
 from consistency_worker.data.prompts import build_messages
 from consistency_worker.store.facade import open_store
 from consistency_worker.store.generations import read_generations
-from consistency_worker.tinymodel import smollm2_gguf_path
-
-from tests.worker.model_fixtures import run, single_torch_thread, stage_config
 
 pytestmark = pytest.mark.slow
 

@@ -9,11 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from consistency_worker.data.prompts import build_messages
-from consistency_worker.engines.training import IGNORE_INDEX, encode_example
-from consistency_worker.stages import PermanentStageError
-
-from tests.worker.model_fixtures import (
+from consistency_testkit.fixtures import (
     PROBLEMS,
     TARGETS,
     run,
@@ -22,6 +18,9 @@ from tests.worker.model_fixtures import (
     tiny_model_dir,
     write_train_data,
 )
+from consistency_worker.data.prompts import build_messages
+from consistency_worker.engines.training import IGNORE_INDEX, encode_example
+from consistency_worker.stages import PermanentStageError
 
 torch = pytest.importorskip("torch")
 safetensors = pytest.importorskip("safetensors.torch")
@@ -50,7 +49,7 @@ class Preempted(Exception):
 
 
 def test_masks_the_prompt_and_trains_the_assistant_turn() -> None:
-    from consistency_worker.tinymodel import build_tokenizer
+    from consistency_testkit.tinymodel import build_tokenizer
 
     tok = build_tokenizer()
     messages = [*build_messages(PROBLEMS[0]), {"role": "assistant", "content": TARGETS["m1"]}]
@@ -228,11 +227,10 @@ def test_bitsandbytes_probe_runs_nf4_on_cpu() -> None:
 @pytest.mark.learning
 def test_full_fine_tuning_writes_a_whole_model_that_later_stages_load(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from consistency_testkit.fixtures import write_problems
     from consistency_worker.stages import train as train_stage
     from consistency_worker.store.facade import open_store
     from consistency_worker.store.generations import read_generations
-
-    from tests.worker.model_fixtures import write_problems
 
     store = tmp_path / "store"
     data = str(write_train_data(tmp_path / "train.jsonl", copies=2))  # 4 steps/epoch

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 from consistency_core.spec import LoraConfig, ModelRef, TrainingKnobs
-
-from tests.worker.model_fixtures import single_torch_thread, tiny_model_dir, write_train_data
+from consistency_testkit.fixtures import single_torch_thread, tiny_model_dir, write_train_data
 
 torch = pytest.importorskip("torch")
 

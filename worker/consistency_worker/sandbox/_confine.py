@@ -1,7 +1,7 @@
 """Unprivileged confinement of a sandboxed child: a seccomp filter and a Landlock ruleset, by ctypes.
 
 Imported by the sandbox host (``_host.py``, a ``python -I -S`` process: stdlib only, no
-site-packages) and by ``sandbox.py`` to detect what the kernel offers. Neither layer needs a privilege:
+site-packages) and by ``probe.py`` to detect what the kernel offers. Neither layer needs a privilege:
 both only need ``PR_SET_NO_NEW_PRIVS``, which the child sets first.
 
 Why a small ctypes layer and not a library: the host runs with ``-I -S`` so that nothing of the worker

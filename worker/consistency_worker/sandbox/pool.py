@@ -46,7 +46,7 @@ starting one per program. Containment is layered; every layer the platform allow
 
 ``Sandbox.layers`` (``Isolation.layers``) names the layers in force; the generate and evaluate stages
 report them as ``sandboxLayers``. Programs write data on descriptor 3 (``TestResult.data``): the
-grader's recorded test calls (``trusted_tests.py``); what they print or exit with decides nothing there.
+grader's recorded test calls (``grading/trusted_tests.py``); what they print or exit with decides nothing there.
 """
 
 from __future__ import annotations

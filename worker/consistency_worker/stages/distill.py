@@ -111,7 +111,7 @@ def _training_line(problem: Problem, example: Example) -> dict[str, Any]:
 
 
 def _pair_line(problem: Problem, pair: Pair) -> dict[str, Any]:
-    """A pair as training.py reads it: the chosen transcript as `messages`, the rejected answer beside it."""
+    """A pair as engines/training.py reads it: the chosen transcript as `messages`, the rejected answer beside it."""
     from consistency_worker.data.prompts import build_messages
 
     messages = [*build_messages(problem), {"role": "assistant", "content": pair.chosen}]

@@ -3,7 +3,7 @@
 Sharding: shard i of n takes problems i, i+n, i+2n, ... of the problems file (a deterministic slice that
 spreads strata evenly). Resume: finished problems are written in chunk files under `parts/`; a rerun reads
 them and answers only the rest, then writes the shard file `generations-{i}-of-{n}.jsonl` in one piece.
-How a problem is answered and graded lives in answering.py (the evaluate stage answers through it too).
+How a problem is answered and graded lives in engines/answering.py (the evaluate stage answers through it too).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ fine-tuning: a whole model there, with its tokenizer) and `loss.json`.
 QLoRA (4-bit NF4 base + LoRA) runs wherever bitsandbytes supports the device, CPU included; plain LoRA only
 where it does not, and the result says which ran. Resumes from the latest checkpoint under
 `<output>/checkpoints/` (a preempted pod loses at most `checkpointSteps` optimizer steps). Continues from
-`initAdapterUri` when given (1B.2 from 1B.1). Under torchrun (params.processes > 1, see distributed.py)
+`initAdapterUri` when given (1B.2 from 1B.1). Under torchrun (params.processes > 1, see engines/distributed.py)
 each rank trains on its share of every step and rank 0 alone writes.
 """
 

@@ -1,11 +1,12 @@
-"""Shared pieces of the model-side tests: a tiny real Llama checkpoint, a few problems of every domain,
-and stage configs for the generate / train / evaluate stages."""
+"""Shared pieces of the model-side checks (tests/ and bench/gpu_check.py): a tiny real Llama checkpoint, a
+few problems of every domain with targets a tiny model learns in seconds, training rows, stage configs
+for the generate / distill / train / evaluate stages and a runner for them."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +43,14 @@ def write_problems(path: Path, problems: list[Problem] = PROBLEMS) -> Path:
     return path
 
 
-def write_train_data(path: Path, problems: list[Problem] = PROBLEMS, copies: int = 1) -> Path:
-    """Chat-format training rows (the distill stage's format) teaching TARGETS."""
+def write_train_data(path: Path, problems: list[Problem] = PROBLEMS, copies: int = 1,
+                     target: Callable[[Problem], str] | None = None) -> Path:
+    """Chat-format training rows (the distill stage's format) teaching `target(problem)` (default TARGETS)."""
     rows = []
     for _ in range(copies):
         for p in problems:
-            messages = [*build_messages(p), {"role": "assistant", "content": TARGETS[p.id]}]
+            answer = target(p) if target is not None else TARGETS[p.id]
+            messages = [*build_messages(p), {"role": "assistant", "content": answer}]
             rows.append({"messages": messages, "problemId": p.id, "source": "sample"})
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -80,10 +83,15 @@ def nest_params(stage: str, flat: dict[str, Any]) -> dict[str, Any]:
 
 
 def stage_config(stage: str, store_uri: str, model_uri: str, params: dict[str, Any], *, key: str | None = None,
-                 seed: int = 11, backend: str = "hf", output: str | None = None) -> StageConfig:
+                 seed: int = 11, backend: str = "hf", output: str | None = None, campaign: str = "test",
+                 max_model_len: int | None = None) -> StageConfig:
+    """A stage's config; `params` may be spec-style flat knobs (see nest_params) or already nested."""
     key = key or f"t-{stage}"
+    model: dict[str, Any] = {"uri": model_uri}
+    if max_model_len is not None:
+        model["maxModelLen"] = max_model_len
     return StageConfig.model_validate({
-        "campaign": "test",
+        "campaign": campaign,
         "key": key,
         "stage": stage,
         "phase": "1B.1",
@@ -91,7 +99,7 @@ def stage_config(stage: str, store_uri: str, model_uri: str, params: dict[str, A
         "seed": seed,
         "store": {"uri": store_uri},
         "outputUri": output or f"{store_uri.rstrip('/')}/{key}",
-        "model": {"uri": model_uri},
+        "model": model,
         "backend": backend,
         "params": {"kind": stage, **nest_params(stage, params)},
     })
@@ -109,7 +117,7 @@ def tiny_model_dir() -> Path:
     """A tiny Llama checkpoint, built once per test session (about a second)."""
     import tempfile
 
-    from consistency_worker.tinymodel import build_tiny_model
+    from consistency_testkit.tinymodel import build_tiny_model
 
     if "dir" not in _TINY:
         _TINY["dir"] = build_tiny_model(Path(tempfile.mkdtemp(prefix="tiny-llama-")) / "model", seed=0)

@@ -10,23 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-IM_START = "<|im_start|>"
-IM_END = "<|im_end|>"
-PAD = "<|pad|>"
-
-# ChatML, the same framing SmolLM2 uses, so prompts look like those of a real instruct model.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+from consistency_testkit.chatml import IM_END, IM_START, PAD, chatml_tokenizer
 
 
 def build_tokenizer():  # -> transformers.PreTrainedTokenizerFast
     """Byte-level tokenizer: 256 byte tokens + the ChatML specials, no merges (one token per byte)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
 
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     vocab = {PAD: 0, IM_START: 1, IM_END: 2}
@@ -35,17 +24,7 @@ def build_tokenizer():  # -> transformers.PreTrainedTokenizerFast
     core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     core.decoder = decoders.ByteLevel()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        pad_token=PAD,
-        eos_token=IM_END,
-        additional_special_tokens=[IM_START],
-        clean_up_tokenization_spaces=False,
-        model_max_length=2048,
-        padding_side="left",
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
+    return chatml_tokenizer(core, model_max_length=2048)
 
 
 def build_tiny_model(
