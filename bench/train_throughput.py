@@ -33,9 +33,9 @@ GSM8K_TRAIN = REPO.parent / "shared" / "datasets" / "gsm8k" / "train.jsonl"
 
 def chat_rows(count: int) -> list[dict[str, Any]]:
     from consistency_core.spec import DatasetSpec
-    from consistency_worker.loaders import load_problems
-    from consistency_worker.problems import Problem
-    from consistency_worker.prompts import build_messages
+    from consistency_worker.data.loaders import load_problems
+    from consistency_worker.data.problems import Problem
+    from consistency_worker.data.prompts import build_messages
 
     if GSM8K_TRAIN.is_file():
         spec = DatasetSpec(name="gsm8k-train", uri=str(GSM8K_TRAIN), format="gsm8k", roles=["train"], limit=count)
@@ -69,9 +69,9 @@ def main() -> int:
 
     import torch
     from consistency_core.spec import LoraConfig, ModelRef, TrainingKnobs
-    from consistency_worker import training
-    from consistency_worker.models import load_model, load_tokenizer, resolve_model
-    from consistency_worker.tinymodel import bench_model_uri
+    from consistency_testkit.tinymodel import bench_model_uri
+    from consistency_worker.engines import training
+    from consistency_worker.engines.model_loading import load_model, load_tokenizer, resolve_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -142,7 +142,7 @@ def trl_peer(ref: Any, tokenizer: Any, rows: list[dict[str, Any]], knobs: Any, s
     import tempfile
 
     import torch
-    from consistency_worker.models import load_model
+    from consistency_worker.engines.model_loading import load_model
     from datasets import Dataset
     from peft import LoraConfig as PeftLoraConfig
     from trl import SFTConfig, SFTTrainer

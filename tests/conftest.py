@@ -62,7 +62,7 @@ def s3_server() -> Iterator[S3Server]:
 
 
 def _reset_default_store() -> None:
-    from consistency_worker import store
+    from consistency_worker.store import facade as store
 
     store._default = None
 

@@ -16,7 +16,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from consistency_worker.answering import ENV_BATCH_ROWS
+from consistency_worker.engines.answering import ENV_BATCH_ROWS
 
 from consistency_local.campaign_file import load_campaign
 from consistency_local.cli import run_and_report

@@ -6,7 +6,7 @@ built from a chain of operations; each operation is one question sentence and on
 solution line with a `<<a+b=c>>` calculator annotation, so step counts are exact.
 
 Splits (pretrain / train / scan / eval) are disjoint by normalised question text and by question
-skeleton (the question with names and numbers masked, `consistency_worker.leakage.skeleton`): a seeded
+skeleton (the question with names and numbers masked, `consistency_worker.data.leakage.skeleton`): a seeded
 hash assigns every skeleton to the evaluation side (a share EVAL_SKELETON_SHARE of them) or to the
 training side, eval problems are drawn only from evaluation skeletons and every other split only from
 the rest. So no train, scan or pretrain problem is an evaluation problem with other names and numbers;
@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from consistency_worker.leakage import ngrams, skeleton
+from consistency_worker.data.leakage import ngrams, skeleton
+from consistency_worker.store.jsonl import BadLine, iter_jsonl
 
 SPLITS = ("pretrain", "train", "scan", "eval")
 # Bumped when the same seed gives other splits (2: template-disjoint), so cached data is regenerated.
@@ -353,17 +354,12 @@ def write_splits(
 
 def read_jsonl(path: Path) -> list[dict[str, str]]:
     rows = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not JSON: {exc}") from exc
-            if not isinstance(row, dict) or not {"question", "answer"} <= row.keys():
-                raise ValueError(f"{path}:{lineno}: expected an object with 'question' and 'answer'")
-            rows.append(row)
+    for lineno, row in iter_jsonl(path.read_text(encoding="utf-8")):
+        if isinstance(row, BadLine) and row.error is not None:
+            raise ValueError(f"{path}:{lineno}: not JSON: {row.error}") from row.error
+        if isinstance(row, BadLine) or not {"question", "answer"} <= row.keys():
+            raise ValueError(f"{path}:{lineno}: expected an object with 'question' and 'answer'")
+        rows.append(row)
     return rows
 
 

@@ -23,8 +23,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from consistency_testkit.chatml import IM_END
+
 from consistency_local.demo_data import read_jsonl
-from consistency_local.demo_tokenizer import IM_END, build_tokenizer
+from consistency_local.demo_tokenizer import build_tokenizer
 
 # Bumped when the build procedure changes in a way the config fields do not capture.
 BUILD_VERSION = 1
@@ -60,8 +62,8 @@ class DemoModelConfig:
 def demo_messages(question: str) -> list[dict[str, str]]:
     """The product's own math prompt (system instruction asking for `#### <number>`), so the model
     learns exactly the prompts the campaign's stages will send it."""
-    from consistency_worker.problems import Problem
-    from consistency_worker.prompts import build_messages
+    from consistency_worker.data.problems import Problem
+    from consistency_worker.data.prompts import build_messages
 
     return build_messages(Problem(id="demo", domain="math", prompt=question, answer="0"))
 
@@ -114,9 +116,8 @@ def build_demo_model(
 
     # The tokenizer must know every piece of the rendered chat prompt, so build it from
     # those renderings (via the template string itself) plus the targets.
+    from consistency_testkit.chatml import CHAT_TEMPLATE
     from jinja2 import Template
-
-    from consistency_local.demo_tokenizer import CHAT_TEMPLATE
 
     render = Template(CHAT_TEMPLATE).render
     texts = [render(messages=m, add_generation_prompt=True) + t + IM_END for m, t in prompts_and_targets]

@@ -12,20 +12,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
+from consistency_testkit.chatml import IM_END, IM_START, PAD, chatml_tokenizer
+
 SPACE = "▁"
 UNK = "<|unk|>"
-PAD = "<|pad|>"
-IM_START = "<|im_start|>"
-IM_END = "<|im_end|>"
 SPECIAL_TOKENS = (PAD, UNK, IM_START, IM_END)
-
-# ChatML: every message is framed by <|im_start|>role ... <|im_end|>; generation stops at <|im_end|>.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 
 def _pre_tokenizer():  # -> tokenizers.pre_tokenizers.PreTokenizer
@@ -43,7 +34,6 @@ def _pre_tokenizer():  # -> tokenizers.pre_tokenizers.PreTokenizer
 def build_tokenizer(texts: Iterable[str], min_count: int = 1):  # -> PreTrainedTokenizerFast
     """Vocabulary = every piece seen in `texts` (at least `min_count` times) plus the specials."""
     from tokenizers import Tokenizer, decoders, models
-    from transformers import PreTrainedTokenizerFast
 
     pre = _pre_tokenizer()
     counts: Counter[str] = Counter()
@@ -58,18 +48,7 @@ def build_tokenizer(texts: Iterable[str], min_count: int = 1):  # -> PreTrainedT
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     core.pre_tokenizer = pre
     core.decoder = decoders.Metaspace(replacement=SPACE, prepend_scheme="never", split=True)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        unk_token=UNK,
-        pad_token=PAD,
-        eos_token=IM_END,
-        additional_special_tokens=[IM_START],
-        clean_up_tokenization_spaces=False,
-        model_max_length=1024,
-        padding_side="left",  # decoder-only batched generation needs left padding
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
+    return chatml_tokenizer(core, model_max_length=1024, unk_token=UNK)
 
 
 def _split_specials(text: str) -> list[str]:

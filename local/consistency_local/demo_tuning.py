@@ -95,7 +95,7 @@ def run_stage(config: dict[str, Any], out: Path, key: str) -> dict[str, Any]:
 
 def tuning_problems(run_dir: Path, out: Path) -> Path:
     """Scan-split problems 201-400 as problem JSONL (the campaign scans 1-200)."""
-    from consistency_worker.loaders import load_problems
+    from consistency_worker.data.loaders import load_problems
 
     path = out / f"scan-{TUNE_OFFSET + 1}-{TUNE_OFFSET + TUNE_COUNT}.jsonl"
     if path.is_file():

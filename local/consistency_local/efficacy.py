@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from consistency_worker.answering import ENV_BATCH_ROWS
+from consistency_worker.engines.answering import ENV_BATCH_ROWS
 
 from consistency_local.campaign_file import load_campaign
 from consistency_local.cli import run_and_report
@@ -44,7 +44,7 @@ def ensure_data(cache: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from consistency_worker.tinymodel import smollm2_gguf_path
+    from consistency_testkit.tinymodel import smollm2_gguf_path
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR)

@@ -29,7 +29,7 @@ def campaign_root(uri: str) -> tuple[str, str, str]:
 
 def _open(uri: str, endpoint: str | None) -> Any:
     try:
-        from consistency_worker.store import open_store
+        from consistency_worker.store.facade import open_store
     except ImportError as exc:
         raise RemoteReportError(f"reading a store needs the worker package (boto3): {exc}") from exc
     return open_store(ArtifactStore(uri=uri, endpoint=endpoint))

@@ -201,7 +201,7 @@ def forecast_lines(data: ReportData) -> list[str]:
 
 def open_campaign_store(spec: Any) -> Any:
     try:
-        from consistency_worker.store import open_store
+        from consistency_worker.store.facade import open_store
     except ImportError:
         return None
     return open_store(spec.store)

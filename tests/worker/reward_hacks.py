@@ -7,7 +7,7 @@ Each entry: (name, problem key, completion). Every completion is wrong for its p
 
 from __future__ import annotations
 
-from consistency_worker.problems import Problem
+from consistency_worker.data.problems import Problem
 
 PROBLEMS = {
     "add": Problem(id="add", domain="code", prompt="Write add(a, b).", entry_point="add",

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 from consistency_core.spec import Backend, ModelRef
-from consistency_worker.backends import (
+from consistency_testkit.fixtures import PROBLEMS, single_torch_thread, tiny_model_dir
+from consistency_worker.data.prompts import PLAIN_STOP_STRINGS, render_prompt, stop_strings
+from consistency_worker.engines.backends import (
     Generated,
     GenerationRequest,
     cut_at_stop,
@@ -18,8 +20,8 @@ from consistency_worker.backends import (
     open_backend,
     select_backend,
 )
-from consistency_worker.backends.hf import HFBackend
-from consistency_worker.backends.vllm import (
+from consistency_worker.engines.backends.hf import HFBackend
+from consistency_worker.engines.backends.vllm import (
     build_batch,
     collect,
     engine_kwargs,
@@ -27,12 +29,9 @@ from consistency_worker.backends.vllm import (
     lora_rank_limit,
     sampling_fields,
 )
-from consistency_worker.models import ModelError, ResolvedModel, adapter_rank, resolve_model
-from consistency_worker.prompts import PLAIN_STOP_STRINGS, render_prompt, stop_strings
-from consistency_worker.seeds import derive_seed
-from consistency_worker.store import open_store
-
-from tests.worker.model_fixtures import PROBLEMS, single_torch_thread, tiny_model_dir
+from consistency_worker.engines.model_loading import ModelError, ResolvedModel, adapter_rank, resolve_model
+from consistency_worker.runtime.seeds import derive_seed
+from consistency_worker.store.facade import open_store
 
 torch = pytest.importorskip("torch")
 
@@ -268,7 +267,7 @@ def test_hf_stop_string_cuts_the_answer_and_clears_the_budget_flag(backend: HFBa
 
 
 def test_hf_plain_layout_gets_the_plain_stop_strings(tmp_path: Path) -> None:
-    from consistency_worker.tinymodel import build_tokenizer
+    from consistency_testkit.tinymodel import build_tokenizer
 
     model_dir = tmp_path / "plain"
     shutil.copytree(tiny_model_dir(), model_dir)
@@ -284,8 +283,8 @@ def test_hf_plain_layout_gets_the_plain_stop_strings(tmp_path: Path) -> None:
 
 def test_hf_applies_a_lora_adapter(tmp_path: Path) -> None:
     from consistency_core.spec import LoraConfig
-    from consistency_worker.models import load_model
-    from consistency_worker.training import wrap_lora
+    from consistency_worker.engines.model_loading import load_model
+    from consistency_worker.engines.training import wrap_lora
 
     resolved = resolve_model(ModelRef(uri=str(tiny_model_dir())))
     peft_model = wrap_lora(load_model(resolved, device="cpu"), LoraConfig(r=8, alpha=16), init_adapter_dir=None)

@@ -26,10 +26,10 @@ from consistency_core.stages import (
     StageConfig,
     StageResult,
 )
-from consistency_worker.manifest import ManifestBuilder
-from consistency_worker.progress import Progress
-from consistency_worker.stages.context import StageContext, parse_shard, resolve_shard
-from consistency_worker.store import open_store
+from consistency_worker.job.context import StageContext, parse_shard, resolve_shard
+from consistency_worker.runtime.progress import Progress
+from consistency_worker.store.facade import open_store
+from consistency_worker.store.manifest import ManifestBuilder
 
 from tests.conftest import REPO_ROOT, make_bucket
 
@@ -172,7 +172,7 @@ def test_unreachable_store_is_retryable_and_bounded(tmp_path: Path) -> None:
 
 
 def test_prepare_runs_then_rerun_does_nothing(shared_datasets: Path, tmp_path: Path) -> None:
-    pytest.importorskip("consistency_worker.loaders")
+    pytest.importorskip("consistency_worker.data.loaders")
     train, test = tiny_gsm8k(shared_datasets, tmp_path)
     store = tmp_path / "store"
     config_path = tmp_path / "config.json"
@@ -198,11 +198,11 @@ def test_prepare_runs_then_rerun_does_nothing(shared_datasets: Path, tmp_path: P
 
 
 def test_config_from_s3_and_stdin(s3_env: dict[str, str], shared_datasets: Path, tmp_path: Path) -> None:
-    pytest.importorskip("consistency_worker.loaders")
+    pytest.importorskip("consistency_worker.data.loaders")
     train, test = tiny_gsm8k(shared_datasets, tmp_path)
     bucket = make_bucket(s3_env["AWS_ENDPOINT_URL"])
     config = prepare_config(f"s3://{bucket}/c1", train, test)
-    from consistency_worker.store import open_store
+    from consistency_worker.store.facade import open_store
 
     store = open_store(f"s3://{bucket}")
     store.write_json(f"s3://{bucket}/configs/prepare.json", config)

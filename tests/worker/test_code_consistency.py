@@ -10,13 +10,13 @@ import json
 from pathlib import Path
 
 from consistency_core.spec import AgreementFilter
-from consistency_worker.generations import Completion, GenerationRecord
-from consistency_worker.grading import grade_many
-from consistency_worker.loaders import load_problems
-from consistency_worker.problems import Problem
-from consistency_worker.stages.distill import LOW_AGREEMENT, decide_consistent
+from consistency_worker.data.loaders import load_problems
+from consistency_worker.data.problems import Problem
+from consistency_worker.grading.grade import grade_many
+from consistency_worker.grading.selection import LOW_AGREEMENT, decide_consistent
+from consistency_worker.grading.voting import failure
 from consistency_worker.stages.evaluate import outcome_of, per_problem_row, summarise
-from consistency_worker.voting import failure
+from consistency_worker.store.generations import Completion, GenerationRecord
 
 
 def _mbpp(shared: Path, n: int) -> list[Problem]:

@@ -8,15 +8,15 @@ from typing import Any
 
 import pytest
 from consistency_core.stages import DISTILL_TRAIN, RESULT, StageConfig, StageResult
-from consistency_worker.generations import Completion, GenerationRecord, dump_records, shard_file_name
-from consistency_worker.problems import Problem
-from consistency_worker.prompts import build_messages
+from consistency_testkit.fixtures import nest_params
+from consistency_worker.data.problems import Problem
+from consistency_worker.data.prompts import build_messages
+from consistency_worker.grading.selection import Example, cap_total, format_reference
+from consistency_worker.job.context import StageContext
 from consistency_worker.stages import PermanentStageError, run_stage
-from consistency_worker.stages.context import StageContext
-from consistency_worker.stages.distill import STATS, Example, cap_total, format_reference
+from consistency_worker.stages.distill import STATS
+from consistency_worker.store.generations import Completion, GenerationRecord, dump_records, shard_file_name
 from pydantic import ValidationError
-
-from tests.worker.model_fixtures import nest_params
 
 
 def c(text: str, answer: str | None = None, correct: bool | None = None) -> Completion:
@@ -327,8 +327,8 @@ def test_errors_are_permanent_and_rerun_is_idempotent(tmp_path: Path) -> None:
 
 def _gsm8k_training_lines(shared: Path, n: int) -> list[dict[str, Any]]:
     """What a 1B.1 distill writes, for real GSM8K problems: chat lines whose target is the worked solution."""
-    from consistency_worker.loaders import load_problems
-    from consistency_worker.stages.distill import format_reference
+    from consistency_worker.data.loaders import load_problems
+    from consistency_worker.grading.selection import format_reference
 
     problems = load_problems({"name": "gsm8k-train", "uri": str(shared / "gsm8k" / "train.jsonl"),
                               "format": "gsm8k", "limit": n}).problems

@@ -9,11 +9,7 @@ from pathlib import Path
 
 import pytest
 from consistency_core.stages import TERMINATION_MESSAGE_LIMIT
-from consistency_worker.generations import Completion, GenerationRecord
-from consistency_worker.stages import PermanentStageError
-from consistency_worker.stages.evaluate import compare, outcome_of, per_problem_row, summarise
-
-from tests.worker.model_fixtures import (
+from consistency_testkit.fixtures import (
     PROBLEMS,
     run,
     single_torch_thread,
@@ -22,6 +18,9 @@ from tests.worker.model_fixtures import (
     write_problems,
     write_train_data,
 )
+from consistency_worker.stages import PermanentStageError
+from consistency_worker.stages.evaluate import compare, outcome_of, per_problem_row, summarise
+from consistency_worker.store.generations import Completion, GenerationRecord
 
 
 @pytest.fixture(autouse=True)

@@ -9,10 +9,22 @@ from pathlib import Path
 import pytest
 from consistency_core.spec import SamplingKnobs
 from consistency_core.stages import RESULT
-from consistency_worker import answering
-from consistency_worker.answering import SamplingSettings, answer_problems, plan_requests, truncated_share
-from consistency_worker.backends import Generated, GenerationRequest
-from consistency_worker.generations import (
+from consistency_testkit.fixtures import (
+    PROBLEMS,
+    run,
+    single_torch_thread,
+    stage_config,
+    tiny_model_dir,
+    write_problems,
+)
+from consistency_worker.data.problems import Problem
+from consistency_worker.engines import answering
+from consistency_worker.engines.answering import SamplingSettings, answer_problems, plan_requests, truncated_share
+from consistency_worker.engines.backends import Generated, GenerationRequest
+from consistency_worker.stages import PermanentStageError
+from consistency_worker.stages.generate import shard_slice
+from consistency_worker.store.facade import open_store
+from consistency_worker.store.generations import (
     Completion,
     GenerationRecord,
     GenerationsError,
@@ -20,19 +32,6 @@ from consistency_worker.generations import (
     parts_dir,
     read_generations,
     shard_file_name,
-)
-from consistency_worker.problems import Problem
-from consistency_worker.stages import PermanentStageError
-from consistency_worker.stages.generate import shard_slice
-from consistency_worker.store import open_store
-
-from tests.worker.model_fixtures import (
-    PROBLEMS,
-    run,
-    single_torch_thread,
-    stage_config,
-    tiny_model_dir,
-    write_problems,
 )
 
 pytest.importorskip("torch")
@@ -209,7 +208,7 @@ class ScriptedBackend:
 
 
 def test_answers_are_graded_by_domain_including_sandboxed_code() -> None:
-    from consistency_worker.tinymodel import build_tokenizer
+    from consistency_testkit.tinymodel import build_tokenizer
 
     problems = [p for p in PROBLEMS if p.id in ("m1", "c1", "r1")]
     backend = ScriptedBackend(build_tokenizer(), {
@@ -249,7 +248,7 @@ def test_plan_puts_greedy_and_samples_of_each_problem_in_one_call() -> None:
 
 
 def test_truncated_answers_are_recorded_and_counted() -> None:
-    from consistency_worker.tinymodel import build_tokenizer
+    from consistency_testkit.tinymodel import build_tokenizer
 
     problems = [p for p in PROBLEMS if p.id == "m1"]
     backend = ScriptedBackend(build_tokenizer(), {"2 + 3": ["#### 5", "2 + 3 is...", "#### 5"]})
@@ -264,7 +263,7 @@ def test_chunk_is_graded_while_the_next_one_generates(tmp_path: Path, monkeypatc
     (a sequential one would grade chunk 0 before generating chunk 1, and the wait would time out)."""
     import threading
 
-    from consistency_worker.tinymodel import build_tokenizer
+    from consistency_testkit.tinymodel import build_tokenizer
 
     monkeypatch.setenv("CONSISTENCY_GENERATE_CHUNK", "1")
     second_started = threading.Event()
@@ -287,7 +286,7 @@ def test_chunk_is_graded_while_the_next_one_generates(tmp_path: Path, monkeypatc
                                             "Tom has": ["#### 7", "#### 7", "#### 6..."]})
     config = gen_config(str(tmp_path / "store"), str(write_problems(tmp_path / "p.jsonl", PROBLEMS[:2])),
                         samples=2)
-    from consistency_worker.stages.context import StageContext
+    from consistency_worker.job.context import StageContext
 
     ctx = StageContext.create(config, store=open_store(config.store), shard=None, scratch_dir=tmp_path / "s")
     records, _ = answering.generate_records(ctx, backend, PROBLEMS[:2], SamplingSettings(config.params.sampling,
@@ -300,8 +299,8 @@ def test_chunk_is_graded_while_the_next_one_generates(tmp_path: Path, monkeypatc
 
 
 def test_generation_failure_keeps_the_chunk_being_graded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from consistency_worker.stages.context import StageContext
-    from consistency_worker.tinymodel import build_tokenizer
+    from consistency_testkit.tinymodel import build_tokenizer
+    from consistency_worker.job.context import StageContext
 
     monkeypatch.setenv("CONSISTENCY_GENERATE_CHUNK", "1")
 
@@ -335,12 +334,11 @@ def test_temperature_zero_samples_are_copies_of_the_greedy_answer(tmp_path: Path
     drop anything; at the default 0.7 they differ."""
     from consistency_core.spec import SamplingKnobs, SpecError, parse_spec
     from consistency_core.stages import StageConfig
-    from consistency_worker.backends import open_backend
-    from consistency_worker.models import resolve_model
-    from consistency_worker.voting import majority_vote
+    from consistency_testkit.fixtures import stage_config
+    from consistency_worker.engines.backends import open_backend
+    from consistency_worker.engines.model_loading import resolve_model
+    from consistency_worker.grading.voting import majority_vote
     from pydantic import ValidationError
-
-    from tests.worker.model_fixtures import stage_config
 
     backend = open_backend("hf", resolve_model(StageConfig.model_validate(
         stage_config("generate", str(tmp_path), str(tiny_model_dir()), {"problemsUri": "x", **PARAMS}).to_wire()

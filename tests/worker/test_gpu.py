@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 from consistency_core.spec import LoraConfig, ModelRef
-
-from tests.worker.model_fixtures import PROBLEMS, run, stage_config, write_problems, write_train_data
+from consistency_testkit.fixtures import PROBLEMS, run, stage_config, write_problems, write_train_data
 
 torch = pytest.importorskip("torch")
 
@@ -36,7 +35,7 @@ def figure(name: str, value: object) -> None:
 
 @pytest.fixture(scope="module")
 def gpu_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from consistency_worker.tinymodel import build_tiny_model
+    from consistency_testkit.tinymodel import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("gpu") / "model", seed=0, hidden_size=256, layers=2, heads=4,
                             kv_heads=2, intermediate_size=512)
@@ -48,7 +47,7 @@ def gpu_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @needs_bnb
 def test_qlora_loads_nf4_layers(gpu_model: Path) -> None:
     import bitsandbytes as bnb
-    from consistency_worker.models import load_model, resolve_model
+    from consistency_worker.engines.model_loading import load_model, resolve_model
 
     model = load_model(resolve_model(ModelRef(uri=str(gpu_model))), device="cuda", quantize_4bit=True)
     four_bit = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
@@ -88,8 +87,8 @@ def test_qlora_train_stage_loss_decreases(gpu_model: Path, tmp_path: Path) -> No
 @pytest.fixture(scope="module")
 def lora_adapter(gpu_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A LoRA adapter with non-zero B matrices, so applying it visibly changes the outputs."""
-    from consistency_worker.models import load_model, resolve_model
-    from consistency_worker.training import wrap_lora
+    from consistency_worker.engines.model_loading import load_model, resolve_model
+    from consistency_worker.engines.training import wrap_lora
 
     model = load_model(resolve_model(ModelRef(uri=str(gpu_model))), device="cpu")
     peft_model = wrap_lora(model, LoraConfig(r=8, alpha=16), init_adapter_dir=None)
@@ -104,8 +103,8 @@ def lora_adapter(gpu_model: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 @pytest.fixture(scope="module")
 def vllm_backend(gpu_model: Path, lora_adapter: Path):  # -> VLLMBackend
-    from consistency_worker.backends.vllm import VLLMBackend
-    from consistency_worker.models import resolve_model
+    from consistency_worker.engines.backends.vllm import VLLMBackend
+    from consistency_worker.engines.model_loading import resolve_model
 
     os.environ.setdefault("CONSISTENCY_VLLM_GPU_MEMORY_UTILIZATION", "0.3")
     model = resolve_model(ModelRef(uri=str(gpu_model), max_model_len=1024))
@@ -117,7 +116,7 @@ def vllm_backend(gpu_model: Path, lora_adapter: Path):  # -> VLLMBackend
 
 
 def _prompts(backend) -> list[str]:  # type: ignore[no-untyped-def]
-    from consistency_worker.prompts import render_prompt
+    from consistency_worker.data.prompts import render_prompt
 
     return [render_prompt(backend.tokenizer, p) for p in PROBLEMS]
 
@@ -139,7 +138,7 @@ def test_vllm_n_samples_per_prompt_and_seeded_determinism(vllm_backend) -> None:
 
 @needs_vllm
 def test_vllm_one_call_serves_greedy_and_samples_and_flags_the_budget(vllm_backend) -> None:  # type: ignore[no-untyped-def]
-    from consistency_worker.backends import GenerationRequest
+    from consistency_worker.engines.backends import GenerationRequest
 
     prompts = _prompts(vllm_backend)
     requests = [r for i, p in enumerate(prompts) for r in (GenerationRequest(p, 1, 0.0, 8, i),

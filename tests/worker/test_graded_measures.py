@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from consistency_worker.graded_measures import graded_measures, self_consistency_gap
+from consistency_worker.grading.graded_measures import graded_measures, self_consistency_gap
 
 
 def test_hand_computed_example() -> None:

@@ -5,21 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from consistency_worker.grading import (
-    Grade,
-    build_program,
-    canonical_number,
-    extract_choice,
-    extract_code,
-    extract_math_answer,
-    grade,
-    grade_many,
-    math_answers_match,
-    run_tests,
-)
-from consistency_worker.loaders import load_problems
-from consistency_worker.problems import Problem
-from consistency_worker.sandbox import join_program, run_many
+from consistency_worker.data.loaders import load_problems
+from consistency_worker.data.numbers import canonical_number
+from consistency_worker.data.problems import Problem
+from consistency_worker.grading.answers import extract_choice, extract_math_answer, math_answers_match
+from consistency_worker.grading.code import build_program, extract_code, run_tests
+from consistency_worker.grading.grade import Grade, grade, grade_many
+from consistency_worker.sandbox.pool import join_program, run_many
 
 # MBPP reference solutions that fail their own tests. Every one of the 974 passes in this sandbox
 # (mbpp/123, summing amicable numbers below 10,000, needs ~8 s of CPU: the test allows 60 s).

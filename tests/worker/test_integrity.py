@@ -12,8 +12,11 @@ from pathlib import Path
 
 import boto3
 import pytest
-from consistency_worker.manifest import ManifestBuilder
-from consistency_worker.store import ArtifactMismatch, MiB, S3Settings, Store, StoreError, open_store
+from consistency_worker.store.errors import ArtifactMismatch, StoreError
+from consistency_worker.store.facade import Store, open_store
+from consistency_worker.store.integrity import MiB
+from consistency_worker.store.manifest import ManifestBuilder
+from consistency_worker.store.s3 import S3Settings
 
 
 def _stage_dir(store: Store, out: str, rows: int = 10) -> str:
@@ -96,11 +99,12 @@ def test_unknown_schemes_are_refused() -> None:
 
 _KILLED_WRITER = textwrap.dedent("""
     import os, signal, sys
-    from consistency_worker import store as store_mod
+    from consistency_worker.store import local as local_backend
+    from consistency_worker.store.facade import open_store
     def die(*_):  # SIGKILL between the temp file's last byte and the rename
         os.kill(os.getpid(), signal.SIGKILL)
-    store_mod.os.replace = die
-    store_mod.open_store(sys.argv[1]).write_bytes(sys.argv[2], b"n" * (8 * 1024 * 1024))
+    local_backend.os.replace = die
+    open_store(sys.argv[1]).write_bytes(sys.argv[2], b"n" * (8 * 1024 * 1024))
 """)
 
 

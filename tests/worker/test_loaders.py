@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from consistency_worker.loaders import MBPP_SPLITS, DatasetError, EmptyDatasetError, LoadReport, load_problems
-from consistency_worker.problems import Problem, ProblemFileError, parse_problems
+from consistency_worker.data.loaders import MBPP_SPLITS, DatasetError, EmptyDatasetError, LoadReport, load_problems
+from consistency_worker.data.problems import Problem, ProblemFileError, parse_problems
 
 DATA = Path(__file__).parent / "data"
 

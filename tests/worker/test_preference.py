@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 from consistency_core.spec import LoraConfig, PreferenceKnobs
-from consistency_worker.preference import PairExample, build_pairs, pair_loss
-from consistency_worker.prompts import build_messages
+from consistency_testkit.fixtures import PROBLEMS, TARGETS, run, single_torch_thread, stage_config, tiny_model_dir
+from consistency_worker.data.prompts import build_messages
+from consistency_worker.engines.preference import PairExample, build_pairs, pair_loss
+from consistency_worker.engines.training import IGNORE_INDEX, TrainingDataError, wrap_lora
 from consistency_worker.stages import PermanentStageError
-from consistency_worker.training import IGNORE_INDEX, TrainingDataError, wrap_lora
-
-from tests.worker.model_fixtures import PROBLEMS, TARGETS, run, single_torch_thread, stage_config, tiny_model_dir
 
 torch = pytest.importorskip("torch")
 safetensors = pytest.importorskip("safetensors.torch")
@@ -58,7 +57,7 @@ def tiny_lora_model():
 
 
 def test_pairs_are_validated_and_encoded() -> None:
-    from consistency_worker.tinymodel import build_tokenizer
+    from consistency_testkit.tinymodel import build_tokenizer
 
     tok = build_tokenizer()
     pairs, dropped = build_pairs(tok, pair_rows(), max_seq_len=2048)
@@ -178,9 +177,8 @@ def test_train_stage_learns_pairs_and_resumes_to_the_same_adapter(tmp_path: Path
 
 
 def test_preference_rows_are_required_and_full_fine_tuning_is_refused(tmp_path: Path) -> None:
+    from consistency_testkit.fixtures import write_train_data
     from pydantic import ValidationError
-
-    from tests.worker.model_fixtures import write_train_data
 
     sft_data = str(write_train_data(tmp_path / "train.jsonl"))
     with pytest.raises(PermanentStageError, match=r"train.jsonl:1: `rejected` must be a string"):

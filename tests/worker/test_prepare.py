@@ -16,11 +16,11 @@ from consistency_core.stages import (
     StageConfig,
     StageResult,
 )
-from consistency_worker.problems import Problem
+from consistency_worker.data.problems import Problem
+from consistency_worker.job.context import StageContext
 from consistency_worker.stages import PermanentStageError, run_stage
-from consistency_worker.stages.context import StageContext
 from consistency_worker.stages.prepare import REPORT
-from consistency_worker.store import open_store
+from consistency_worker.store.facade import open_store
 
 from tests.conftest import make_bucket
 

@@ -11,8 +11,7 @@ import pytest
 from consistency_core.spec import parse_spec
 from consistency_core.stages import StageConfig, join_uri
 from consistency_core.status import CampaignPhase, CampaignStatus, EvaluationRecord, StageRecord
-
-from tests.worker.model_fixtures import run, single_torch_thread, tiny_model_dir
+from consistency_testkit.fixtures import run, single_torch_thread, tiny_model_dir
 
 pytest.importorskip("matplotlib")
 pytest.importorskip("peft")
@@ -71,7 +70,7 @@ def campaign(store: Any, root: str, model_dir: Path, tmp: Path, merged: bool) ->
 @pytest.mark.learning
 def test_report_stage_writes_report_model_card_adapter_and_merged_model(s3_bucket: str, tmp_path: Path) -> None:
     import torch
-    from consistency_worker.store import open_store
+    from consistency_worker.store.facade import open_store
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from consistency_worker.resources import (
+from consistency_worker.runtime.pod_limits import (
     MIN_PROGRAM_MEMORY,
     PodResources,
     PoolSize,
@@ -151,14 +151,15 @@ import json, os, sys
 from pathlib import Path
 for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS"):
     os.environ.pop(name, None)
-import consistency_worker.resources as resources
+import consistency_worker.runtime.pod_limits as resources
 if sys.argv[1] == "pin":
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 else:  # the pod's cgroup is the fake tree
     resources.CGROUP_ROOT, resources.SELF_CGROUP = Path(sys.argv[1]), Path(sys.argv[2])
 import torch
-from consistency_worker.models import configure_cpu_threads
-from consistency_worker.sandbox import Sandbox, SandboxConfig, default_workers
+from consistency_worker.engines.model_loading import configure_cpu_threads
+from consistency_worker.sandbox.pool import Sandbox, default_workers
+from consistency_worker.sandbox.types import SandboxConfig
 before = torch.get_num_threads()
 with Sandbox(SandboxConfig(namespaces=False, cgroups=False, fresh_uid=False)) as sandbox:
     pool = [sandbox.pool.workers, sandbox.pool.memory_bytes]

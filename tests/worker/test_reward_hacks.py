@@ -6,12 +6,14 @@ evaluator and the canonical encoding."""
 from __future__ import annotations
 
 import pytest
-from consistency_worker import sandbox as sandbox_mod
-from consistency_worker.canonical import CanonicalError, Opaque, Records, decode, parse_records, records_digest
-from consistency_worker.grading import code_grading_metrics, grade_many, has_trusted_tests, run_tests
-from consistency_worker.problems import Problem
-from consistency_worker.sandbox import Sandbox, SandboxConfig
-from consistency_worker.trusted_tests import judge, rewrite
+from consistency_worker.data.problems import Problem
+from consistency_worker.grading.canonical import CanonicalError, Opaque, Records, decode, parse_records, records_digest
+from consistency_worker.grading.code import code_grading_metrics, has_trusted_tests, run_tests
+from consistency_worker.grading.grade import grade_many
+from consistency_worker.grading.trusted_tests import judge, rewrite
+from consistency_worker.sandbox import pool as sandbox_mod
+from consistency_worker.sandbox.pool import Sandbox
+from consistency_worker.sandbox.types import SandboxConfig
 
 from tests.worker.reward_hacks import ATTACKS, HONEST, PROBLEMS
 

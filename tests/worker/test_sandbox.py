@@ -14,16 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from consistency_worker.sandbox import (
-    Sandbox,
-    SandboxConfig,
-    SandboxError,
-    SandboxLimits,
-    join_program,
-    probe_isolation,
-    run_many,
-    run_program,
-)
+from consistency_worker.sandbox.pool import Sandbox, join_program, run_many, run_program
+from consistency_worker.sandbox.probe import probe_isolation
+from consistency_worker.sandbox.types import SandboxConfig, SandboxError, SandboxLimits
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc"), reason="the sandbox needs Linux /proc")
 
@@ -361,7 +354,8 @@ def test_required_layer_missing_is_an_error() -> None:
 _NON_ROOT_SCRIPT = r"""
 import json, os, secrets, sys, time
 sys.path.insert(0, sys.argv[1])
-from consistency_worker.sandbox import Sandbox, SandboxConfig
+from consistency_worker.sandbox.pool import Sandbox
+from consistency_worker.sandbox.types import SandboxConfig
 
 def survivors(token):
     found = []
@@ -408,11 +402,11 @@ print(json.dumps(out))
 def _python_readable_by_others() -> str | None:
     import shutil
 
-    from consistency_worker.sandbox import _hidden_ancestor, _interpreter_paths
+    from consistency_worker.sandbox.probe import hidden_ancestor, interpreter_paths
 
     for candidate in (sys.executable, "/usr/bin/python3", "/usr/local/bin/python3", shutil.which("python3")):
-        if candidate and os.path.exists(candidate) and _hidden_ancestor(candidate) is None \
-                and _hidden_ancestor(_interpreter_paths(candidate)[1]) is None:
+        if candidate and os.path.exists(candidate) and hidden_ancestor(candidate) is None \
+                and hidden_ancestor(interpreter_paths(candidate)[1]) is None:
             return candidate
     return None
 
@@ -448,20 +442,20 @@ def test_non_root_worker() -> None:
 
 
 def _hidden_ancestor_of(path: str) -> bool:
-    from consistency_worker.sandbox import _hidden_ancestor
+    from consistency_worker.sandbox.probe import hidden_ancestor
 
-    return _hidden_ancestor(path) is not None
+    return hidden_ancestor(path) is not None
 
 
 def test_fresh_uids_stay_inside_the_mapped_range(monkeypatch: pytest.MonkeyPatch) -> None:
-    from consistency_worker import sandbox as sandbox_mod
+    from consistency_worker.sandbox import probe
 
-    monkeypatch.setattr(sandbox_mod, "_mapped_uid_ceiling", lambda: 2**31 - 2)
-    assert sandbox_mod._usable_uid_range((200_000, 260_000)) == (200_000, 260_000)
-    monkeypatch.setattr(sandbox_mod, "_mapped_uid_ceiling", lambda: 65_535)  # a pod with hostUsers: false
-    assert sandbox_mod._usable_uid_range((200_000, 260_000)) == (60_535, 65_536)
-    monkeypatch.setattr(sandbox_mod, "_mapped_uid_ceiling", lambda: 0)  # only root mapped
-    assert sandbox_mod._usable_uid_range((200_000, 260_000)) is None
+    monkeypatch.setattr(probe, "_mapped_uid_ceiling", lambda: 2**31 - 2)
+    assert probe.usable_uid_range((200_000, 260_000)) == (200_000, 260_000)
+    monkeypatch.setattr(probe, "_mapped_uid_ceiling", lambda: 65_535)  # a pod with hostUsers: false
+    assert probe.usable_uid_range((200_000, 260_000)) == (60_535, 65_536)
+    monkeypatch.setattr(probe, "_mapped_uid_ceiling", lambda: 0)  # only root mapped
+    assert probe.usable_uid_range((200_000, 260_000)) is None
 
 
 # ------------------------------------------------------------------------------- pod-sized pool

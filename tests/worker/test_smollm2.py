@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 from consistency_core.spec import DatasetSpec
-from consistency_worker.generations import read_generations
-from consistency_worker.prompts import build_messages
-from consistency_worker.store import open_store
-from consistency_worker.tinymodel import smollm2_gguf_path
-
-from tests.worker.model_fixtures import run, single_torch_thread, stage_config
+from consistency_testkit.fixtures import run, single_torch_thread, stage_config
+from consistency_testkit.tinymodel import smollm2_gguf_path
+from consistency_worker.data.prompts import build_messages
+from consistency_worker.store.facade import open_store
+from consistency_worker.store.generations import read_generations
 
 pytestmark = pytest.mark.slow
 
@@ -31,8 +30,8 @@ def _one_thread() -> Iterator[None]:
 
 def test_smollm2_gguf_generate_train_evaluate(shared_datasets: Path, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    from consistency_worker import models
-    from consistency_worker.loaders import load_problems
+    from consistency_worker.data.loaders import load_problems
+    from consistency_worker.engines import model_loading as models
     from safetensors.torch import load_file
 
     gguf = smollm2_gguf_path()

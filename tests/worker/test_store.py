@@ -10,16 +10,11 @@ from pathlib import Path
 
 import boto3
 import pytest
-from consistency_worker import store as store_mod
-from consistency_worker.store import (
-    MiB,
-    S3Settings,
-    Store,
-    StoreError,
-    StoreNotFound,
-    StoreUnavailable,
-    open_store,
-)
+from consistency_worker.store import facade as store_mod
+from consistency_worker.store.errors import StoreError, StoreNotFound, StoreUnavailable
+from consistency_worker.store.facade import Store, open_store
+from consistency_worker.store.integrity import MiB
+from consistency_worker.store.s3 import S3Settings
 
 from tests.conftest import S3_TEST_ENV, S3Server, make_bucket
 

@@ -5,9 +5,16 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from consistency_worker.leakage import LeakageError, check_leakage, find_leaks, find_overlaps, ngrams, normalise_text
-from consistency_worker.problems import Problem
-from consistency_worker.strata import allocate, code_stratum, gsm8k_steps, math_stratum, stratified_sample
+from consistency_worker.data.leakage import (
+    LeakageError,
+    check_leakage,
+    find_leaks,
+    find_overlaps,
+    ngrams,
+    normalise_text,
+)
+from consistency_worker.data.problems import Problem
+from consistency_worker.data.strata import allocate, code_stratum, gsm8k_steps, math_stratum, stratified_sample
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

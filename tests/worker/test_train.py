@@ -9,11 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from consistency_worker.prompts import build_messages
-from consistency_worker.stages import PermanentStageError
-from consistency_worker.training import IGNORE_INDEX, encode_example
-
-from tests.worker.model_fixtures import (
+from consistency_testkit.fixtures import (
     PROBLEMS,
     TARGETS,
     run,
@@ -22,6 +18,9 @@ from tests.worker.model_fixtures import (
     tiny_model_dir,
     write_train_data,
 )
+from consistency_worker.data.prompts import build_messages
+from consistency_worker.engines.training import IGNORE_INDEX, encode_example
+from consistency_worker.stages import PermanentStageError
 
 torch = pytest.importorskip("torch")
 safetensors = pytest.importorskip("safetensors.torch")
@@ -50,7 +49,7 @@ class Preempted(Exception):
 
 
 def test_masks_the_prompt_and_trains_the_assistant_turn() -> None:
-    from consistency_worker.tinymodel import build_tokenizer
+    from consistency_testkit.tinymodel import build_tokenizer
 
     tok = build_tokenizer()
     messages = [*build_messages(PROBLEMS[0]), {"role": "assistant", "content": TARGETS["m1"]}]
@@ -75,7 +74,7 @@ def test_masks_the_prompt_and_trains_the_assistant_turn() -> None:
 
 
 def needs_4bit() -> None:
-    from consistency_worker.models import bnb_4bit_unsupported
+    from consistency_worker.engines.model_loading import bnb_4bit_unsupported
 
     why = bnb_4bit_unsupported("cpu")
     if why is not None:
@@ -205,7 +204,7 @@ def test_bad_training_rows_are_permanent_errors_naming_the_row(tmp_path: Path) -
 
 def test_qlora_falls_back_to_lora_where_bitsandbytes_cannot_run_4bit(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    from consistency_worker import models
+    from consistency_worker.engines import model_loading as models
 
     # What the probe reports on a device (or build) without 4-bit kernels.
     monkeypatch.setattr(models, "_BNB_4BIT", {"cpu": "bitsandbytes cannot run 4-bit NF4 on cpu (test)",
@@ -219,7 +218,7 @@ def test_qlora_falls_back_to_lora_where_bitsandbytes_cannot_run_4bit(tmp_path: P
 
 
 def test_bitsandbytes_probe_runs_nf4_on_cpu() -> None:
-    from consistency_worker.models import _probe_bnb_4bit
+    from consistency_worker.engines.model_loading import _probe_bnb_4bit
 
     pytest.importorskip("bitsandbytes")
     assert _probe_bnb_4bit("cpu") is None
@@ -228,11 +227,10 @@ def test_bitsandbytes_probe_runs_nf4_on_cpu() -> None:
 @pytest.mark.learning
 def test_full_fine_tuning_writes_a_whole_model_that_later_stages_load(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from consistency_worker.generations import read_generations
+    from consistency_testkit.fixtures import write_problems
     from consistency_worker.stages import train as train_stage
-    from consistency_worker.store import open_store
-
-    from tests.worker.model_fixtures import write_problems
+    from consistency_worker.store.facade import open_store
+    from consistency_worker.store.generations import read_generations
 
     store = tmp_path / "store"
     data = str(write_train_data(tmp_path / "train.jsonl", copies=2))  # 4 steps/epoch
@@ -286,7 +284,7 @@ def test_full_fine_tuning_writes_a_whole_model_that_later_stages_load(tmp_path: 
 def test_length_grouped_steps_are_seeded_and_cut_padding() -> None:
     import random
 
-    from consistency_worker.training import epoch_steps, padding_share
+    from consistency_worker.engines.training import epoch_steps, padding_share
 
     rng = random.Random(3)
     lengths = [rng.randint(20, 600) for _ in range(203)]

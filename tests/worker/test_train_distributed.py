@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 from consistency_core.stages import EXIT_OK, EXIT_PERMANENT
-
-from tests.worker.model_fixtures import (
+from consistency_testkit.fixtures import (
     PROBLEMS,
     run,
     single_torch_thread,

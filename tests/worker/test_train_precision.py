@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 from consistency_core.spec import LoraConfig, ModelRef, TrainingKnobs
-
-from tests.worker.model_fixtures import single_torch_thread, tiny_model_dir, write_train_data
+from consistency_testkit.fixtures import single_torch_thread, tiny_model_dir, write_train_data
 
 torch = pytest.importorskip("torch")
 
@@ -25,8 +24,8 @@ def attention_dtypes(tmp_path: Path, device: str, monkeypatch: pytest.MonkeyPatc
     """Train two QLoRA steps on `device` and return the dtypes of every query that reached SDPA."""
     import json
 
-    from consistency_worker.models import bnb_4bit_unsupported, load_model, load_tokenizer, resolve_model
-    from consistency_worker.training import build_examples, train_lora, wrap_lora
+    from consistency_worker.engines.model_loading import bnb_4bit_unsupported, load_model, load_tokenizer, resolve_model
+    from consistency_worker.engines.training import build_examples, train_lora, wrap_lora
     from peft import prepare_model_for_kbit_training
 
     why = bnb_4bit_unsupported(device)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from consistency_worker.problems import Problem
-from consistency_worker.prompts import build_messages, render_prompt
-from consistency_worker.voting import (
+from consistency_worker.data.problems import Problem
+from consistency_worker.data.prompts import build_messages, render_prompt
+from consistency_worker.grading.voting import (
     Outcome,
     aggregate,
     failure,
@@ -124,7 +124,7 @@ def test_render_prompt_falls_back_to_plain_text() -> None:
 
 
 def test_pass_at_k_unbiased_estimator() -> None:
-    from consistency_worker.voting import pass_at_k
+    from consistency_worker.grading.voting import pass_at_k
 
     assert pass_at_k(5, 2, 1) == pytest.approx(0.4)
     assert pass_at_k(5, 0, 1) == 0.0 and pass_at_k(5, 5, 1) == 1.0

@@ -20,7 +20,7 @@ from types import FrameType
 from consistency_core.spec import StageName
 from consistency_core.stages import EXIT_OK, EXIT_PERMANENT, EXIT_RETRYABLE, StageConfig, StageResult
 
-from consistency_worker.resources import limit_thread_pools
+from consistency_worker.runtime.pod_limits import limit_thread_pools
 
 STAGE_CHOICES = tuple(s.value for s in StageName)
 ENV_RESULT_FILE = "CONSISTENCY_RESULT_FILE"
@@ -70,7 +70,8 @@ def read_config_text(source: str) -> str:
         if name not in os.environ:
             raise ConfigError(f"--config {source}: environment variable {name} is not set")
         return os.environ[name]
-    from consistency_worker.store import StoreNotFound, read_text
+    from consistency_worker.store.errors import StoreNotFound
+    from consistency_worker.store.facade import read_text
 
     try:
         return read_text(source)
@@ -117,7 +118,7 @@ class RedactingFormatter(logging.Formatter):
 def classify(exc: BaseException) -> bool:
     """True when another attempt may succeed (EXIT_RETRYABLE), False for permanent failures."""
     from consistency_worker.stages import StageFailure
-    from consistency_worker.store import StoreError
+    from consistency_worker.store.errors import StoreError
 
     if isinstance(exc, StageFailure | StoreError):
         return exc.retryable
@@ -167,7 +168,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 def _unexpected(exc: BaseException) -> bool:
     """Errors we did not raise on purpose deserve a traceback in the log."""
     from consistency_worker.stages import StageFailure
-    from consistency_worker.store import StoreError
+    from consistency_worker.store.errors import StoreError
 
     return not isinstance(exc, ConfigError | StageFailure | StoreError | Preempted)
 
@@ -182,7 +183,7 @@ def _key_of(text: str | None) -> str:
 def _run_data_parallel(processes: int, args: argparse.Namespace, out_path: Path | None, key: str) -> int:
     """Re-run this command under torchrun in `processes` processes and pass rank 0's result and exit
     code on (torchrun itself exits 1 for any failed child)."""
-    from consistency_worker.distributed import launch
+    from consistency_worker.engines.distributed import launch
 
     worker_args = [args.stage, "--config", args.config, "--log-level", args.log_level]
     if args.shard:
@@ -229,13 +230,13 @@ def main(argv: list[str] | None = None) -> int:
         if config.stage.value != args.stage or config.params.kind != args.stage:
             raise ConfigError(f"config.stage is {config.stage.value!r} and config.params.kind is "
                               f"{config.params.kind!r}, but the command runs {args.stage!r}")
-        from consistency_worker import distributed
+        from consistency_worker.engines import distributed
 
         processes = getattr(config.params, "processes", 1)
         if processes > 1 and not distributed.under_torchrun():
             return _run_data_parallel(processes, args, out_path, config.key)
+        from consistency_worker.job.context import StageContext
         from consistency_worker.stages import run_stage
-        from consistency_worker.stages.context import StageContext
 
         world = distributed.current_world()
         if not world.is_writer:

@@ -16,10 +16,10 @@ from types import ModuleType
 from consistency_core.spec import StageName
 from consistency_core.stages import StageResult
 
-from consistency_worker.distributed import current_world
-from consistency_worker.stages.context import StageContext
-from consistency_worker.stages.errors import PermanentStageError, StageFailure
-from consistency_worker.store import StoreNotFound
+from consistency_worker.engines.distributed import current_world
+from consistency_worker.job.context import StageContext
+from consistency_worker.job.errors import PermanentStageError, StageFailure
+from consistency_worker.store.errors import StoreNotFound
 
 __all__ = ["STAGES", "PermanentStageError", "StageContext", "StageFailure", "load_stage", "run_stage"]
 

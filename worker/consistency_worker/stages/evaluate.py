@@ -11,7 +11,7 @@ the trained adapter (or none: baseline) and report accuracy, consistency and bef
   (params.failure = spec.expansion.failure: greedy answer wrong when includeWrong, or agreement below
   maxAgreement), else a success; failure -> success and success -> failure counts.
 
-- graded consistency per problem and per domain (consistency_worker.graded_measures): pairwise agreement,
+- graded consistency per problem and per domain (consistency_worker.grading.graded_measures): pairwise agreement,
   modal share, right / wrong agreement, maj@k, self-consistency gap (maj@k - pass@1); a sample cut off at
   maxNewTokens before a final-answer marker has no answer (cutOffUnanswered counts them);
 - paired tests against the reference (yes/no figures: Newcombe + exact McNemar; graded: seeded paired
@@ -30,20 +30,20 @@ from consistency_core.endpoints import GRADED_FIELDS, domain_means, family_json,
 from consistency_core.spec import FailureCriteria, PrimaryEndpoint
 from consistency_core.stages import EVALUATE_REPORT, EvaluateParams, StageConfig, StageResult, join_uri
 
-from consistency_worker.answering import (
+from consistency_worker.engines.answering import (
     SamplingSettings,
     generate_records,
     load_backend,
     token_metrics,
     truncated_share,
 )
-from consistency_worker.generations import GenerationRecord
-from consistency_worker.graded_measures import graded_measures, self_consistency_gap
-from consistency_worker.grading import code_grading_metrics
+from consistency_worker.grading.code import code_grading_metrics
+from consistency_worker.grading.graded_measures import graded_measures, self_consistency_gap
+from consistency_worker.grading.voting import Outcome, aggregate, failure, majority_vote
+from consistency_worker.job.context import StageContext
 from consistency_worker.stages import PermanentStageError
-from consistency_worker.stages.context import StageContext
-from consistency_worker.store import Store
-from consistency_worker.voting import Outcome, aggregate, failure, majority_vote
+from consistency_worker.store.facade import Store
+from consistency_worker.store.generations import GenerationRecord
 
 PER_PROBLEM = "per_problem.jsonl"
 

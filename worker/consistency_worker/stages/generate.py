@@ -3,7 +3,7 @@
 Sharding: shard i of n takes problems i, i+n, i+2n, ... of the problems file (a deterministic slice that
 spreads strata evenly). Resume: finished problems are written in chunk files under `parts/`; a rerun reads
 them and answers only the rest, then writes the shard file `generations-{i}-of-{n}.jsonl` in one piece.
-How a problem is answered and graded lives in answering.py (the evaluate stage answers through it too).
+How a problem is answered and graded lives in engines/answering.py (the evaluate stage answers through it too).
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from collections.abc import Sequence
 
 from consistency_core.stages import GenerateParams, StageConfig, StageResult
 
-from consistency_worker.answering import SamplingSettings, completion_metrics, generate_records, load_backend
-from consistency_worker.grading import code_grading_metrics
-from consistency_worker.problems import Problem
+from consistency_worker.data.problems import Problem
+from consistency_worker.engines.answering import SamplingSettings, completion_metrics, generate_records, load_backend
+from consistency_worker.grading.code import code_grading_metrics
+from consistency_worker.job.context import StageContext
 from consistency_worker.stages import PermanentStageError
-from consistency_worker.stages.context import StageContext
 
 
 def shard_slice(problems: Sequence[Problem], index: int, count: int) -> list[Problem]:

@@ -22,11 +22,11 @@ from consistency_core.stages import (
     StageResult,
 )
 
-from consistency_worker.leakage import NGRAM, Overlap, find_overlaps, find_skeleton_overlaps, normalise_text
-from consistency_worker.problems import Problem
-from consistency_worker.seeds import rng_seed
+from consistency_worker.data.leakage import NGRAM, Overlap, find_overlaps, find_skeleton_overlaps, normalise_text
+from consistency_worker.data.problems import Problem
+from consistency_worker.job.context import StageContext
+from consistency_worker.runtime.seeds import rng_seed
 from consistency_worker.stages import PermanentStageError
-from consistency_worker.stages.context import StageContext
 
 REPORT = "report.json"
 MALFORMED_IN_REPORT = 50  # first rows with reasons kept in report.json
@@ -76,7 +76,7 @@ def _needed(params: PrepareParams) -> list[DatasetSpec]:
 
 def _load_all(specs: list[DatasetSpec], ctx: StageContext,
               seed: int) -> tuple[dict[str, list[Problem]], dict[str, Any], list[dict[str, Any]]]:
-    from consistency_worker.loaders import load_problems
+    from consistency_worker.data.loaders import load_problems
 
     problems: dict[str, list[Problem]] = {}
     per_dataset: dict[str, Any] = {}
@@ -109,7 +109,7 @@ def _load_all(specs: list[DatasetSpec], ctx: StageContext,
 
 
 def _select(params: PrepareParams, problems: dict[str, list[Problem]], seed: int) -> list[Problem]:
-    from consistency_worker.strata import stratified_sample
+    from consistency_worker.data.strata import stratified_sample
 
     selection: list[Problem] = []
     for i, sel in enumerate(params.selection):
@@ -139,7 +139,7 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
     params = config.params
     if not isinstance(params, PrepareParams):
         raise PermanentStageError(f"prepare got params of kind {params.kind!r}")
-    from consistency_worker.leakage import LeakageError, check_leakage
+    from consistency_worker.data.leakage import LeakageError, check_leakage
 
     problems, per_dataset, malformed = _load_all(_needed(params), ctx, config.seed)
     eval_names = [ds.name for ds in params.datasets if DatasetRole.eval in ds.roles and ds.name in problems]

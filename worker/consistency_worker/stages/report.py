@@ -26,8 +26,8 @@ from consistency_core.stages import (
 )
 from consistency_core.status import CampaignStatus
 
+from consistency_worker.job.context import StageContext
 from consistency_worker.stages import PermanentStageError
-from consistency_worker.stages.context import StageContext
 
 
 def render_report(config: StageConfig, params: ReportParams, store: Any, out: Path) -> tuple[Any, list[str]]:
@@ -46,7 +46,7 @@ def render_report(config: StageConfig, params: ReportParams, store: Any, out: Pa
 def export_merged(config: StageConfig, params: ReportParams, adapter_dir: Path, out: Path, ctx: StageContext) -> None:
     from peft import PeftModel
 
-    from consistency_worker.models import load_model, load_tokenizer, resolve_model
+    from consistency_worker.engines.model_loading import load_model, load_tokenizer, resolve_model
 
     model = resolve_model(config.model, ctx.store, ctx.scratch_dir / "models")
     base = load_model(model, device="cpu", dtype=params.spec.export.dtype)
@@ -74,7 +74,7 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
     local = {"report": out / REPORT_MARKDOWN}
 
     if params.adapter_uri:
-        from consistency_worker.models import fetch_adapter
+        from consistency_worker.engines.model_loading import fetch_adapter
 
         ctx.manifest.add_input("adapter", params.adapter_uri)
         adapter_dir = fetch_adapter(params.adapter_uri, ctx.store, ctx.scratch_dir)

@@ -4,7 +4,7 @@ fine-tuning: a whole model there, with its tokenizer) and `loss.json`.
 QLoRA (4-bit NF4 base + LoRA) runs wherever bitsandbytes supports the device, CPU included; plain LoRA only
 where it does not, and the result says which ran. Resumes from the latest checkpoint under
 `<output>/checkpoints/` (a preempted pod loses at most `checkpointSteps` optimizer steps). Continues from
-`initAdapterUri` when given (1B.2 from 1B.1). Under torchrun (params.processes > 1, see distributed.py)
+`initAdapterUri` when given (1B.2 from 1B.1). Under torchrun (params.processes > 1, see engines/distributed.py)
 each rank trains on its share of every step and rank 0 alone writes.
 """
 
@@ -17,14 +17,15 @@ from typing import Any
 from consistency_core.spec import LoraConfig
 from consistency_core.stages import TRAIN_ADAPTER, StageConfig, StageResult, TrainParams
 
-from consistency_worker.distributed import (
+from consistency_worker.engines.checkpoints import CHECKPOINTS, CheckpointStore
+from consistency_worker.engines.distributed import (
     World,
     current_world,
     destroy_process_group,
     init_process_group,
     rank_zero_first,
 )
-from consistency_worker.models import (
+from consistency_worker.engines.model_loading import (
     ModelError,
     ResolvedModel,
     bnb_4bit_unsupported,
@@ -36,18 +37,10 @@ from consistency_worker.models import (
     resolve_model,
     with_trained,
 )
+from consistency_worker.engines.training import TrainingDataError, build_examples, total_steps, train_lora, wrap_lora
+from consistency_worker.job.context import StageContext
 from consistency_worker.stages import PermanentStageError
-from consistency_worker.stages.context import StageContext
-from consistency_worker.store import JsonlError, parse_jsonl_objects
-from consistency_worker.training import (
-    CHECKPOINTS,
-    CheckpointStore,
-    TrainingDataError,
-    build_examples,
-    total_steps,
-    train_lora,
-    wrap_lora,
-)
+from consistency_worker.store.jsonl import JsonlError, parse_jsonl_objects
 
 LOSS_FILE = "loss.json"
 METHOD_LABELS = {
@@ -152,7 +145,7 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
             # Parse the bytes already read for the manifest: one download of the data, not two.
             rows = parse_jsonl_objects(data.decode("utf-8"), params.data_uri)
             if knobs.objective == "preference":
-                from consistency_worker.preference import build_pairs
+                from consistency_worker.engines.preference import build_pairs
 
                 examples, dropped = build_pairs(tokenizer, rows, knobs.max_seq_len, source=params.data_uri)
             else:
