@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from consistency_local.console import paired_text
+from consistency_report.text import paired_text
+
 from consistency_local.rundir import RunDir
 from consistency_local.stage_process import run_stage_process
 

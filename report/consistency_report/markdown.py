@@ -1,5 +1,6 @@
-"""The campaign report a person reads: Markdown with PNG figures in <run-dir>/report/, and a short
-terminal summary. Numbers are printed as measured, each rate with its Wilson 95% interval."""
+"""The campaign report a person reads, as Markdown (report.md; its PNG figures come from `plots`). Numbers
+are printed as measured, each rate with its Wilson 95% interval. The local runner writes it into
+<run-dir>/report/ (consistency_local.report), the worker's report stage into its output."""
 
 from __future__ import annotations
 
@@ -8,13 +9,13 @@ from typing import Any
 
 from consistency_core.endpoints import adjusted
 from consistency_core.forecast import forecast_checks
+from consistency_core.stats import Rate
 from consistency_core.status import ConditionType
-
-from consistency_local.console import duration, paired_text
-from consistency_local.plots import draw_all
-from consistency_local.report_data import EvalView, ReportData, gather
 from consistency_local.rundir import RunDir, atomic_write
-from consistency_local.stats import Rate
+
+from consistency_report.data import EvalView, ReportData, gather
+from consistency_report.plots import draw_all
+from consistency_report.text import duration, paired_text
 
 REPORT_FILE = "report.md"
 
@@ -25,7 +26,9 @@ def _rate(rate: Rate | None, fallback: float | None = None) -> str:
     return "n/a" if fallback is None else f"{fallback:.1%} (no per-problem data)"
 
 
-def _headline(view: EvalView) -> dict[str, str]:
+def headline(view: EvalView) -> dict[str, str]:
+    """One evaluation's headline figures by name (consistency, then per domain), each as printed text; the
+    report's before/after lines and the model card's table share it so both print the same numbers."""
     row = {"consistency": _rate(view.consistency, view.record.consistency)}
     domains = sorted(set(view.accuracy) | set(view.record.accuracy))
     for d in domains:
@@ -38,7 +41,8 @@ def _headline(view: EvalView) -> dict[str, str]:
     return row
 
 
-def _md_table(header: list[str], rows: list[list[Any]]) -> list[str]:
+def md_table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    """A Markdown table's lines."""
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return out
@@ -49,10 +53,10 @@ def before_after_lines(data: ReportData) -> list[str]:
     if after is None:
         if before is None:
             return ["No evaluation finished."]
-        return [f"{k:<18} baseline {v}" for k, v in _headline(before).items()] + ["No trained model was evaluated."]
+        return [f"{k:<18} baseline {v}" for k, v in headline(before).items()] + ["No trained model was evaluated."]
     lines = []
-    b = _headline(before) if before else {}
-    a = _headline(after)
+    b = headline(before) if before else {}
+    a = headline(after)
     for metric in dict.fromkeys([*b, *a]):
         lines.append(f"{metric:<18} before {b.get(metric, 'n/a'):<34} after ({after.label}) {a.get(metric, 'n/a')}")
     changes = data.paired_changes()
@@ -96,7 +100,7 @@ def graded_section(data: ReportData) -> list[str]:
             "right / a wrong answer), maj@k (the majority answer is right), self-consistency gap (maj@k - "
             "pass@1); means over problems. Cut off: answers stopped at maxNewTokens before a final-answer "
             "marker, graded as no answer.", "",
-            *_md_table(["evaluation", "domain", *[label for _, label in GRADED_COLUMNS], "pass@1 (k)", "cut off"],
+            *md_table(["evaluation", "domain", *[label for _, label in GRADED_COLUMNS], "pass@1 (k)", "cut off"],
                        rows), ""]
 
 
@@ -133,7 +137,7 @@ def render_markdown(data: ReportData, figures: list[str]) -> str:
         rows.append([e.label, e.record.problems, _rate(e.consistency, e.record.consistency),
                      f"{e.record.mean_agreement:.3f}" if e.record.mean_agreement is not None else "n/a",
                      *[_rate(e.accuracy.get(d), e.record.accuracy.get(d)) for d in domains], gate])
-    md += _md_table(["evaluation", "problems", "consistency", "mean agreement",
+    md += md_table(["evaluation", "problems", "consistency", "mean agreement",
                      *[f"{d} accuracy" for d in domains], "gate"], rows)
     gate = st.condition(ConditionType.gate_passed)
     if gate:
@@ -147,7 +151,7 @@ def render_markdown(data: ReportData, figures: list[str]) -> str:
         header = ["domain/stratum"] + [f"{e.label} {m}" for e in pair for m in ("accuracy", "consistency")]
         rows = [[k] + [_rate(e.strata.get(k, {}).get(m)) for e in pair for m in ("accuracy", "consistency")]
                 for k in keys]
-        md += [*_md_table(header, rows), ""]
+        md += [*md_table(header, rows), ""]
         if "strata.png" in figures:
             md += ["![per stratum](strata.png)", ""]
 
@@ -163,14 +167,14 @@ def render_markdown(data: ReportData, figures: list[str]) -> str:
                  paired_text((e.comparison.get("paired") or {}).get("success"))] for e in comps]
         header = ["evaluation", "matched", "failure -> success", "success -> failure", "still failure",
                   "still success", "success change (95% CI, McNemar p)"]
-        md += [*_md_table(header, rows), ""]
+        md += [*md_table(header, rows), ""]
         if "transitions.png" in figures:
             md += ["![transitions](transitions.png)", ""]
 
     md += ["## Time and cost per stage", ""]
     rows = [[s.key, s.attempt, s.outcome, duration(s.seconds) if s.seconds is not None else "",
              f"{s.gpu_hours:.4f}", f"${s.usd:.2f}", s.message.replace("|", "/")[:120]] for s in data.stages]
-    md += [*_md_table(["stage", "attempt", "outcome", "duration", "GPU-hours", "cost", "message"], rows), ""]
+    md += [*md_table(["stage", "attempt", "outcome", "duration", "GPU-hours", "cost", "message"], rows), ""]
     if "stages.png" in figures:
         md += ["![stages](stages.png)", ""]
     md += forecast_lines(data)
@@ -196,7 +200,7 @@ def forecast_lines(data: ReportData) -> list[str]:
             "(spec.budget.throughput, every answer at its whole token budget) and from what the campaign's "
             "earlier stages measured (tokens per second, mean answer length); error = (forecast - took) / took. "
             "The budget stop checks the upper bound (measured speed, whole token budgets).", "",
-            *_md_table(header, rows), ""]
+            *md_table(header, rows), ""]
 
 
 def open_campaign_store(spec: Any) -> Any:
