@@ -20,10 +20,10 @@ import sys
 from pathlib import Path
 
 from consistency_core.status import CampaignPhase, StageOutcome
-from consistency_report.markdown import terminal_summary, write_report
 
 from consistency_local.campaign_file import Campaign, CampaignFileError, load_campaign
 from consistency_local.console import LiveConsole, render_status
+from consistency_local.report import terminal_summary, write_report
 from consistency_local.rundir import RunDir
 from consistency_local.runner import RunError, run_campaign
 

@@ -9,8 +9,8 @@ from typing import Any
 from consistency_core.spec import ArtifactStore, CampaignSpec
 from consistency_core.stages import REPORT_SPEC, REPORT_STATUS, join_uri
 from consistency_core.status import CampaignStatus
-from consistency_report.markdown import terminal_summary, write_report
 
+from consistency_local.report import terminal_summary, write_report
 from consistency_local.rundir import RunDir
 
 

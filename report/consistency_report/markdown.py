@@ -4,20 +4,15 @@ are printed as measured, each rate with its Wilson 95% interval. The local runne
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from consistency_core.endpoints import adjusted
 from consistency_core.forecast import forecast_checks
 from consistency_core.stats import Rate
 from consistency_core.status import ConditionType
-from consistency_local.rundir import RunDir, atomic_write
 
-from consistency_report.data import EvalView, ReportData, gather
-from consistency_report.plots import draw_all
+from consistency_report.data import EvalView, ReportData
 from consistency_report.text import duration, paired_text
-
-REPORT_FILE = "report.md"
 
 
 def _rate(rate: Rate | None, fallback: float | None = None) -> str:
@@ -201,29 +196,3 @@ def forecast_lines(data: ReportData) -> list[str]:
             "earlier stages measured (tokens per second, mean answer length); error = (forecast - took) / took. "
             "The budget stop checks the upper bound (measured speed, whole token budgets).", "",
             *md_table(header, rows), ""]
-
-
-def open_campaign_store(spec: Any) -> Any:
-    try:
-        from consistency_worker.store import open_store
-    except ImportError:
-        return None
-    return open_store(spec.store)
-
-
-def write_report(run_dir: RunDir, name: str, namespace: str, spec: Any, status: Any,
-                 store: Any = None) -> tuple[Path, ReportData]:
-    data = gather(name, namespace, spec, status, store if store is not None else open_campaign_store(spec))
-    figures = draw_all(data, run_dir.report_dir)
-    path = run_dir.report_dir / REPORT_FILE
-    atomic_write(path, render_markdown(data, figures))
-    return path, data
-
-
-def terminal_summary(data: ReportData, path: Path) -> str:
-    st = data.status
-    lines = [f"Campaign {data.namespace}/{data.name}: {st.phase.value} ({st.message})",
-             *before_after_lines(data),
-             f"Stage time {duration(data.total_seconds)}, cost ${st.cost.usd:.2f}.",
-             f"Report: {path}"]
-    return "\n".join(lines)
