@@ -37,7 +37,7 @@ def main() -> int:
 
     os.environ["CONSISTENCY_GENERATE_CHUNK"] = str(args.chunk)
     from consistency_core.spec import ModelRef, SamplingKnobs
-    from consistency_core.stages import StageConfig
+    from consistency_core.stage_wire import StageConfig
     from consistency_worker import answering
     from consistency_worker.backends.hf import HFBackend
     from consistency_worker.models import resolve_model

@@ -275,7 +275,7 @@ def write_problems(path: Path, items: list) -> Path:
 
 def stage_config(stage: str, work: Path, key: str, params: dict[str, Any], *, backend: str = "hf",
                  seed: int = 7, model: Path | None = None):  # -> StageConfig
-    from consistency_core.stages import StageConfig
+    from consistency_core.stage_wire import StageConfig
 
     store = work / "store"
     return StageConfig.model_validate({

@@ -21,7 +21,7 @@ from consistency_core.bounds import (
     StoreUri,
     UriText,
 )
-from consistency_core.model import WireModel
+from consistency_core.wire_model import WireModel
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 MIN_SAMPLING_TEMPERATURE = 0.05

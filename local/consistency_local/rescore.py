@@ -20,7 +20,7 @@ from typing import Any
 
 from consistency_core.endpoints import adjusted, paired_family, primary_change
 from consistency_core.spec import PrimaryEndpoint
-from consistency_core.stages import EvaluateParams, StageConfig
+from consistency_core.stage_wire import EvaluateParams, StageConfig
 from consistency_core.status import EvaluationRecord, StageOutcome
 from consistency_report.data import label_of
 from consistency_worker.generations import Completion, GenerationRecord, read_generations

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from consistency_core.model import WireModel, nested_model
-from consistency_core.stages import DistillParams, EvaluateParams, GenerateParams, StageConfig, TrainParams
+from consistency_core.stage_wire import DistillParams, EvaluateParams, GenerateParams, StageConfig, TrainParams
+from consistency_core.wire_model import WireModel, nested_model
 from consistency_worker.problems import Problem
 from consistency_worker.prompts import build_messages
 from consistency_worker.stages import run_stage

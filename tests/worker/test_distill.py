@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from consistency_core.stages import DISTILL_TRAIN, RESULT, StageConfig, StageResult
+from consistency_core.stage_wire import DISTILL_TRAIN, RESULT, StageConfig, StageResult
 from consistency_worker.generations import Completion, GenerationRecord, dump_records, shard_file_name
 from consistency_worker.problems import Problem
 from consistency_worker.prompts import build_messages

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from consistency_core.stages import TERMINATION_MESSAGE_LIMIT
+from consistency_core.stage_wire import TERMINATION_MESSAGE_LIMIT
 from consistency_worker.generations import Completion, GenerationRecord
 from consistency_worker.stages import PermanentStageError
 from consistency_worker.stages.evaluate import compare, outcome_of, per_problem_row, summarise

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from consistency_core.spec import SamplingKnobs
-from consistency_core.stages import RESULT
+from consistency_core.stage_wire import RESULT
 from consistency_worker import answering
 from consistency_worker.answering import SamplingSettings, answer_problems, plan_requests, truncated_share
 from consistency_worker.backends import Generated, GenerationRequest
@@ -334,7 +334,7 @@ def test_temperature_zero_samples_are_copies_of_the_greedy_answer(tmp_path: Path
     temperature 0 all repeat the greedy answer, so agreement is always 1 and the agreement filter cannot
     drop anything; at the default 0.7 they differ."""
     from consistency_core.spec import SamplingKnobs, SpecError, parse_spec
-    from consistency_core.stages import StageConfig
+    from consistency_core.stage_wire import StageConfig
     from consistency_worker.backends import open_backend
     from consistency_worker.models import resolve_model
     from consistency_worker.voting import majority_vote

@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from consistency_core.stages import StageConfig, StageResult
+from consistency_core.stage_wire import StageConfig, StageResult
 
 from consistency_worker.store import Store, sha256_file
 

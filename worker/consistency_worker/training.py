@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from consistency_core.spec import LoraConfig, TrainingKnobs
-from consistency_core.stages import join_uri
+from consistency_core.stage_wire import join_uri
 
 from consistency_worker.backends import encode_prompt
 from consistency_worker.distributed import World, all_reduce_gradients, broadcast_parameters

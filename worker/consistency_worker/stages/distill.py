@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from consistency_core.spec import AgreementFilter, FailureExamples
-from consistency_core.stages import (
+from consistency_core.stage_wire import (
     DISTILL_PAIRS,
     DISTILL_TRAIN,
     DistillMode,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from consistency_core.stages import GenerateParams, StageConfig, StageResult
+from consistency_core.stage_wire import GenerateParams, StageConfig, StageResult
 
 from consistency_worker.answering import SamplingSettings, completion_metrics, generate_records, load_backend
 from consistency_worker.grading import code_grading_metrics

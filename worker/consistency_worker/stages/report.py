@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from consistency_core.stages import (
+from consistency_core.stage_wire import (
     MODEL_CARD,
     REPORT_ADAPTER,
     REPORT_MARKDOWN,
