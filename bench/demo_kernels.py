@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-for _sub in ("core", "worker", "operator", "local"):
+for _sub in ("core", "report", "worker", "operator", "local"):
     sys.path.insert(0, str(REPO / _sub))
 
 CHILD = """
@@ -43,7 +43,7 @@ print(json.dumps({"cpu": time.process_time() - cpu0, "wall": time.perf_counter()
 def build(steps: int, tmp: Path, pinned: bool) -> dict:
     from consistency_local.kernels import ENV_SWITCH, pin_kernels
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(REPO / d) for d in ("core", "worker", "local"))}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(REPO / d) for d in ("core", "report", "worker", "local"))}
     env.pop(ENV_SWITCH, None)
     if pinned:
         pin_kernels(env)

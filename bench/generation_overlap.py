@@ -37,7 +37,7 @@ def main() -> int:
 
     os.environ["CONSISTENCY_GENERATE_CHUNK"] = str(args.chunk)
     from consistency_core.spec import ModelRef, SamplingKnobs
-    from consistency_core.stages import StageConfig
+    from consistency_core.stage_wire import StageConfig
     from consistency_testkit.tinymodel import build_tiny_model
     from consistency_worker.data.problems import Problem
     from consistency_worker.engines import answering

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-for _sub in ("core", "worker", "operator", "local", "testkit"):
+for _sub in ("core", "report", "worker", "operator", "local", "testkit"):
     if str(REPO / _sub) not in sys.path:
         sys.path.insert(0, str(REPO / _sub))
 

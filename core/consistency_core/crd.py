@@ -12,10 +12,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, TypeAdapter
 
-from consistency_core.model import nested_model
 from consistency_core.names import MAX_CAMPAIGN_NAME
 from consistency_core.spec import CampaignSpec
 from consistency_core.status import CampaignStatus
+from consistency_core.wire_model import nested_model
 
 GROUP = "consistency.dev"
 VERSION = "v1alpha1"

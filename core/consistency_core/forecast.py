@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from consistency_core import cost
 from consistency_core.plan import Step, phase_settings, plan, report_step
 from consistency_core.spec import CampaignSpec, DatasetFormat, DatasetSpec, StageName
-from consistency_core.stageconfig import StageConfigs
+from consistency_core.stage_builder import StageConfigBuilder
 from consistency_core.status import (
     CampaignForecast,
     CampaignStatus,
@@ -90,7 +90,7 @@ def steps(spec: CampaignSpec) -> list[tuple[Step, bool]]:
     return [*out, (report_step(last, 1), True)]
 
 
-def _plan_workload(configs: StageConfigs, step: Step, counts: _Counts) -> tuple[cost.Workload, bool]:
+def _plan_workload(configs: StageConfigBuilder, step: Step, counts: _Counts) -> tuple[cost.Workload, bool]:
     """The stage's workload at its largest (train: every problem yields maxPerProblem examples), and whether
     its size is known. The stage builder supplies the knobs; the problem and example counts come from here,
     since before prepare and distill nothing has counted them."""
@@ -124,7 +124,7 @@ def campaign_forecast(spec: CampaignSpec, sizes: Mapping[str, int | None], rates
     """The campaign's stages with their cost at the upper bound (spec figures unless `rates` says otherwise),
     the first-pass and worst-case totals, and the verdict against budget.maxUsd."""
     rates = rates or cost.Rates.configured(spec.budget)
-    configs = StageConfigs(spec, CampaignStatus(), campaign, namespace)
+    configs = StageConfigBuilder(spec, CampaignStatus(), campaign, namespace)
     counts = _counts(spec, sizes)
     attempts = spec.retry.stage_retries + 1
     rows, unknown, first_hours, worst_hours = [], [], 0.0, 0.0

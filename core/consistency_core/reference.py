@@ -22,8 +22,8 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from consistency_core.model import nested_model
 from consistency_core.spec import CampaignSpec, StageName
+from consistency_core.wire_model import nested_model
 
 START = "<!-- spec-reference:start -->"
 END = "<!-- spec-reference:end -->"

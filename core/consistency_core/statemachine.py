@@ -11,7 +11,7 @@ calling `decide` again with the stored status (as after an operator restart) yie
 The action `RunStage` means "make sure this stage's Job exists, then wait for its result": creating it is
 idempotent because the Job name is a function of (campaign, stage key, attempt).
 
-This module holds the decisions only; plan.py says which stages exist and their keys, stageconfig.py
+This module holds the decisions only; plan.py says which stages exist and their keys, stage_builder.py
 builds what each stage is told.
 """
 
@@ -25,8 +25,8 @@ from consistency_core import cost, forecast
 from consistency_core.names import job_name, parse_rfc3339, rfc3339
 from consistency_core.plan import BASELINE_KEY, REPORT_KEY, Step, knobs, plan, report_step, stage_key
 from consistency_core.spec import CampaignSpec, StageName, StageResources
-from consistency_core.stageconfig import StageConfigs
-from consistency_core.stages import StageConfig, StageResult
+from consistency_core.stage_builder import StageConfigBuilder
+from consistency_core.stage_wire import StageConfig, StageResult
 from consistency_core.status import (
     CampaignPhase,
     CampaignStatus,
@@ -352,7 +352,7 @@ def _start(
 ) -> Decision:
     """Record a new attempt of `step` and ask for its Job, unless its forecast breaks the budget."""
     attempt = len(status.attempts(step.key)) + 1
-    configs = StageConfigs(spec, status, campaign, namespace)
+    configs = StageConfigBuilder(spec, status, campaign, namespace)
     config = configs.config(step, attempt)
     resources = spec.resources.stages.for_stage(step.stage)
     gpus = resources.gpus * (resources.shards if step.stage == StageName.generate else 1)
@@ -386,7 +386,7 @@ def _start(
 def _run(spec: CampaignSpec, status: CampaignStatus, record: StageRecord, campaign: str,
          namespace: str) -> RunStage:
     step = _step_of(spec, record)
-    config = StageConfigs(spec, status, campaign, namespace).config(step, record.attempt)
+    config = StageConfigBuilder(spec, status, campaign, namespace).config(step, record.attempt)
     return RunStage(record, config, spec.resources.stages.for_stage(step.stage))
 
 

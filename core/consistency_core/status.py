@@ -9,9 +9,9 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
-from consistency_core.model import WireModel
 from consistency_core.names import rfc3339
 from consistency_core.spec import StageName
+from consistency_core.wire_model import WireModel
 
 # The phase a StageConfig and an EvaluationRecord name for the evaluation of the base model before 1B.1
 # (its stage key is `baseline-evaluate`); it is not a TrainingPhase: nothing is trained in it.

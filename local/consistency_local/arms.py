@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 from consistency_core.plan import stage_key
 from consistency_core.spec import MAX_EPOCHS, StageName
-from consistency_core.stages import StageConfig
+from consistency_core.stage_wire import StageConfig
 from consistency_core.status import StageRecord, TrainingPhase
 
 from consistency_local.campaign_file import load_campaign
@@ -90,7 +90,7 @@ def read_result(results: Path, key: str) -> dict[str, Any]:
 def matched_epochs(reference_steps: int, n_items: int, training: Any) -> int:
     """The fewest epochs whose optimizer steps reach ``reference_steps`` (the protocol's "nearest at or
     above"), with the train stage's own step count."""
-    from consistency_worker.training import total_steps
+    from consistency_worker.engines.training import total_steps
 
     per_epoch = total_steps(n_items, training.model_copy(update={"epochs": 1}))
     if per_epoch == 0:
@@ -125,7 +125,7 @@ def model_template(model: str, cache: Path, log: Any) -> tuple[str, dict[str, st
 
         data, built = prepare(cache, log)
         return "demo-campaign.yaml", {"MODEL": str(built.resolve()), "DATA": str(data.resolve())}
-    from consistency_worker.tinymodel import smollm2_gguf_path
+    from consistency_testkit.tinymodel import smollm2_gguf_path
 
     from consistency_local.efficacy import ensure_data
 
@@ -139,7 +139,7 @@ def model_template(model: str, cache: Path, log: Any) -> tuple[str, dict[str, st
 def setup_environment(model: str) -> None:
     """As `make demo` / `make efficacy` run: pinned kernels for the demo model (before torch loads), and
     each model's batch width."""
-    from consistency_worker.answering import ENV_BATCH_ROWS
+    from consistency_worker.engines.answering import ENV_BATCH_ROWS
 
     from consistency_local.kernels import pin_kernels
 

@@ -28,7 +28,7 @@ LIMIT = 0.10
 
 def cut_off(tokens: int | None, truncated: bool, prefix: Callable[[int], str], budget: int) -> bool:
     """Whether a sample generated with ``budget`` new tokens would be cut off without a marker."""
-    from consistency_worker.grading import extract_math_answer
+    from consistency_worker.grading.answers import extract_math_answer
 
     if not truncated and tokens is not None and tokens <= budget:
         return False
@@ -53,11 +53,11 @@ def shares_of(samples: Sequence[Any], encode: Callable[[str], list[int]], decode
 
 def measure_budget(template: str, paths: dict[str, str], out: Path, log: Callable[[str], None]) -> int:
     from consistency_core.spec import SamplingKnobs, StageName
-    from consistency_core.stages import GenerateParams, StageConfig
-    from consistency_worker.generations import read_generations
-    from consistency_worker.loaders import load_problems
-    from consistency_worker.models import load_tokenizer, resolve_model
-    from consistency_worker.store import open_store
+    from consistency_core.stage_wire import GenerateParams, StageConfig
+    from consistency_worker.data.loaders import load_problems
+    from consistency_worker.engines.model_loading import load_tokenizer, resolve_model
+    from consistency_worker.store.facade import open_store
+    from consistency_worker.store.generations import read_generations
 
     from consistency_local.demo import render_template
     from consistency_local.demo_tuning import run_stage

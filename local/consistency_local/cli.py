@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from consistency_core.stages import StageConfig
+from consistency_core.stage_wire import StageConfig
 from consistency_core.status import CampaignPhase, StageOutcome, StageRecord
 
 from consistency_local.campaign_file import Campaign, CampaignFileError, load_campaign

@@ -13,22 +13,12 @@ from typing import TextIO
 from consistency_core.names import parse_rfc3339
 from consistency_core.statemachine import Event
 from consistency_core.status import CampaignStatus, EventType
+from consistency_report.text import duration, paired_text
 
 from consistency_local.rundir import RunDir
 from consistency_local.stage_process import Tick
 
 PLAIN_INTERVAL_S = 15.0
-
-
-def duration(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, secs = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
 
 
 def _progress_text(progress: dict | None) -> str:
@@ -95,15 +85,6 @@ COLUMNS = ("NAME", "STATUS", "PHASE", "ITERATION", "STAGE", "PROGRESS", "CONSIST
 
 def _pct(value: float | None) -> str:
     return "" if value is None else f"{value:.3f}"
-
-
-def paired_text(change: dict | None) -> str:
-    """A paired before/after change as the evaluate stage records it: difference in points, its 95%
-    interval and the exact McNemar p-value."""
-    if not change or not change.get("n"):
-        return ""
-    return (f"{change['difference'] * 100:+.1f}pp [{change['low'] * 100:+.1f},{change['high'] * 100:+.1f}] "
-            f"p={change['pValue']:.2g}")
 
 
 def primary_text(status: CampaignStatus) -> str:

@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from consistency_local.console import paired_text
+from consistency_report.text import paired_text
+
 from consistency_local.rundir import RunDir
 from consistency_local.stage_process import run_stage_process
 
@@ -70,7 +71,7 @@ def read_config(run_dir: Path, key: str) -> dict[str, Any]:
 def run_stage(config: dict[str, Any], out: Path, key: str) -> dict[str, Any]:
     """Run one stage with `config` (outputs under out/key) the way the local runner runs it, unless an
     earlier run of the same config passed."""
-    from consistency_core.stages import StageConfig
+    from consistency_core.stage_wire import StageConfig
     from consistency_core.status import StageRecord, TrainingPhase
 
     stage_config = StageConfig.model_validate({**config, "key": key, "outputUri": str(out / key)})

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from consistency_core.spec import ArtifactStore, CampaignSpec
-from consistency_core.stages import REPORT_SPEC, REPORT_STATUS, join_uri
+from consistency_core.stage_wire import REPORT_SPEC, REPORT_STATUS, join_uri
 from consistency_core.status import CampaignStatus
 
 from consistency_local.report import terminal_summary, write_report

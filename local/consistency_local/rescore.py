@@ -20,15 +20,15 @@ from typing import Any
 
 from consistency_core.endpoints import adjusted, paired_family, primary_change
 from consistency_core.spec import PrimaryEndpoint
-from consistency_core.stages import EvaluateParams, StageConfig
+from consistency_core.stage_wire import EvaluateParams, StageConfig
 from consistency_core.status import EvaluationRecord, StageOutcome
+from consistency_report.data import label_of
 from consistency_worker.data.problems import Problem, parse_problems
 from consistency_worker.grading.grade import grade
 from consistency_worker.stages.evaluate import outcome_of, per_problem_row, summarise
 from consistency_worker.store.facade import Store, open_store
 from consistency_worker.store.generations import Completion, GenerationRecord, read_generations
 
-from consistency_local.report_data import label_of
 from consistency_local.rundir import RunDir, atomic_write
 
 # Figures of an evaluation summary compared before/after (per domain where the summary has domains).

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from consistency_core.stages import StageResult
+from consistency_core.stage_wire import StageResult
 from consistency_core.status import CampaignStatus, StageRecord
 
 RUN_FILE = "run.json"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from consistency_core.plan import max_stages
 from consistency_core.spec import StageName
-from consistency_core.stages import StageConfig
+from consistency_core.stage_wire import StageConfig
 from consistency_core.statemachine import Event, Finish, RunStage, decide
 from consistency_core.status import CampaignStatus, StageRecord
 

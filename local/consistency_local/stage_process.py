@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from consistency_core.stages import EXIT_PERMANENT, StageConfig, StageResult
+from consistency_core.stage_wire import EXIT_PERMANENT, StageConfig, StageResult
 from consistency_core.status import StageRecord
 
 from consistency_local.rundir import RunDir, atomic_write

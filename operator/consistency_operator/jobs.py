@@ -13,7 +13,7 @@ from typing import Any
 
 from consistency_core.queueing import QUEUE_LABEL
 from consistency_core.spec import CampaignSpec, StageName, StageResources
-from consistency_core.stages import EXIT_PERMANENT, StageConfig
+from consistency_core.stage_wire import EXIT_PERMANENT, StageConfig
 from consistency_core.status import StageRecord
 
 from consistency_operator.config import OperatorConfig

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from consistency_core.names import parse_rfc3339
 from consistency_core.spec import CampaignSpec, StageName
-from consistency_core.stages import StageResult
+from consistency_core.stage_wire import StageResult
 from consistency_core.status import CampaignStatus, StageOutcome, StageRecord
 
 from consistency_operator.metrics import (

@@ -22,7 +22,7 @@ from consistency_core import queueing
 from consistency_core import statemachine as sm
 from consistency_core.names import campaign_name_problem
 from consistency_core.spec import CampaignSpec, SpecError, parse_spec
-from consistency_core.stages import StageResult
+from consistency_core.stage_wire import StageResult
 from consistency_core.status import CampaignPhase, CampaignStatus, ConditionType, EventType, Reason
 from pydantic import ValidationError
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from consistency_core.stages import EXIT_PERMANENT, StageResult
+from consistency_core.stage_wire import EXIT_PERMANENT, StageResult
 from pydantic import ValidationError
 
 from consistency_operator.jobs import CONTAINER

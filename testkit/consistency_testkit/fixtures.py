@@ -10,8 +10,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from consistency_core.model import WireModel, nested_model
-from consistency_core.stages import DistillParams, EvaluateParams, GenerateParams, StageConfig, TrainParams
+from consistency_core import spec
+from consistency_core.stage_wire import DistillParams, EvaluateParams, GenerateParams, StageConfig, TrainParams
+from consistency_core.wire_model import WireModel, nested_model
 from consistency_worker.data.problems import Problem
 from consistency_worker.data.prompts import build_messages
 from consistency_worker.job.context import StageContext
@@ -73,7 +74,8 @@ def nest_params(stage: str, flat: dict[str, Any]) -> dict[str, Any]:
         return params
     for name, info in model.model_fields.items():
         section = nested_model(info.annotation)
-        if section is None or not section.__module__.endswith(".spec"):
+        # A spec section (consistency_core.spec exports them all, whichever spec_* module defines it).
+        if section is None or getattr(spec, section.__name__, None) is not section:
             continue
         aliases = {f.alias or n for n, f in section.model_fields.items()}
         part = {k: params.pop(k) for k in list(params) if k in aliases}

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from consistency_core.spec import CampaignSpec, StageName, parse_spec
-from consistency_core.stages import StageResult
+from consistency_core.stage_wire import StageResult
 from consistency_core.statemachine import Decision, Finish, RunStage, decide
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -11,12 +11,12 @@ from enum import Enum
 from typing import Any, Literal, get_args, get_origin
 
 import pytest
-from consistency_core.model import nested_model
 from consistency_core.plan import plan, report_step
 from consistency_core.spec import CampaignSpec
-from consistency_core.stageconfig import StageConfigs
-from consistency_core.stages import StageConfig
+from consistency_core.stage_builder import StageConfigBuilder
+from consistency_core.stage_wire import StageConfig
 from consistency_core.status import CampaignStatus, TrainingPhase
+from consistency_core.wire_model import nested_model
 from pydantic import BaseModel
 
 from .helpers import minimal_spec
@@ -120,7 +120,7 @@ def _with(spec: CampaignSpec, path: str, value: Any) -> CampaignSpec:
 
 def _configs(spec: CampaignSpec) -> list[StageConfig]:
     """Every stage config of a campaign that runs two 1B.1 iterations and 1B.2."""
-    builder = StageConfigs(spec, CampaignStatus(adapter="s3://bucket/adapter"), "c", "ns")
+    builder = StageConfigBuilder(spec, CampaignStatus(adapter="s3://bucket/adapter"), "c", "ns")
     steps = [*plan(spec, TrainingPhase.quick_fix, 1), *plan(spec, TrainingPhase.quick_fix, 2),
              *plan(spec, TrainingPhase.expansion, 1), report_step(TrainingPhase.expansion, 1)]
     return [builder.config(step, 1) for step in steps]

@@ -6,7 +6,7 @@ import pytest
 from consistency_core import cost
 from consistency_core.plan import BASELINE_KEY, PREPARE_KEY, plan
 from consistency_core.spec import StageName
-from consistency_core.stageconfig import StageConfigs
+from consistency_core.stage_builder import StageConfigBuilder
 from consistency_core.status import CampaignStatus, StageOutcome, StageRecord, TrainingPhase
 
 from .helpers import minimal_spec
@@ -16,7 +16,7 @@ def _baseline_forecast(**evaluation: object) -> tuple[cost.Workload, float]:
     spec = minimal_spec(evaluation=evaluation) if evaluation else minimal_spec()
     prepared = StageRecord(key=PREPARE_KEY, stage=StageName.prepare, phase=TrainingPhase.quick_fix, iteration=1,
                            job_name="p", outcome=StageOutcome.succeeded, result={"metrics": {"eval": 100}})
-    configs = StageConfigs(spec, CampaignStatus(stages=[prepared]), "c", "ns")
+    configs = StageConfigBuilder(spec, CampaignStatus(stages=[prepared]), "c", "ns")
     step = next(s for s in plan(spec, TrainingPhase.quick_fix, 1) if s.key == BASELINE_KEY)
     work = configs.workload(step, configs.config(step, 1))
     return work, cost.forecast_gpu_hours(StageName.evaluate, 1, work, spec.budget)

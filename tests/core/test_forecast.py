@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from consistency_core import cost, forecast
 from consistency_core.spec import StageName
-from consistency_core.stages import StageResult
+from consistency_core.stage_wire import StageResult
 from consistency_core.status import StageOutcome
 
 from tests.core.helpers import drive, minimal_spec, succeed_with

@@ -42,7 +42,7 @@ def test_preempted_back_into_the_queue_adds_up_the_waits():
 
 
 def test_cost_of_a_queued_stage_counts_from_admission():
-    from consistency_core.stages import StageResult
+    from consistency_core.stage_wire import StageResult
 
     spec = minimal_spec(resources={"stages": {"prepare": {"gpus": 1}}}, budget={"gpuHourUsd": 2.0})
     status = started_status()

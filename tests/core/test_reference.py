@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 from consistency_core import reference
-from consistency_core.model import nested_model
 from consistency_core.spec import CampaignSpec, StageName
+from consistency_core.wire_model import nested_model
 from pydantic import BaseModel
 
 ROWS = reference.rows()

@@ -3,7 +3,7 @@ from datetime import timedelta
 import pytest
 from consistency_core.plan import BASELINE_KEY, PREPARE_KEY, knobs, max_stages, stage_key
 from consistency_core.spec import SpecError, StageName
-from consistency_core.stages import StageResult
+from consistency_core.stage_wire import StageResult
 from consistency_core.statemachine import Finish, RunStage, decide
 from consistency_core.status import BASELINE, CampaignPhase, StageOutcome, TrainingPhase
 from hypothesis import given, settings

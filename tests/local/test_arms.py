@@ -12,7 +12,7 @@ import pytest
 import yaml
 from consistency_core.graded_stats import graded_paired
 from consistency_core.spec import MAX_EPOCHS
-from consistency_core.stages import StageConfig
+from consistency_core.stage_wire import StageConfig
 from consistency_core.status import StageRecord, TrainingPhase
 from consistency_local import arms, arms_budget, arms_table
 from consistency_local.campaign_file import load_campaign

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 from consistency_core.spec import StageName
+from consistency_core.stats import paired_from_rows, wilson
 from consistency_core.status import CampaignPhase, CampaignStatus, EvaluationRecord, StageRecord, TrainingPhase
 from consistency_local.console import LiveConsole, render_status, tick_line
-from consistency_local.report_data import domain_figures, rates_from_rows, transitions
 from consistency_local.rundir import RunDir
 from consistency_local.stage_process import Tick
-from consistency_local.stats import paired_from_rows, wilson
+from consistency_report.data import domain_figures, rates_from_rows, transitions
 
 
 def _running(tmp_path: Path) -> tuple[RunDir, StageRecord]:
@@ -127,9 +127,9 @@ def _rows(agreements: list[float], *, majority: int) -> list[dict]:
 
 
 def test_report_headlines_the_primary_endpoint_and_model_card_prints_the_sampled_temperature() -> None:
-    from consistency_local.model_card import render_model_card
-    from consistency_local.report import before_after_lines, graded_section
-    from consistency_local.report_data import EvalView, ReportData, graded_table
+    from consistency_report.data import EvalView, ReportData, graded_table
+    from consistency_report.markdown import before_after_lines, graded_section
+    from consistency_report.model_card import render_model_card
 
     from tests.core.helpers import minimal_spec
 

@@ -92,8 +92,8 @@ def test_compare_prices_the_seed_options(capsys):
 
 def test_report_shows_forecast_against_actual_with_errors():
     from consistency_core.spec import StageName
-    from consistency_local.report import forecast_lines
-    from consistency_local.report_data import ReportData
+    from consistency_report.data import ReportData
+    from consistency_report.markdown import forecast_lines
 
     from tests.core.helpers import drive, minimal_spec, succeed_with
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from consistency_core.spec import StageName
-from consistency_core.stages import StageConfig
+from consistency_core.stage_wire import StageConfig
 from consistency_core.status import CampaignStatus, EvaluationRecord, StageOutcome, StageRecord, TrainingPhase
 from consistency_local.rescore import main, rescore_run
 from consistency_local.rundir import RunDir

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from consistency_core.crd import crd
-from consistency_core.stages import StageConfig
+from consistency_core.stage_wire import StageConfig
 from kmock_cluster import EmulatedCluster
 from operator_harness import (
     BASELINE,

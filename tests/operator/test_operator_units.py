@@ -13,7 +13,7 @@ pytest.importorskip("kopf")
 
 from consistency_core import statemachine as sm
 from consistency_core.spec import parse_spec
-from consistency_core.stages import StageResult
+from consistency_core.stage_wire import StageResult
 from consistency_operator import specrules
 from consistency_operator.config import OperatorConfig, parse_config
 from consistency_operator.jobs import build_job

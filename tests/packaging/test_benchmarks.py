@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+# The import packages' source folders: a benchmark run as a script imports them from here.
+PACKAGE_DIRS = ("core", "report", "worker", "operator", "local")
 # gpu_check has its own CPU-mode test (tests/worker/test_gpu_check.py), through its shell driver.
 OWN_TEST = {"gpu_check.py"}
 BENCHMARKS = sorted(p.name for p in (REPO / "bench").glob("*.py") if p.name not in OWN_TEST)
@@ -35,7 +37,7 @@ def test_every_benchmark_has_a_quick_run_checked_here() -> None:
 @pytest.mark.parametrize("script", BENCHMARKS)
 def test_benchmark_quick_mode_runs(script: str) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(REPO / d) for d in ("core", "worker", "operator", "local")] + [os.environ.get("PYTHONPATH", "")])}
+        [str(REPO / d) for d in PACKAGE_DIRS] + [os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, str(REPO / "bench" / script), "--quick"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=400)
     out = proc.stdout + proc.stderr
@@ -51,7 +53,7 @@ def test_train_benchmark_peer_trl_quick_mode_compares_like_with_like() -> None:
     import json
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(REPO / d) for d in ("core", "worker", "operator", "local")] + [os.environ.get("PYTHONPATH", "")])}
+        [str(REPO / d) for d in PACKAGE_DIRS] + [os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "train_throughput.py"), "--quick", "--peer", "trl"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from consistency_core.stages import (
+from consistency_core.stage_wire import (
     EXIT_OK,
     EXIT_PERMANENT,
     EXIT_RETRYABLE,

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from consistency_core.stages import DISTILL_TRAIN, RESULT, StageConfig, StageResult
+from consistency_core.stage_wire import DISTILL_TRAIN, RESULT, StageConfig, StageResult
 from consistency_testkit.fixtures import nest_params
 from consistency_worker.data.problems import Problem
 from consistency_worker.data.prompts import build_messages

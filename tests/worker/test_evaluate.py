@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from consistency_core.stages import TERMINATION_MESSAGE_LIMIT
+from consistency_core.stage_wire import TERMINATION_MESSAGE_LIMIT
 from consistency_testkit.fixtures import (
     PROBLEMS,
     run,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from consistency_core.spec import SamplingKnobs
-from consistency_core.stages import RESULT
+from consistency_core.stage_wire import RESULT
 from consistency_testkit.fixtures import (
     PROBLEMS,
     run,
@@ -333,7 +333,7 @@ def test_temperature_zero_samples_are_copies_of_the_greedy_answer(tmp_path: Path
     temperature 0 all repeat the greedy answer, so agreement is always 1 and the agreement filter cannot
     drop anything; at the default 0.7 they differ."""
     from consistency_core.spec import SamplingKnobs, SpecError, parse_spec
-    from consistency_core.stages import StageConfig
+    from consistency_core.stage_wire import StageConfig
     from consistency_testkit.fixtures import stage_config
     from consistency_worker.engines.backends import open_backend
     from consistency_worker.engines.model_loading import resolve_model

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from consistency_core.stages import (
+from consistency_core.stage_wire import (
     MANIFEST,
     PREPARE_EVAL,
     PREPARE_SCAN,

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from consistency_core.spec import parse_spec
-from consistency_core.stages import StageConfig, join_uri
+from consistency_core.stage_wire import StageConfig, join_uri
 from consistency_core.status import CampaignPhase, CampaignStatus, EvaluationRecord, StageRecord
 from consistency_testkit.fixtures import run, single_torch_thread, tiny_model_dir
 

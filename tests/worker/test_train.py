@@ -316,7 +316,7 @@ def test_sigterm_mid_training_exits_retryable_and_the_rerun_resumes(tmp_path: Pa
     import sys
     import time
 
-    from consistency_core.stages import EXIT_OK, EXIT_RETRYABLE
+    from consistency_core.stage_wire import EXIT_OK, EXIT_RETRYABLE
 
     store = tmp_path / "store"
     data = str(write_train_data(tmp_path / "train.jsonl", copies=2))  # 4 steps/epoch

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from consistency_core.stages import EXIT_OK, EXIT_PERMANENT
+from consistency_core.stage_wire import EXIT_OK, EXIT_PERMANENT
 from consistency_testkit.fixtures import (
     PROBLEMS,
     run,

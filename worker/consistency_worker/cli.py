@@ -18,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 
 from consistency_core.spec import StageName
-from consistency_core.stages import EXIT_OK, EXIT_PERMANENT, EXIT_RETRYABLE, StageConfig, StageResult
+from consistency_core.stage_wire import EXIT_OK, EXIT_PERMANENT, EXIT_RETRYABLE, StageConfig, StageResult
 
 from consistency_worker.runtime.pod_limits import limit_thread_pools
 

@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from consistency_core.spec import SamplingKnobs
-from consistency_core.stages import EvaluateParams, GenerateParams, StageConfig, join_uri
+from consistency_core.stage_wire import EvaluateParams, GenerateParams, StageConfig, join_uri
 
 from consistency_worker.data.problems import Problem
 from consistency_worker.data.prompts import render_prompt

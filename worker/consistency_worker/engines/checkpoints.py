@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from consistency_core.stages import join_uri
+from consistency_core.stage_wire import join_uri
 
 from consistency_worker.store.facade import Store
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from consistency_core.stages import MANIFEST, RESULT, StageConfig, join_uri
+from consistency_core.stage_wire import MANIFEST, RESULT, StageConfig, join_uri
 
 from consistency_worker.data.problems import Problem, ProblemFileError, parse_problems
 from consistency_worker.job.errors import PermanentStageError

@@ -14,7 +14,7 @@ import time
 from types import ModuleType
 
 from consistency_core.spec import StageName
-from consistency_core.stages import StageResult
+from consistency_core.stage_wire import StageResult
 
 from consistency_worker.engines.distributed import current_world
 from consistency_worker.job.context import StageContext

@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from consistency_core.stages import (
+from consistency_core.stage_wire import (
     DISTILL_PAIRS,
     DISTILL_TRAIN,
     DistillMode,

@@ -28,7 +28,7 @@ from typing import Any
 
 from consistency_core.endpoints import GRADED_FIELDS, domain_means, family_json, paired_family, primary_change
 from consistency_core.spec import FailureCriteria, PrimaryEndpoint
-from consistency_core.stages import EVALUATE_REPORT, EvaluateParams, StageConfig, StageResult, join_uri
+from consistency_core.stage_wire import EVALUATE_REPORT, EvaluateParams, StageConfig, StageResult, join_uri
 
 from consistency_worker.engines.answering import (
     SamplingSettings,

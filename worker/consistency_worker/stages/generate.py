@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from consistency_core.stages import GenerateParams, StageConfig, StageResult
+from consistency_core.stage_wire import GenerateParams, StageConfig, StageResult
 
 from consistency_worker.data.problems import Problem
 from consistency_worker.engines.answering import SamplingSettings, completion_metrics, generate_records, load_backend

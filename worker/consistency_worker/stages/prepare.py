@@ -12,7 +12,7 @@ from dataclasses import asdict, is_dataclass
 from typing import Any
 
 from consistency_core.spec import DatasetRole, DatasetSpec
-from consistency_core.stages import (
+from consistency_core.stage_wire import (
     PREPARE_EVAL,
     PREPARE_SCAN,
     PREPARE_SELECTION,

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from consistency_core.stages import (
+from consistency_core.stage_wire import (
     MODEL_CARD,
     REPORT_ADAPTER,
     REPORT_MARKDOWN,
@@ -32,9 +32,9 @@ from consistency_worker.stages import PermanentStageError
 
 def render_report(config: StageConfig, params: ReportParams, store: Any, out: Path) -> tuple[Any, list[str]]:
     """report.md and its figures into `out`; returns the gathered data and the file names written."""
-    from consistency_local.plots import draw_all
-    from consistency_local.report import render_markdown
-    from consistency_local.report_data import gather
+    from consistency_report.data import gather
+    from consistency_report.markdown import render_markdown
+    from consistency_report.plots import draw_all
 
     status = CampaignStatus.model_validate(params.status)
     data = gather(config.campaign, config.namespace, params.spec, status, store)
@@ -60,9 +60,9 @@ def run(config: StageConfig, ctx: StageContext) -> StageResult:
     if not isinstance(params, ReportParams):
         raise PermanentStageError(f"report stage got {params.kind} params")
     try:
-        from consistency_local.model_card import render_model_card
+        from consistency_report.model_card import render_model_card
     except ImportError as exc:  # matplotlib or the report package missing from the image
-        raise PermanentStageError(f"the report stage needs the `local` extra: {exc}") from exc
+        raise PermanentStageError(f"the report stage needs consistency_report and the `local` extra: {exc}") from exc
 
     out = ctx.scratch_dir / "report"
     out.mkdir(parents=True, exist_ok=True)

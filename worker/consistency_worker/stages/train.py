@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from consistency_core.spec import LoraConfig
-from consistency_core.stages import TRAIN_ADAPTER, StageConfig, StageResult, TrainParams
+from consistency_core.stage_wire import TRAIN_ADAPTER, StageConfig, StageResult, TrainParams
 
 from consistency_worker.engines.checkpoints import CHECKPOINTS, CheckpointStore
 from consistency_worker.engines.distributed import (

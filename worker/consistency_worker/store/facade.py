@@ -89,7 +89,7 @@ class Store:
 
     def uri(self, *parts: str) -> str:
         """URI of `parts` under the store's root."""
-        from consistency_core.stages import join_uri
+        from consistency_core.stage_wire import join_uri
 
         return join_uri(self.root, *parts)
 

@@ -12,7 +12,7 @@ import json
 import re
 from collections.abc import Iterable
 
-from consistency_core.stages import join_uri
+from consistency_core.stage_wire import join_uri
 from pydantic import BaseModel, ConfigDict, Field
 
 from consistency_worker.store.facade import Store

@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from consistency_core.stages import StageConfig, StageResult
+from consistency_core.stage_wire import StageConfig, StageResult
 
 from consistency_worker.store.facade import Store
 from consistency_worker.store.integrity import sha256_file

@@ -8,8 +8,8 @@ from __future__ import annotations
 from consistency_core.plan import knobs
 from consistency_core.spec import CampaignSpec
 
-from consistency_local.report import _headline, _md_table
-from consistency_local.report_data import ReportData
+from consistency_report.data import ReportData
+from consistency_report.markdown import headline, md_table
 
 
 def _hub_id(uri: str) -> str | None:
@@ -54,11 +54,11 @@ def before_after_table(data: ReportData) -> list[str]:
     """metric | base model | this adapter, each rate with its Wilson 95% interval and counts."""
     if data.after is None:
         return ["No trained model was evaluated."]
-    before = _headline(data.before) if data.before else {}
-    after = _headline(data.after)
+    before = headline(data.before) if data.before else {}
+    after = headline(data.after)
     metrics = dict.fromkeys([*before, *after])
     rows = [[metric, before.get(metric, "n/a"), after.get(metric, "n/a")] for metric in metrics]
-    return _md_table(["metric", "base model", f"with this adapter ({data.after.label})"], rows)
+    return md_table(["metric", "base model", f"with this adapter ({data.after.label})"], rows)
 
 
 def _transitions(data: ReportData) -> list[str]:
@@ -93,7 +93,7 @@ def render_model_card(data: ReportData) -> str:
         "## Training data", "",
         "Problems only; the targets are the model's own sampled answers (or reference solutions where 1B.2 "
         "found no correct sample). Evaluation datasets are never trained on.", "",
-        *_md_table(["dataset", "source", "format", "roles", "limit"], datasets), "",
+        *md_table(["dataset", "source", "format", "roles", "limit"], datasets), "",
         "## Training phases", "", *_phases(spec, data), "",
         f"## Before / after ({data.after.record.problems if data.after else 0} held-out problems)", "",
         "Rates with Wilson 95% confidence intervals and counts; consistency: all "

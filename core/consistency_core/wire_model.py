@@ -1,4 +1,5 @@
-"""Base class for every Kubernetes-facing model: camelCase on the wire, snake_case in Python."""
+"""Base class for every Kubernetes-facing model: camelCase on the wire, snake_case in Python. ("Model" here
+is a pydantic model of the CR's and the stages' JSON, not a language model: those the worker loads.)"""
 
 from __future__ import annotations
 

@@ -13,9 +13,8 @@ from typing import Any
 from consistency_core.endpoints import Change, domain_means, paired_family
 from consistency_core.names import parse_rfc3339
 from consistency_core.spec import CampaignSpec
+from consistency_core.stats import Rate, wilson
 from consistency_core.status import BASELINE, CampaignStatus, EvaluationRecord, TrainingPhase
-
-from consistency_local.stats import Rate, wilson
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Stage-config building: where each stage reads and writes, and which spec sections it is handed.
 
 `stage_config` is the one place a spec turns into what a stage is told; the decisions (which stage next,
-gate, retries) live in statemachine.py. Stage params carry the spec's own sections (see stages.py), so
+gate, retries) live in statemachine.py. Stage params carry the spec's own sections (see stage_wire.py), so
 a spec knob has no other copy to keep in step.
 """
 
@@ -17,7 +17,7 @@ from consistency_core.spec import (
     StageName,
     TrainingKnobs,
 )
-from consistency_core.stages import (
+from consistency_core.stage_wire import (
     DISTILL_PAIRS,
     DISTILL_TRAIN,
     EVALUATE_REPORT,
@@ -39,7 +39,7 @@ from consistency_core.stages import (
 from consistency_core.status import CampaignPhase, CampaignStatus, Cost, TrainingPhase
 
 
-class StageConfigs:
+class StageConfigBuilder:
     """Stage configs of one campaign, given its spec and the status so far (adapters, reports)."""
 
     def __init__(self, spec: CampaignSpec, status: CampaignStatus, campaign: str, namespace: str):

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from consistency_core.stats import Rate
 from consistency_core.status import StageOutcome
 
-from consistency_local.report_data import ReportData
-from consistency_local.stats import Rate
+from consistency_report.data import ReportData
 
 
 def _plt():  # headless: never needs a display

@@ -1,5 +1,8 @@
 """The contract between control plane and stage programs: what a stage is told (StageConfig, passed as
-JSON) and what it hands back (StageResult, <= 4 KiB, via the container termination message)."""
+JSON) and what it hands back (StageResult, <= 4 KiB, via the container termination message).
+
+Wire models only: the stage programs themselves are consistency_worker.stages, and the one builder of a
+StageConfig from a spec is stage_builder.StageConfigBuilder."""
 
 from __future__ import annotations
 
@@ -9,7 +12,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from consistency_core.model import WireModel
 from consistency_core.spec import (
     AgreementFilter,
     ArtifactStore,
@@ -25,6 +27,7 @@ from consistency_core.spec import (
     StageName,
     TrainingKnobs,
 )
+from consistency_core.wire_model import WireModel
 
 # Exit codes of `consistency-worker`: the control plane retries only EXIT_RETRYABLE (and crashes).
 EXIT_OK = 0
