@@ -33,6 +33,7 @@ from consistency_core.spec import MAX_EPOCHS, StageName
 from consistency_core.stage_wire import StageConfig
 from consistency_core.status import StageRecord, TrainingPhase
 
+from consistency_local.arms_table import stage_results
 from consistency_local.campaign_file import load_campaign
 from consistency_local.rundir import atomic_write
 
@@ -45,8 +46,6 @@ ARMS: dict[str, dict[str, str]] = {
 EVAL_SAMPLES = 8
 # Stages that do not depend on the arm: run once, by the first arm.
 SHARED_KEYS = ("prepare", "baseline-evaluate", stage_key(TrainingPhase.quick_fix, 1, StageName.generate))
-BUDGETS = (192, 256, 384, 512)
-BUDGET_PROBLEMS = 16
 NAMESPACE = "default"
 
 
@@ -79,14 +78,6 @@ def link_shared(store: Path, first: str, name: str) -> None:
             link.symlink_to(source, target_is_directory=True)
 
 
-def read_result(results: Path, key: str) -> dict[str, Any]:
-    """The last attempt's result of stage ``key`` in a run directory's results/."""
-    found = sorted(results.glob(f"{key}-a*.json"), key=lambda p: int(p.stem.rsplit("-a", 1)[1]))
-    if not found:
-        raise SystemExit(f"no result of {key} in {results}")
-    return json.loads(found[-1].read_text(encoding="utf-8"))
-
-
 def matched_epochs(reference_steps: int, n_items: int, training: Any) -> int:
     """The fewest epochs whose optimizer steps reach ``reference_steps`` (the protocol's "nearest at or
     above"), with the train stage's own step count."""
@@ -105,7 +96,10 @@ def equal_steps(reference_run: Path, log: Any):
     def adjust(record: StageRecord, config: StageConfig) -> StageConfig:
         if config.stage != StageName.train:
             return config
-        reference = read_result(reference_run / "results", record.key)["metrics"]["steps"]
+        done = stage_results(reference_run).get(record.key)
+        if done is None:
+            raise SystemExit(f"no result of {record.key} in {reference_run / 'results'}")
+        reference = done["metrics"]["steps"]
         distill = json.loads((Path(config.params.data_uri).parent / "result.json").read_text(encoding="utf-8"))
         training = config.params.training
         n_items = distill["metrics"]["pairs" if training.objective == "preference" else "examples"]
